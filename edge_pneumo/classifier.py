@@ -1,0 +1,180 @@
+"""The Python API for integrators, used by the CLI itself.
+
+    from edge_pneumo import Classifier
+    clf = Classifier.load("exported/")          # the manifest's default artifact (int8 ONNX)
+    p = clf.predict("x.jpeg")                   # Prediction(label='PNEUMONIA', probability=0.97, ...)
+    for r in clf.predict_many(paths): ...       # Prediction or Failure per path, in order
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputImageError, ModelFileError
+from .manifest import ArtifactEntry, Manifest, default_model_folder, load_manifest
+from .runtime import Backend, default_threads, open_backend
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str
+    probability: float  # of PNEUMONIA
+    threshold: float
+    artifact: str
+    ms: float  # decode + preprocess + this image's share of the model call
+    warnings: list[str] = field(default_factory=list)
+
+    ok = True
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["probability"] = round(self.probability, 6)
+        d["ms"] = round(self.ms, 3)
+        d["damaged"] = bool(self.warnings)
+        return d
+
+
+@dataclass
+class Failure:
+    path: str
+    error: str
+
+    ok = False
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "error": self.error}
+
+
+class Classifier:
+    """One artifact, with the preprocessing and threshold its manifest states."""
+
+    def __init__(self, backend: Backend, manifest: Manifest, entry: ArtifactEntry):
+        self.backend = backend
+        self.manifest = manifest
+        self.entry = entry
+        self.preprocessing = manifest.preprocessing
+        self.threshold = manifest.threshold
+        self.class_names = manifest.class_names
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike | None = None,
+        *,
+        artifact: str | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+    ) -> "Classifier":
+        """`model`: an exported/ folder, or an .onnx/.tflite file beside its manifest.json.
+
+        The artifact's sha256 is checked against the manifest first (`verify=False` skips it).
+        """
+        path = Path(model) if model is not None else default_model_folder()
+        if path.is_dir():
+            manifest = load_manifest(path)
+            name = artifact or manifest.default_artifact
+            if name not in manifest.artifacts:
+                raise ModelFileError(f"{path}: no artifact named '{name}' in the manifest; it has {', '.join(manifest.artifacts)}")
+            entry = manifest.artifacts[name]
+        elif path.is_file() or path.suffix.lower() in (".onnx", ".tflite"):
+            if not path.exists():
+                raise ModelFileError(f"{path}: model file not found")
+            manifest = load_manifest(path.parent)
+            entry = manifest.entry_for_file(path)
+            if entry is None:
+                raise ModelFileError(
+                    f"{path}: not described by {path.parent / 'manifest.json'}, so its input contract is unknown; "
+                    "export it with `edge-pneumo export`"
+                )
+        else:
+            raise ModelFileError(f"{path}: no such model file or folder")
+        if verify:
+            manifest.verify(entry)
+        backend = open_backend(entry.path(manifest.folder), threads or default_threads())
+        return cls(backend, manifest, entry)
+
+    def _result(self, path: str, p: float, ms: float, warnings: list[str]) -> Prediction:
+        label = self.class_names[1] if p >= self.threshold else self.class_names[0]
+        return Prediction(path, label, float(p), self.threshold, self.entry.file, ms, warnings)
+
+    def predict(self, image: str | os.PathLike) -> Prediction:
+        """Classify one image file; raises InputImageError if the file cannot be used."""
+        t0 = time.perf_counter()
+        x, warnings = self.preprocessing.load(image)
+        p = float(self.backend.predict(x[None])[0])
+        return self._result(str(image), p, 1000 * (time.perf_counter() - t0), warnings)
+
+    def predict_array(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for already preprocessed uint8 images (n, size, size, channels)."""
+        return self.backend.predict(batch)
+
+    def predict_many(
+        self,
+        paths: Iterable[str | os.PathLike],
+        batch_size: int = 32,
+        decode_threads: int | None = None,
+        on_result: Callable[[Prediction | Failure], None] | None = None,
+    ) -> Iterator[Prediction | Failure]:
+        """Classify many files, in order: decoding runs on a thread pool while the model runs
+        batches. A file that cannot be used yields a Failure; the others still get results."""
+        threads = decode_threads or default_threads()
+
+        def decode(p):
+            t0 = time.perf_counter()
+            try:
+                x, warnings = self.preprocessing.load(p)
+                return str(p), x, warnings, time.perf_counter() - t0
+            except InputImageError as e:
+                return str(p), e, [], 0.0
+
+        def flush(pending):
+            if not pending:
+                return
+            t0 = time.perf_counter()
+            probs = self.backend.predict(np.stack([x for _, x, _, _ in pending]))
+            share = (time.perf_counter() - t0) / len(pending)
+            for (p, _, warnings, dt), prob in zip(pending, probs):
+                yield self._result(p, float(prob), 1000 * (dt + share), warnings)
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            pending: list = []
+            # Results come out in input order: a failure waits until the batch before it is out.
+            for p, x, warnings, dt in _bounded_map(pool, decode, paths, window=8 * batch_size):
+                if isinstance(x, InputImageError):
+                    for r in flush(pending):
+                        yield _notify(r, on_result)
+                    pending = []
+                    yield _notify(Failure(p, str(x)), on_result)
+                    continue
+                pending.append((p, x, warnings, dt))
+                if len(pending) >= batch_size:
+                    for r in flush(pending):
+                        yield _notify(r, on_result)
+                    pending = []
+            for r in flush(pending):
+                yield _notify(r, on_result)
+
+
+def _bounded_map(pool, fn, items, window: int):
+    """pool.map that keeps at most `window` items in flight, so a huge folder does not fill memory."""
+    it = iter(items)
+    while True:
+        chunk = list(islice(it, window))
+        if not chunk:
+            return
+        yield from pool.map(fn, chunk)
+
+
+def _notify(result, callback):
+    if callback:
+        callback(result)
+    return result

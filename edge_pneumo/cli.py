@@ -1,0 +1,236 @@
+"""`edge-pneumo`: train -> export -> compare -> infer.
+
+Thin commands: options are declared here, the work is imported inside each command so
+`edge-pneumo --help` and `infer` start fast and never import TensorFlow. Known failures
+become one line and an exit code; EDGE_PNEUMO_DEBUG=1 shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EdgePneumoError
+
+app = typer.Typer(
+    name="edge-pneumo",
+    help="Pneumonia screening on chest X-rays for CPU-only edge devices.\n\n"
+    "Workflow: train -> export -> compare -> infer. `verify` checks a device after install.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+DataOpt = Annotated[Path, typer.Option("--data", help="The chest_xray folder (with train/ and test/), e.g. ../shared/data/chest_xray.", envvar="EDGE_PNEUMO_DATA")]
+
+
+def err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def handle_errors(fn):
+    """Known errors -> one line on stderr and the error's exit code; no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgePneumoError as e:
+            if os.environ.get("EDGE_PNEUMO_DEBUG"):
+                raise
+            err(f"error: {e}")
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
+) -> None:
+    if version:
+        from . import __version__
+
+        print(__version__)
+        raise typer.Exit(EXIT_OK)
+
+
+@app.command()
+@handle_errors
+def train(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="Where to write the model and its run record.")] = Path("exported"),
+    epochs: Annotated[int, typer.Option(help="Most epochs of the validation run; early stopping picks the best.", min=1)] = 12,
+    seed: Annotated[int, typer.Option(help="Seed for the split, weights, shuffling and augmentation.")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of train/ patients held out for validation.", min=0.01, max=0.9)] = 0.15,
+    class_weight: Annotated[bool, typer.Option(help="Weight classes to balance the 3:1 PNEUMONIA imbalance.")] = True,
+    augment: Annotated[str, typer.Option(help="'seed' (flip, zoom 0.2, shear 0.2) or 'strong' (+ rotation, brightness, contrast).")] = "strong",
+    intensity: Annotated[str, typer.Option(help="Intensity normalisation in the shared preprocessing: 'equalize' or 'none'.")] = "equalize",
+    refit: Annotated[bool, typer.Option(help="Refit on all of train/ for the chosen number of epochs.")] = True,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them) instead of stopping.")] = False,
+) -> None:
+    """Train the seed CNN: epochs and threshold chosen on a patient-wise validation split, then test."""
+    from .training.fit import Recipe
+    from .training.train import TrainConfig, run_training
+
+    try:
+        recipe = Recipe(max_epochs=epochs, class_weight=class_weight, augment=augment)
+        cfg = TrainConfig(data=data, out=out, seed=seed, val_fraction=val_fraction, refit_full=refit,
+                          skip_bad=skip_bad, intensity=intensity, recipe=recipe)
+        from .preprocess import Preprocessing
+
+        Preprocessing(intensity=intensity)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    run_training(cfg, log=lambda m: print(m, flush=True))
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    model: Annotated[Path, typer.Option(help="A .keras model (needs the train extra), an .onnx/.tflite artifact, or an exported/ folder.")] = Path("exported"),
+    data: Annotated[Path, typer.Option(help="Labelled images: DIR/test or DIR/{NORMAL,PNEUMONIA}.", envvar="EDGE_PNEUMO_DATA")] = Path("../shared/data/chest_xray/test"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them).")] = False,
+    threshold: Annotated[Optional[float], typer.Option(help="Override the model's decision threshold.")] = None,
+) -> None:
+    """Accuracy, ROC AUC, sensitivity, specificity, precision, F1 and confusion matrix at the model's threshold."""
+    import json
+
+    from .evaluation import evaluate as score
+    from .evaluation import format_report, load_labelled
+
+    if model.suffix == ".keras":
+        from .training.fit import predict
+        from .training.keras_io import load_keras
+
+        km = load_keras(model)
+        predict_fn, pre, thr, name = (lambda x: predict(km.model, x)), km.preprocessing, km.threshold, str(model)
+    else:
+        from .classifier import Classifier
+
+        clf = Classifier.load(model)
+        predict_fn, pre, thr, name = clf.predict_array, clf.preprocessing, clf.threshold, str(clf.entry.path(clf.manifest.folder))
+    images = load_labelled(data, pre, skip_bad=skip_bad)
+    report = score(predict_fn, images, thr if threshold is None else threshold)
+    report["model"] = name
+    report["data"] = str(data)
+    if json_out:
+        print(json.dumps(report))
+    else:
+        print(format_report(report, f"{name} on {data}"))
+
+
+@app.command()
+@handle_errors
+def export(
+    model: Annotated[Path, typer.Option(help="The float Keras model to export (its .record.json must be beside it).")] = Path("exported/pneumonia_cnn.keras"),
+    data: DataOpt = Path("../shared/data/chest_xray"),
+    out: Annotated[Path, typer.Option(help="Folder for the artifacts and manifest.json.")] = Path("exported"),
+    formats: Annotated[list[str], typer.Option("--formats", help="Format names or presets, comma separated: 'all', 'device' (float32 ONNX, int8 ONNX, int8 TFLite) or any of the names `edge-pneumo formats` lists.")] = ["all"],
+    calibration_images: Annotated[int, typer.Option(help="Training images for int8 calibration (stratified).", min=1)] = 300,
+    validation_images: Annotated[int, typer.Option(help="Held-out images each artifact is checked on.", min=1)] = 400,
+    budget_scale: Annotated[float, typer.Option(help="Multiply every budget's tolerance (below 1 tightens).", min=0.0)] = 1.0,
+) -> None:
+    """Export to TFLite and ONNX (float and int8), validate each against the float model, write manifest.json."""
+    from .formats import resolve_formats
+
+    try:
+        fmts = tuple(resolve_formats(formats))
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--formats") from None
+    from .training.export import ExportConfig, export_all
+    from .training.keras_io import load_keras
+
+    km = load_keras(model)
+    seed = int(km.record.get("seed", 0))
+    val_fraction = float(km.record.get("split", {}).get("val_fraction", 0.15))
+    cfg = ExportConfig(data=data, out=out, formats=fmts, calibration_images=calibration_images,
+                       validation_images=validation_images, seed=seed, val_fraction=val_fraction, budget_scale=budget_scale)
+    manifest = export_all(km, cfg, log=lambda m: print(m, flush=True))
+    print(f"wrote {len(manifest['artifacts'])} artifacts and {out / 'manifest.json'}")
+
+
+@app.command("formats")
+def list_formats() -> None:
+    """List the export formats and their validation budgets."""
+    from .formats import FORMATS
+
+    for f in FORMATS.values():
+        b = f"max|dp| <= {f.budget.max_abs_dp:g}" if f.budget.max_abs_dp is not None else f"agreement >= {100 * f.budget.min_agreement:g}%"
+        print(f"{f.name:<20} {f.runtime:<7} {f.precision:<13} {f.file:<32} {b}{'  (device)' if f.device else ''}")
+
+
+@app.command()
+@handle_errors
+def infer(
+    paths: Annotated[Optional[list[str]], typer.Argument(help="Image files; '-' reads paths from standard input.", show_default=False)] = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", help="An image file (repeatable); '-' reads paths from standard input.", show_default=False)] = None,
+    directory: Annotated[Optional[Path], typer.Option("--dir", "-d", help="Classify every image file under this folder (recursive).", show_default=False)] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="An .onnx/.tflite artifact or an exported/ folder. Default: the shipped int8 ONNX.", show_default=False)] = None,
+    artifact: Annotated[Optional[str], typer.Option(help="With a folder: the manifest's artifact name, e.g. tflite_int8.", show_default=False)] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text, json (JSON lines) or csv.")] = "text",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results to this file instead of standard output.", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for the model and decoding (default: all cores).", min=1, show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per model call in folder runs.", min=1)] = 32,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Run an artifact whose sha256 does not match its manifest.")] = False,
+) -> None:
+    """Classify X-rays as NORMAL or PNEUMONIA with onnxruntime or LiteRT (no TensorFlow).
+
+    Exit code 0: every image classified; 1: some images failed (the others have results);
+    3: nothing could run (bad model, no images).
+    """
+    from .infer_cli import run_infer
+
+    if fmt not in ("text", "json", "csv"):
+        raise typer.BadParameter("choose text, json or csv", param_hint="--format")
+    code = run_infer([*(paths or []), *(image or [])], directory, model, artifact, fmt, output, threads, batch_size, not no_verify)
+    raise typer.Exit(code)
+
+
+@app.command()
+@handle_errors
+def verify(
+    folder: Annotated[Optional[Path], typer.Argument(help="The exported/ folder. Default: the shipped one.", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    runs: Annotated[int, typer.Option(help="Timed runs per artifact for the latency figure.", min=1)] = 20,
+) -> None:
+    """Device self-check: hashes, loading, agreement on fixed inputs, and a short device report. No dataset needed."""
+    import json
+
+    from .verify import format_verify_report, verify_folder
+
+    report = verify_folder(folder, runs=runs)
+    print(json.dumps(report, indent=2) if json_out else format_verify_report(report))
+    raise typer.Exit(EXIT_OK if report["passed"] else EXIT_FAILED)
+
+
+@app.command()
+@handle_errors
+def compare(
+    data: Annotated[Path, typer.Option(help="Labelled images: DIR/test or DIR/{NORMAL,PNEUMONIA}.", envvar="EDGE_PNEUMO_DATA")] = Path("../shared/data/chest_xray/test"),
+    models: Annotated[Path, typer.Option(help="The exported/ folder whose artifacts to compare.")] = Path("exported"),
+    out: Annotated[Path, typer.Option(help="Folder for REPORT.md, report.json and report.png.")] = Path("reports"),
+    keras_model: Annotated[Optional[Path], typer.Option("--keras-model", help="The float Keras reference (default: the manifest's source model, if TensorFlow is installed).", show_default=False)] = None,
+    threads: Annotated[int, typer.Option(help="Threads per artifact for latency (fixed for a fair comparison).", min=1)] = 1,
+    latency_runs: Annotated[int, typer.Option(help="Timed batch-1 runs per artifact.", min=5)] = 50,
+    no_figure: Annotated[bool, typer.Option("--no-figure", help="Skip the PNG figure (needs matplotlib).")] = False,
+) -> None:
+    """Compare every artifact with the float model: accuracy, AUC, agreement, size, latency, memory."""
+    from .compare import run_compare
+
+    code = run_compare(data, models, out, keras_model, threads, latency_runs, not no_figure)
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,131 @@
+"""`manifest.json`: the contract between export and the device.
+
+It states, once, the preprocessing, class names and decision threshold, and for each
+artifact its file, sha256, input/output and validation figures. The runner trusts
+nothing that the manifest does not describe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+from .errors import IntegrityError, ModelFileError
+from .preprocess import Preprocessing
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+MODEL_ENV = "EDGE_PNEUMO_MODEL"
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ArtifactEntry:
+    name: str
+    file: str
+    runtime: str
+    precision: str
+    sha256: str
+    size_bytes: int
+    raw: dict  # the whole entry, as written
+
+    def path(self, folder: Path) -> Path:
+        return folder / self.file
+
+
+@dataclass(frozen=True)
+class Manifest:
+    folder: Path
+    class_names: tuple[str, str]
+    threshold: float
+    preprocessing: Preprocessing
+    artifacts: dict[str, ArtifactEntry]
+    default_artifact: str
+    raw: dict
+
+    def entry_for_file(self, path: Path) -> ArtifactEntry | None:
+        for entry in self.artifacts.values():
+            if entry.file == path.name:
+                return entry
+        return None
+
+    def verify(self, entry: ArtifactEntry) -> None:
+        """Raise unless the artifact exists and its bytes hash to the manifest's sha256."""
+        path = entry.path(self.folder)
+        if not path.is_file():
+            raise ModelFileError(f"{path}: artifact listed in {self.folder / MANIFEST_NAME} is missing; run `edge-pneumo export` again")
+        actual = sha256_of(path)
+        if actual != entry.sha256:
+            raise IntegrityError(
+                f"{path}: sha256 {actual[:12]}... does not match the manifest ({entry.sha256[:12]}...); "
+                "the file was changed after export. Restore it, re-export, or pass --no-verify to run it anyway"
+            )
+
+
+def load_manifest(folder: str | os.PathLike) -> Manifest:
+    """Read and check `folder/manifest.json`; ModelFileError with the fix when it is unusable."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"{folder}: no {MANIFEST_NAME} here; point --model at an exported/ folder or a model file beside one") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: not a readable manifest ({e})") from None
+    try:
+        if raw.get("schema_version") != SCHEMA_VERSION:
+            raise ModelFileError(f"{path}: schema_version {raw.get('schema_version')!r}, this edge-pneumo reads {SCHEMA_VERSION}")
+        artifacts = {
+            a["name"]: ArtifactEntry(a["name"], a["file"], a["runtime"], a["precision"], a["sha256"], int(a["size_bytes"]), a)
+            for a in raw["artifacts"]
+        }
+        class_names = tuple(raw["class_names"])
+        if len(class_names) != 2:
+            raise ModelFileError(f"{path}: expected two class names, found {list(class_names)}")
+        default = raw.get("default_artifact") or next(iter(artifacts), "")
+        return Manifest(
+            folder=folder,
+            class_names=class_names,  # type: ignore[arg-type]
+            threshold=float(raw["threshold"]),
+            preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
+            artifacts=artifacts,
+            default_artifact=default,
+            raw=raw,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: malformed manifest ({type(e).__name__}: {e}); re-run `edge-pneumo export`") from None
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Write atomically: a reader never sees half a manifest."""
+    path = folder / MANIFEST_NAME
+    tmp = folder / f".{MANIFEST_NAME}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def default_model_folder() -> Path:
+    """Where the shipped artifacts are: $EDGE_PNEUMO_MODEL, ./exported, or the copy inside the wheel."""
+    env = os.environ.get(MODEL_ENV)
+    if env:
+        return Path(env)
+    local = Path("exported")
+    if (local / MANIFEST_NAME).is_file():
+        return local
+    spec = find_spec("edge_pneumo.exported")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / MANIFEST_NAME).is_file():
+            return Path(location)
+    raise ModelFileError("no shipped model found: pass --model (an exported/ folder or an .onnx/.tflite file) or set EDGE_PNEUMO_MODEL")

@@ -1,0 +1,257 @@
+"""`edge-pneumo export`: Keras model -> TFLite and ONNX artifacts, each validated against
+the float model on real images, described in manifest.json.
+
+All artifacts are written and validated in a scratch folder inside `out`; only when every
+one is within its budget are they moved into place and the manifest rewritten. A failure
+leaves `out` as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..data import discover, find_split, load_images, patient_split, stratified_sample
+from ..errors import EdgePneumoError, ValidationError
+from ..formats import DEFAULT_ARTIFACT, ExportFormat
+from ..manifest import SCHEMA_VERSION, sha256_of, write_manifest
+from ..runtime import open_backend
+from ..verify import verify_inputs
+from .calibration import CalibrationImages
+from .fit import predict
+from .keras_io import KerasModel
+
+ONNX_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    data: Path
+    out: Path
+    formats: tuple[ExportFormat, ...]
+    calibration_images: int = 300
+    validation_images: int = 400
+    seed: int = 0
+    val_fraction: float = 0.15
+    budget_scale: float = 1.0  # < 1 tightens every budget (tests use it to prove enforcement)
+
+
+def _serving_function(model, input_shape):
+    import tensorflow as tf
+
+    spec = [tf.TensorSpec([None, *input_shape], tf.float32, name="image")]
+
+    @tf.function(input_signature=spec)
+    def serve(image):
+        return model(image, training=False)
+
+    return serve, spec
+
+
+def _export_tflite(fmt: ExportFormat, km: KerasModel, calib: CalibrationImages, path: Path) -> None:
+    import tensorflow as tf
+
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    serve, _ = _serving_function(km.model, km.preprocessing.input_shape)
+    # Frozen (variables as constants): the int8 calibrator cannot read resource variables.
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    if fmt.precision == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif fmt.precision == "dynamic_int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif fmt.precision == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = calib.representative_dataset()
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # The model takes raw 0..255 pixels (Rescaling is inside), so the uint8 input comes out
+        # with scale ~1 and zero point 0; the runner reads both from the model anyway.
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    path.write_bytes(converter.convert())
+
+
+def _export_onnx_float(km: KerasModel, path: Path) -> None:
+    import tf2onnx
+
+    # tf2onnx.convert.from_keras fails on Keras 3 models; a tf.function with a signature works.
+    serve, spec = _serving_function(km.model, km.preprocessing.input_shape)
+    tf2onnx.convert.from_function(serve, input_signature=spec, opset=ONNX_OPSET, output_path=str(path))
+    _name_onnx_io(path)
+
+
+def _name_onnx_io(path: Path) -> None:
+    """Stable, readable input/output names ("image", "pneumonia") and no producer timestamp noise."""
+    import onnx
+
+    m = onnx.load(str(path))
+    renames = {m.graph.input[0].name: "image", m.graph.output[0].name: "pneumonia"}
+    for node in m.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    m.graph.input[0].name = "image"
+    m.graph.output[0].name = "pneumonia"
+    m.doc_string = f"edge-pneumo {__version__}: seed CNN, P(PNEUMONIA)"
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
+def _export_onnx_quantized(fmt: ExportFormat, float_path: Path, calib: CalibrationImages, path: Path, scratch: Path) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = scratch / f"{path.stem}.pre.onnx"
+    quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+    if fmt.precision == "dynamic_int8":
+        quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
+    else:
+        quantize_static(
+            str(prepared), str(path), calib.onnx_reader("image"),
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )
+    prepared.unlink(missing_ok=True)
+
+
+@dataclass
+class ArtifactValidation:
+    n: int
+    agreement: float
+    max_abs_dp: float
+    mean_abs_dp: float
+    accuracy: float
+    reference_accuracy: float
+    budget: dict
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 8) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+    def summary(self) -> str:
+        return (f"agreement {100 * self.agreement:.2f}%  max|dp| {self.max_abs_dp:.2e}  mean|dp| {self.mean_abs_dp:.2e}  "
+                f"accuracy {self.accuracy:.4f} (float {self.reference_accuracy:.4f})")
+
+
+def validate_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, threshold: float,
+                     fmt: ExportFormat, budget_scale: float = 1.0) -> ArtifactValidation:
+    """Compare an artifact's probabilities with the float model's on the same images (Optimum-style)."""
+    if candidate.shape != reference.shape:
+        raise ValidationError(f"{fmt.name}: output shape {candidate.shape} differs from the float model's {reference.shape}")
+    dp = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    agree = float(np.mean((candidate >= threshold) == (reference >= threshold)))
+    b = fmt.budget
+    max_dp = None if b.max_abs_dp is None else b.max_abs_dp * budget_scale
+    min_agree = None if b.min_agreement is None else 1.0 - (1.0 - b.min_agreement) * budget_scale
+    passed = (max_dp is None or float(dp.max()) <= max_dp) and (min_agree is None or agree >= min_agree)
+    return ArtifactValidation(
+        n=int(len(reference)), agreement=agree, max_abs_dp=float(dp.max()), mean_abs_dp=float(dp.mean()),
+        accuracy=float(np.mean((candidate >= threshold) == labels.astype(bool))),
+        reference_accuracy=float(np.mean((reference >= threshold) == labels.astype(bool))),
+        budget={"max_abs_dp": max_dp, "min_agreement": min_agree}, passed=passed,
+    )
+
+
+def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
+    """Export, validate, then publish atomically. Raises ValidationError if any artifact misses its budget."""
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    pre = km.preprocessing
+    samples = discover(find_split(cfg.data, "train"))
+    train_s, val_s = patient_split(samples, cfg.val_fraction, cfg.seed)
+    calib_s = stratified_sample(train_s, cfg.calibration_images, cfg.seed)
+    check_s = stratified_sample(val_s, cfg.validation_images, cfg.seed)
+    calib = CalibrationImages(load_images(calib_s, pre).x)
+    check = load_images(check_s, pre)
+    log(f"calibration: {len(calib)} training images; validation: {len(check.y)} held-out images (patient-wise)")
+    reference = predict(km.model, check.x)
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    if not os.access(cfg.out, os.W_OK):
+        raise EdgePneumoError(f"{cfg.out}: output folder is not writable")
+    scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=cfg.out))
+    try:
+        entries, failures = [], []
+        float_onnx = scratch / "float_reference.onnx"
+        for fmt in cfg.formats:
+            t0 = time.time()
+            path = scratch / fmt.file
+            if fmt.runtime == "tflite":
+                _export_tflite(fmt, km, calib, path)
+            elif fmt.precision == "float32":
+                _export_onnx_float(km, path)
+            else:
+                if not float_onnx.exists():
+                    _export_onnx_float(km, float_onnx)
+                src = scratch / "pneumonia_float32.onnx" if (scratch / "pneumonia_float32.onnx").exists() else float_onnx
+                _export_onnx_quantized(fmt, src, calib, path, scratch)
+            backend = open_backend(path, threads=2)
+            v = validate_outputs(reference, backend.predict(check.x), check.y, km.threshold, fmt, cfg.budget_scale)
+            status = "ok" if v.passed else "FAILED"
+            log(f"{fmt.name:<20} {path.stat().st_size / 1e6:6.2f} MB  {v.summary()}  [{status}] ({time.time() - t0:.1f} s)")
+            if not v.passed:
+                failures.append(f"{fmt.name} (budget {v.budget}, got agreement {v.agreement:.4f}, max|dp| {v.max_abs_dp:.2e})")
+            entries.append(_artifact_entry(fmt, path, backend, v, pre))
+        if failures:
+            raise ValidationError("export refused, nothing was written: " + "; ".join(failures))
+
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "task": "chest X-ray classification: NORMAL vs PNEUMONIA",
+            "class_names": list(km.record.get("class_names", ["NORMAL", "PNEUMONIA"])),
+            "output": "probability of class_names[1] (PNEUMONIA); PNEUMONIA when >= threshold",
+            "threshold": km.threshold,
+            "threshold_rule": km.record.get("threshold_rule", ""),
+            "preprocessing": pre.to_dict(),
+            "default_artifact": DEFAULT_ARTIFACT if any(e["name"] == DEFAULT_ARTIFACT for e in entries) else entries[0]["name"],
+            "source_model": {"file": km.path.name, "sha256": sha256_of(km.path),
+                             "test_metrics": km.record.get("test"), "validation_metrics": km.record.get("validation")},
+            "validation_data": {"images": int(len(check.y)), "calibration_images": len(calib),
+                                "source": "patient-wise validation split of train/ (never calibration images)",
+                                "seed": cfg.seed, "val_fraction": cfg.val_fraction},
+            "artifacts": entries,
+            "versions": {"edge_pneumo": __version__, "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__,
+                         "onnxruntime": onnxruntime.__version__, "onnx": _onnx_version()},
+        }
+        for e in entries:
+            os.replace(scratch / e["file"], cfg.out / e["file"])
+        write_manifest(cfg.out, manifest)
+        return manifest
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _onnx_version() -> str:
+    import onnx
+
+    return onnx.__version__
+
+
+def _artifact_entry(fmt: ExportFormat, path: Path, backend, v: ArtifactValidation, km_pre) -> dict:
+    return {
+        "name": fmt.name,
+        "file": fmt.file,
+        "runtime": fmt.runtime,
+        "precision": fmt.precision,
+        "description": fmt.description,
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_of(path),
+        "input": backend.describe_input(),
+        "output": backend.describe_output(),
+        "validation": v.to_dict(),
+        # What this artifact outputs for `edge-pneumo verify`'s fixed inputs, checked again on the device.
+        "verify_outputs": [round(float(p), 7) for p in backend.predict(verify_inputs(km_pre))],
+    }

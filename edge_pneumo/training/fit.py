@@ -1,0 +1,165 @@
+"""Fitting the seed CNN: recipe, tf.data pipeline, early stopping, full-train refit."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..metrics import best_threshold, binary_report
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides how the model is trained; recorded in the run record."""
+
+    max_epochs: int = 30
+    patience: int = 6
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"  # "constant" or "cosine" decay over max_epochs
+    class_weight: bool = True  # weight NORMAL ~3x to balance the 3:1 imbalance
+    augment: str = "strong"  # "seed" or "strong" (see model.build_augmenter)
+    average_last: int = 0  # average the weights of the best epoch and the N-1 before it (0: off)
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("max_epochs, batch_size and learning_rate must be positive")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError("lr_schedule must be 'constant' or 'cosine'")
+        if self.augment not in ("seed", "strong"):
+            raise ValueError("augment must be 'seed' or 'strong'")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def set_determinism(seed: int) -> None:
+    """Same seed, same weights: seeded RNGs and deterministic TensorFlow kernels."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def class_weights(y: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(y.astype(int), minlength=2)
+    return {c: float(len(y) / (2.0 * counts[c])) for c in range(2)}
+
+
+def _dataset(x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int, weights: dict[int, float] | None):
+    import tensorflow as tf
+
+    from .model import build_augmenter
+
+    augment = build_augmenter(recipe.augment, seed)
+    sw = np.array([weights[int(c)] for c in y], np.float32) if weights else np.ones(len(y), np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.float32), sw))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(recipe.batch_size)
+
+    def aug(xb, yb, wb):
+        xb = tf.clip_by_value(augment(tf.cast(xb, tf.float32), training=True), 0.0, 255.0)
+        return xb, yb, wb
+
+    return ds.map(aug, num_parallel_calls=1, deterministic=True).prefetch(2)
+
+
+def _compile(model, recipe: Recipe, steps_per_epoch: int, epochs: int) -> None:
+    import keras
+
+    if recipe.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=steps_per_epoch * epochs, alpha=0.05)
+    else:
+        lr = recipe.learning_rate
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="binary_crossentropy", metrics=["accuracy"])
+
+
+def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Probabilities of PNEUMONIA for uint8 inputs (the model rescales itself)."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        out.append(np.asarray(model(x[i : i + batch_size].astype(np.float32), training=False)).reshape(-1))
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+@dataclass
+class FitResult:
+    model: object
+    history: list[dict]
+    best_epoch: int  # 1-based
+    threshold: float
+    val_metrics: dict | None
+
+
+def fit(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    recipe: Recipe,
+    seed: int,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    epochs: int | None = None,
+    threshold: float | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Train the seed CNN.
+
+    With validation data: train up to `recipe.max_epochs`, keep the epoch with the best
+    validation AUC (early stopping with `recipe.patience`), and choose the decision
+    threshold on validation. Without: train exactly `epochs` (chosen earlier on
+    validation) and keep the given `threshold`.
+    """
+    from .model import build_seed_model
+
+    set_determinism(seed)
+    has_val = x_val is not None and y_val is not None
+    n_epochs = recipe.max_epochs if has_val else int(epochs or recipe.max_epochs)
+    weights = class_weights(y_train) if recipe.class_weight else None
+    ds = _dataset(x_train, y_train, recipe, seed, weights)
+    model = build_seed_model(tuple(x_train.shape[1:]))
+    _compile(model, recipe, math.ceil(len(x_train) / recipe.batch_size), n_epochs)
+
+    history: list[dict] = []
+    snapshots: list[list[np.ndarray]] = []
+    best_auc, best_epoch, stale = -1.0, n_epochs, 0
+    for epoch in range(1, n_epochs + 1):
+        h = model.fit(ds, epochs=1, verbose=0)
+        row = {"epoch": epoch, "loss": float(h.history["loss"][0]), "accuracy": float(h.history["accuracy"][0])}
+        snapshots.append([w.copy() for w in model.get_weights()])
+        if len(snapshots) > max(1, recipe.average_last) + recipe.patience + 1:
+            snapshots.pop(0)
+        if has_val:
+            p = predict(model, x_val)
+            r = binary_report(y_val, p, 0.5)
+            row.update(val_auc=r["auc"], val_accuracy=r["accuracy"], val_loss=_bce(y_val, p))
+            if r["auc"] > best_auc + 1e-4:
+                best_auc, best_epoch, stale = r["auc"], epoch, 0
+            else:
+                stale += 1
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        if has_val and stale >= recipe.patience:
+            break
+
+    # Keep the best epoch (with validation) or the last one, optionally averaged with the ones before it.
+    keep = best_epoch if has_val else n_epochs
+    first_kept = epoch - len(snapshots) + 1
+    k = max(1, recipe.average_last)
+    chosen = [snapshots[e - first_kept] for e in range(max(first_kept, keep - k + 1), keep + 1)]
+    model.set_weights([np.mean([s[i] for s in chosen], axis=0) for i in range(len(chosen[0]))])
+
+    val_metrics = None
+    if has_val:
+        p = predict(model, x_val)
+        threshold = best_threshold(y_val, p)
+        val_metrics = binary_report(y_val, p, threshold)
+    return FitResult(model, history, keep, float(threshold if threshold is not None else 0.5), val_metrics)
+
+
+def _bce(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))

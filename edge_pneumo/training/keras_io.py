@@ -1,0 +1,68 @@
+"""Saving and loading the float Keras model with its run record (the model's contract)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelFileError
+from ..preprocess import Preprocessing
+
+MODEL_NAME = "pneumonia_cnn.keras"
+
+
+def record_path(model_path: Path) -> Path:
+    """`x.keras` -> `x.record.json`: the run record that states the model's preprocessing and threshold."""
+    return model_path.with_suffix(".record.json")
+
+
+def save_model(model, path: Path) -> None:
+    """Save weights and architecture only (no optimizer state), atomically."""
+    from .model import build_seed_model
+
+    clean = build_seed_model(tuple(model.input_shape[1:]))
+    clean.set_weights(model.get_weights())
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    clean.save(tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class KerasModel:
+    model: object
+    path: Path
+    record: dict
+    preprocessing: Preprocessing
+    threshold: float
+
+
+def load_keras(path: str | os.PathLike) -> KerasModel:
+    """Load a .keras model and its record; ModelFileError (no traceback) when either is unusable."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_NAME
+    if not path.is_file():
+        raise ModelFileError(f"{path}: Keras model not found; train one with `edge-pneumo train`")
+    if path.suffix != ".keras":
+        raise ModelFileError(f"{path}: not a .keras model file")
+    import keras
+
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types for a bad file
+        raise ModelFileError(f"{path}: not a loadable Keras model ({type(e).__name__}: {str(e)[:120]})") from None
+    rp = record_path(path)
+    try:
+        record = json.loads(rp.read_text())
+        pre = Preprocessing.from_dict(record["preprocessing"])
+        threshold = float(record["threshold"])
+    except FileNotFoundError:
+        raise ModelFileError(f"{rp}: the model's run record is missing; it states the preprocessing and threshold") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelFileError(f"{rp}: unreadable run record ({e})") from None
+    shape = tuple(model.input_shape[1:])
+    if shape != pre.input_shape or model.output_shape[-1] != 1:
+        raise ModelFileError(f"{path}: input {shape} / output {model.output_shape} do not fit the record's contract {pre.input_shape} -> 1")
+    return KerasModel(model, path, record, pre, threshold)

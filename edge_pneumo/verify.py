@@ -1,0 +1,157 @@
+"""`edge-pneumo verify`: the self-check a user runs right after installing on a device.
+
+No dataset needed: a fixed set of synthetic inputs, generated the same way on every
+machine, goes through every artifact. Each artifact must reproduce the outputs recorded
+for it at export time (so a broken runtime build shows up), and agree with the float32
+reference within the manifest's budgets.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgePneumoError, MissingRuntimeError
+from .manifest import Manifest, default_model_folder, load_manifest
+from .preprocess import Preprocessing
+from .runtime import open_backend
+
+VERIFY_SEED = 20181
+VERIFY_IMAGES = 24
+# How far an artifact may drift from the outputs recorded at export, on another CPU/runtime build.
+REPRODUCE_TOLERANCE = {"float32": 1e-4, "float16": 1e-3, "dynamic_int8": 2 / 255, "int8": 2 / 255}
+
+
+def verify_inputs(pre: Preprocessing, n: int = VERIFY_IMAGES, seed: int = VERIFY_SEED) -> np.ndarray:
+    """Deterministic X-ray-like inputs: smooth random fields (numpy only, same bytes on every platform).
+
+    Blocks of seeded noise, upsampled and box-blurred in float64, then the shared
+    preprocessing: the inputs exercise the whole range of pixel values.
+    """
+    rng = np.random.default_rng(seed)
+    s = pre.size
+    out = []
+    for i in range(n):
+        coarse = rng.random((8, 8))
+        field = np.kron(coarse, np.ones((s // 8, s // 8)))
+        k = np.ones(5) / 5
+        field = np.apply_along_axis(lambda r: np.convolve(r, k, mode="same"), 1, field)
+        field = np.apply_along_axis(lambda c: np.convolve(c, k, mode="same"), 0, field)
+        lo, hi = field.min(), field.max()
+        grey = np.round(255 * (field - lo) / (hi - lo + 1e-12) * (0.4 + 0.6 * (i % 4) / 3)).astype(np.uint8)
+        out.append(pre.apply(grey))
+    return np.stack(out)
+
+
+def reference_artifact(manifest: Manifest) -> str | None:
+    """The float32 artifact others are compared with (ONNX first: its runtime is in the base install)."""
+    for runtime in ("onnx", "tflite"):
+        for name, e in manifest.artifacts.items():
+            if e.precision == "float32" and e.runtime == runtime:
+                return name
+    return None
+
+
+def device_info() -> dict:
+    info = {"machine": platform.machine(), "system": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "cores": os.cpu_count(), "cpu": _cpu_name()}
+    versions = {}
+    for mod in ("numpy", "cv2", "onnxruntime", "ai_edge_litert"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = None
+        except AttributeError:
+            versions[mod] = "installed"
+    info["versions"] = versions
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or "unknown"
+    for key in ("model name", "Model", "Hardware", "CPU part"):
+        for line in text.splitlines():
+            if line.split(":")[0].strip() == key:
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20) -> dict:
+    """Check every artifact of an exported folder; the report says what passed and why not."""
+    manifest = load_manifest(Path(folder) if folder else default_model_folder())
+    x = verify_inputs(manifest.preprocessing)
+    ref_name = reference_artifact(manifest)
+    rows, outputs = [], {}
+    for name, entry in manifest.artifacts.items():
+        row = {"name": name, "file": entry.file, "runtime": entry.runtime, "precision": entry.precision, "status": "ok", "notes": []}
+        rows.append(row)
+        try:
+            manifest.verify(entry)
+            t0 = time.perf_counter()
+            backend = open_backend(entry.path(manifest.folder), threads=1)
+            row["load_ms"] = round(1000 * (time.perf_counter() - t0), 2)
+            probs = backend.predict(x)
+            outputs[name] = probs
+            times = []
+            for i in range(runs):
+                t0 = time.perf_counter()
+                backend.predict(x[i % len(x)][None])
+                times.append(time.perf_counter() - t0)
+            row["latency_ms_p50"] = round(1000 * float(np.median(times)), 3)
+        except MissingRuntimeError as e:
+            row["status"] = "skipped"
+            row["notes"].append(str(e).split(": ", 1)[-1])
+            continue
+        except EdgePneumoError as e:
+            row["status"] = "FAILED"
+            row["notes"].append(str(e))
+            continue
+        recorded = entry.raw.get("verify_outputs")
+        if recorded is not None:
+            tol = REPRODUCE_TOLERANCE.get(entry.precision, 1e-4)
+            drift = float(np.max(np.abs(probs - np.asarray(recorded, np.float32))))
+            row["max_drift_from_export"] = drift
+            if drift > tol:
+                row["status"] = "FAILED"
+                row["notes"].append(f"outputs differ from those recorded at export by {drift:.2e} (> {tol:.1e}): broken runtime build?")
+    ref = outputs.get(ref_name) if ref_name else None
+    for row in rows:
+        if row["status"] != "ok" or ref is None or row["name"] == ref_name:
+            continue
+        budget = manifest.artifacts[row["name"]].raw.get("validation", {}).get("budget", {})
+        probs = outputs[row["name"]]
+        dp = float(np.max(np.abs(probs - ref)))
+        agree = float(np.mean((probs >= manifest.threshold) == (ref >= manifest.threshold)))
+        row.update(max_abs_dp_vs_reference=dp, agreement_vs_reference=agree)
+        if budget.get("max_abs_dp") is not None and dp > budget["max_abs_dp"] * 10:
+            row["status"] = "FAILED"
+            row["notes"].append(f"max|dp| {dp:.2e} vs {ref_name} exceeds 10x its export budget")
+    passed = all(r["status"] != "FAILED" for r in rows) and any(r["status"] == "ok" for r in rows)
+    return {"folder": str(manifest.folder), "reference": ref_name, "inputs": len(x), "device": device_info(),
+            "artifacts": rows, "passed": passed}
+
+
+def format_verify_report(report: dict) -> str:
+    d = report["device"]
+    v = ", ".join(f"{k} {val}" for k, val in d["versions"].items() if val)
+    lines = [
+        f"device   {d['cpu']} ({d['machine']}, {d['cores']} cores), {d['system']}, Python {d['python']}",
+        f"runtime  {v}",
+        f"model    {report['folder']}  ({report['inputs']} fixed inputs, reference {report['reference']})",
+        "",
+        f"{'artifact':<20} {'status':<8} {'load ms':>8} {'ms/img':>8} {'drift':>9} {'|dp| ref':>9}  notes",
+    ]
+    for r in report["artifacts"]:
+        drift = f"{r['max_drift_from_export']:.1e}" if "max_drift_from_export" in r else "-"
+        dp = f"{r['max_abs_dp_vs_reference']:.1e}" if "max_abs_dp_vs_reference" in r else "-"
+        lines.append(f"{r['name']:<20} {r['status']:<8} {r.get('load_ms', '-'):>8} {r.get('latency_ms_p50', '-'):>8} "
+                     f"{drift:>9} {dp:>9}  {'; '.join(r['notes'])}")
+    lines += ["", "PASSED: this device runs the shipped model as exported." if report["passed"] else "FAILED: see the notes above."]
+    return "\n".join(lines)

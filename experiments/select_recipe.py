@@ -1,0 +1,66 @@
+"""Choose the training recipe on the patient-wise validation split carved from train/.
+
+Each candidate is trained on train-minus-val and scored on val only; the test split is
+never read here. Results are appended to experiments/recipes.jsonl.
+
+    python experiments/select_recipe.py --data ../shared/data/chest_xray --names base strong_eq
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from edge_pneumo.data import discover, find_split, load_images, patient_split
+from edge_pneumo.preprocess import Preprocessing
+from edge_pneumo.training.fit import Recipe, fit
+
+CANDIDATES = {
+    # name: (intensity, Recipe)
+    "seed": ("none", Recipe(augment="seed", class_weight=False, lr_schedule="constant", max_epochs=10)),
+    "seed_cw": ("none", Recipe(augment="seed", class_weight=True, lr_schedule="constant", max_epochs=10)),
+    "strong_cw": ("none", Recipe(augment="strong", class_weight=True, lr_schedule="cosine", max_epochs=10)),
+    "strong_cw_eq": ("equalize", Recipe(augment="strong", class_weight=True, lr_schedule="cosine", max_epochs=10)),
+    "strong_cw_eq_avg3": ("equalize", Recipe(augment="strong", class_weight=True, lr_schedule="cosine", max_epochs=10, average_last=3)),
+    "seed_cw_eq": ("equalize", Recipe(augment="seed", class_weight=True, lr_schedule="cosine", max_epochs=10)),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="../shared/data/chest_xray")
+    ap.add_argument("--names", nargs="*", default=list(CANDIDATES))
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0])
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--val-fraction", type=float, default=0.15)
+    ap.add_argument("--log", default="experiments/recipes.jsonl")
+    args = ap.parse_args()
+
+    samples = discover(find_split(args.data, "train"))
+    train, val = patient_split(samples, args.val_fraction, args.split_seed)
+    cache: dict[str, tuple] = {}
+    for name in args.names:
+        intensity, recipe = CANDIDATES[name]
+        if intensity not in cache:
+            pp = Preprocessing(intensity=intensity)
+            cache[intensity] = (load_images(train, pp), load_images(val, pp))
+        tr, va = cache[intensity]
+        for seed in args.seeds:
+            t0 = time.time()
+            res = fit(tr.x, tr.y, recipe, seed, va.x, va.y, on_epoch=lambda r: print(name, seed, r, flush=True))
+            row = {
+                "name": name, "seed": seed, "intensity": intensity, "recipe": recipe.to_dict(),
+                "best_epoch": res.best_epoch, "threshold": res.threshold,
+                "val": res.val_metrics, "seconds": round(time.time() - t0, 1),
+                "history": res.history, "split_seed": args.split_seed, "test_looked_at": False,
+            }
+            print(json.dumps({k: row[k] for k in ("name", "seed", "best_epoch", "threshold", "seconds")}),
+                  "val acc %.4f auc %.4f" % (res.val_metrics["accuracy"], res.val_metrics["auc"]), flush=True)
+            with Path(args.log).open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

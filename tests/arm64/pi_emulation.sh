@@ -1,0 +1,495 @@
+#!/usr/bin/env bash
+# Prove that the base edge-pneumo package runs on a 64-bit Raspberry Pi
+# (Debian bookworm arm64, Python 3.11) by running it under qemu-user emulation,
+# and that it gives the same answers as the host.
+#
+# What it does (as root, on a Debian/Ubuntu x86_64 host):
+#   1. host tools: qemu-user-static, binfmt-support, debootstrap; binfmt_misc on
+#   2. a bookworm arm64 minbase rootfs, cached OUTSIDE the repo (stamp files)
+#   3. python3 + python3-venv + ca-certificates inside it
+#   4. a Pi-4 style /proc/cpuinfo and QEMU_CPU=cortex-a72
+#   5. the project's wheel, built from this checkout, installed with the
+#      [tflite] extra into a fresh arm64 venv; TensorFlow must be absent
+#   6. `edge-pneumo infer` on N real test X-rays for the int8 ONNX, float32 ONNX
+#      and int8 TFLite artifacts, inside the emulated system
+#   7. the same command on the host
+#   8. per image: same label; |dp| <= 1e-4 (float32) or <= 1/255 (int8)
+#
+# Usage:  sudo tests/arm64/pi_emulation.sh [--summary FILE.json]
+#         sudo tests/arm64/pi_emulation.sh --prepare   # only build/refresh the cached rootfs
+# Env:
+#   EDGE_PNEUMO_PI_CACHE     rootfs cache     (default ~/.cache/edge-pneumo/pi-rootfs)
+#   EDGE_PNEUMO_PI_FRESH=1   delete the cached rootfs first
+#   EDGE_PNEUMO_PI_IMAGES    number of images (default 40, half of each class)
+#   EDGE_PNEUMO_PI_SUMMARY   where to write the JSON summary (same as --summary)
+#   EDGE_PNEUMO_PI_KEEP=1    keep the scratch directory (images, outputs)
+#   EDGE_PNEUMO_DATA         dataset root     (default <repo>/../shared/data/chest_xray)
+#   EDGE_PNEUMO_HOST_BIN     host edge-pneumo executable, or the bin/ directory
+#                            holding edge-pneumo and python (default: edge-pneumo on PATH)
+#   QEMU_CPU                 emulated CPU (default cortex-a72 = Pi 4; cortex-a76 ~ Pi 5;
+#                            cortex-a53 = Pi 3 / Zero 2 W)
+#   MIRROR, SECURITY_MIRROR  Debian mirrors (default: taken from the host's apt sources)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CACHE=${EDGE_PNEUMO_PI_CACHE:-$HOME/.cache/edge-pneumo/pi-rootfs}
+ROOTFS=$CACHE/rootfs
+STAMPS=$CACHE/stamps
+DATA=${EDGE_PNEUMO_DATA:-$REPO/../shared/data/chest_xray}
+N_IMAGES=${EDGE_PNEUMO_PI_IMAGES:-40}
+SUMMARY=${EDGE_PNEUMO_PI_SUMMARY:-}
+PREPARE_ONLY=0
+SUITE=bookworm
+ARM_VENV=/opt/edge-pneumo-venv           # inside the rootfs, recreated every run
+export QEMU_CPU=${QEMU_CPU:-cortex-a72}
+
+while (($#)); do
+  case $1 in
+    --summary) SUMMARY=$2; shift 2 ;;
+    --prepare) PREPARE_ONLY=1; shift ;;
+    --summary=*) SUMMARY=${1#*=}; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+log()  { printf '\n=== %s\n' "$*"; }
+die()  { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+[[ -z $SUMMARY ]] || SUMMARY=$(realpath -m "$SUMMARY")
+[[ $(id -u) == 0 ]] || die "needs root (debootstrap, chroot, mounts)"
+[[ $N_IMAGES =~ ^[0-9]+$ && $N_IMAGES -ge 2 ]] || die "EDGE_PNEUMO_PI_IMAGES must be an integer >= 2"
+
+# ------------------------------------------------------------------ helpers
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/edge-pneumo-pi.XXXXXX")
+TIMINGS=$SCRATCH/timings.tsv
+: > "$TIMINGS"
+T_START=$(date +%s.%N)
+
+phase() {  # phase NAME CMD... : run CMD, record its wall time under NAME
+  local name=$1; shift
+  local t0; t0=$(date +%s.%N)
+  log "[$name]"
+  "$@"
+  local dt; dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  printf '%s\t%s\n' "$name" "$dt" >> "$TIMINGS"
+  echo "--- $name: ${dt} s"
+}
+
+mounts_under_rootfs() {  # mount points below the rootfs, innermost (latest) first
+  awk -v r="$ROOTFS/" 'index($2, r) == 1 { print $2 }' /proc/mounts | tac
+}
+
+unsync_host_cas() {
+  # Extra CAs the host trusts (e.g. a TLS-inspecting proxy): pip in the chroot
+  # needs them too. update-ca-certificates takes ~1 min under emulation, so only
+  # run it when a certificate changed (before apt, ca-certificates' postinst does it).
+  compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null || return 0
+  local f dest=$ROOTFS/usr/local/share/ca-certificates changed=0
+  mkdir -p "$dest"
+  for f in /usr/local/share/ca-certificates/*.crt; do
+    cmp -s "$f" "$dest/${f##*/}" || { cp "$f" "$dest/"; changed=1; }
+  done
+  if ((changed)) && [[ -x $ROOTFS/usr/sbin/update-ca-certificates ]]; then
+    in_pi update-ca-certificates > /dev/null
+  fi
+}
+
+mount_rootfs() {
+  local m
+  for m in $(mounts_under_rootfs); do
+    umount "$m" 2>/dev/null || umount -l "$m"
+  done
+}
+
+cleanup() {
+  local rc=$?
+  unmount_rootfs || true
+  if [[ ${EDGE_PNEUMO_PI_KEEP:-0} == 1 ]]; then
+    echo "scratch kept: $SCRATCH"
+  elif mounts_under_rootfs | grep -q .; then
+    echo "WARNING: still mounted under $ROOTFS; leaving $SCRATCH in place" >&2
+  else
+    rm -rf "$SCRATCH"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Run a command inside the arm64 rootfs with a clean, explicit environment.
+CHROOT_ENV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+            LANG=C.UTF-8 QEMU_CPU="$QEMU_CPU" DEBIAN_FRONTEND=noninteractive
+            PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1
+            PIP_DEFAULT_TIMEOUT=120 PIP_NO_INPUT=1)
+for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+  [[ -n ${!v:-} ]] && CHROOT_ENV+=("$v=${!v}")
+done
+# A host index over http(s) is reachable from the chroot too; file:// ones are not.
+[[ ${PIP_INDEX_URL:-} == http* ]] && CHROOT_ENV+=("PIP_INDEX_URL=$PIP_INDEX_URL")
+in_pi() { chroot "$ROOTFS" /usr/bin/env -i "${CHROOT_ENV[@]}" "$@"; }
+
+# Host edge-pneumo and the python beside it (its venv builds the wheel and compares).
+resolve_host() {
+  local bin=${EDGE_PNEUMO_HOST_BIN:-edge-pneumo}
+  if [[ -d $bin ]]; then HOST_EP=$bin/edge-pneumo; else HOST_EP=$(command -v "$bin" || true); fi
+  [[ -n $HOST_EP && -x $HOST_EP ]] || die "host edge-pneumo not found ('$bin'); set EDGE_PNEUMO_HOST_BIN"
+  HOST_PY=$(dirname "$HOST_EP")/python
+  [[ -x $HOST_PY ]] || HOST_PY=$(command -v python3) || die "no host python3"
+  echo "host: $HOST_EP (python $HOST_PY)"
+}
+
+debian_mirror() {  # first host apt URI whose path ends in /$1
+  { grep -hE '^[[:space:]]*deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+      | sed -E 's/\[[^]]*\]//' | awk '{ print $2 }'
+    grep -hE '^[[:space:]]*URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
+      | sed -E 's/^[[:space:]]*URIs:[[:space:]]*//' | tr ' ' '\n'
+  } | sed 's:/*$::' | grep -E "/$1\$" | head -n1 || true
+}
+MIRROR=${MIRROR:-$(debian_mirror debian)}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+SECURITY_MIRROR=${SECURITY_MIRROR:-$(debian_mirror debian-security)}
+SECURITY_MIRROR=${SECURITY_MIRROR:-${MIRROR%/debian}/debian-security}
+
+# ------------------------------------------------------------------ 1. host tools
+host_tools() {
+  local missing=()
+  command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+  command -v update-binfmts      >/dev/null || missing+=(binfmt-support)
+  command -v debootstrap         >/dev/null || missing+=(debootstrap)
+  if ((${#missing[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+  # Containers and systemd-less VMs often have binfmt_misc unmounted.
+  [[ -e /proc/sys/fs/binfmt_misc/register ]] \
+    || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc \
+    || die "cannot mount binfmt_misc (unprivileged container?)"
+  update-binfmts --enable qemu-aarch64 || true
+  local entry=/proc/sys/fs/binfmt_misc/qemu-aarch64
+  grep -qx enabled "$entry" 2>/dev/null || die "binfmt handler qemu-aarch64 is not enabled"
+  echo "binfmt: $(tr '\n' ' ' < "$entry" | cut -c1-90)"
+}
+
+# ------------------------------------------------------------------ 2. rootfs
+build_rootfs() {
+  unmount_rootfs
+  mounts_under_rootfs | grep -q . && die "something is still mounted under $ROOTFS"
+  rm -rf --one-file-system "$ROOTFS" "$STAMPS"
+  mkdir -p "$STAMPS"
+  debootstrap --arch=arm64 --foreign --variant=minbase "$SUITE" "$ROOTFS" "$MIRROR"
+  # Without the binfmt 'F' flag the interpreter must exist inside the chroot.
+  local interp
+  interp=$(awk '$1 == "interpreter" { print $2 }' /proc/sys/fs/binfmt_misc/qemu-aarch64)
+  if ! grep -q '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-aarch64; then
+    mkdir -p "$ROOTFS$(dirname "$interp")"
+    cp -L "$interp" "$ROOTFS$interp"
+  fi
+  chroot "$ROOTFS" /debootstrap/debootstrap --second-stage
+  touch "$STAMPS/debootstrap"
+}
+
+fake_cpuinfo() {
+  # qemu-user passes the host's x86 /proc/cpuinfo through; the cpuinfo library
+  # inside onnxruntime (MLAS) and LiteRT (XNNPACK) then segfaults. Serve what a
+  # Pi 4 (Cortex-A72, part 0xd08) reports, one block per host core.
+  local i f=$CACHE/cpuinfo.arm64
+  : > "$f"
+  for ((i = 0; i < $(nproc); i++)); do
+    printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$i"
+    printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n'
+  done >> "$f"
+  printf 'Revision\t: c03111\nModel\t\t: Raspberry Pi 4 Model B Rev 1.1 (qemu-user)\n' >> "$f"
+}
+
+mount_rootfs() {
+  unmount_rootfs   # leftovers of a killed run
+  fake_cpuinfo
+  mount -t proc proc "$ROOTFS/proc"
+  mount --bind "$CACHE/cpuinfo.arm64" "$ROOTFS/proc/cpuinfo"
+  mount --bind /sys "$ROOTFS/sys"
+  mount --bind /dev "$ROOTFS/dev"
+  mount --bind /dev/pts "$ROOTFS/dev/pts"
+  mkdir -p "$ROOTFS/work"
+  mount --bind "$SCRATCH/work" "$ROOTFS/work"
+  cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+  sync_host_cas
+  [[ $(in_pi uname -m) == aarch64 ]] || die "the rootfs does not run as aarch64"
+}
+
+# ------------------------------------------------------------------ 3. apt in the rootfs
+pi_apt() {
+  cat > "$ROOTFS/etc/apt/sources.list" <<EOF
+deb $MIRROR $SUITE main
+deb $MIRROR $SUITE-updates main
+deb $SECURITY_MIRROR $SUITE-security main
+EOF
+  echo force-unsafe-io > "$ROOTFS/etc/dpkg/dpkg.cfg.d/unsafe-io"   # fewer fsyncs under emulation
+  in_pi apt-get update -qq
+  in_pi apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates
+  in_pi apt-get clean
+  touch "$STAMPS/apt"
+}
+
+# ------------------------------------------------------------------ 5. wheel + fresh venv
+build_wheel() {
+  # Build from a copy of the tracked + untracked-but-not-ignored files, so the
+  # checkout gets no build/ or *.egg-info litter.
+  local src=$SCRATCH/src
+  mkdir -p "$src" "$SCRATCH/work/dist"
+  if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
+    # ... minus any virtualenv that lives in the checkout without being ignored.
+    local venvs
+    venvs=$(cd "$REPO" && find . -maxdepth 3 -name pyvenv.cfg -printf '%h\n' | sed 's:^\./::' | paste -sd'|')
+    git -C "$REPO" ls-files -z --cached --others --exclude-standard \
+      | { if [[ -n $venvs ]]; then grep -zvE "^($venvs)/"; else cat; fi; } \
+      | tar -C "$REPO" --null --ignore-failed-read -T - -cf - | tar -C "$src" -xf -
+  else
+    cp -a "$REPO/." "$src/"
+  fi
+  "$HOST_PY" -m pip wheel -q --no-deps -w "$SCRATCH/work/dist" "$src"
+  WHEEL=$(cd "$SCRATCH/work/dist" && ls edge_pneumo-*.whl)
+  [[ $(wc -w <<< "$WHEEL") == 1 ]] || die "expected one wheel, got: $WHEEL"
+  echo "wheel: $WHEEL ($(du -h "$SCRATCH/work/dist/$WHEEL" | cut -f1))"
+}
+
+pi_venv() {
+  rm -rf --one-file-system "${ROOTFS:?}$ARM_VENV"
+  in_pi python3 -m venv "$ARM_VENV"
+}
+
+pi_pip_install() {
+  # Binary wheels only: a Pi must not need a compiler. The pip cache lives in
+  # the rootfs (/root/.cache/pip), so reruns download nothing.
+  in_pi "$ARM_VENV/bin/pip" install --only-binary=:all: "/work/dist/$WHEEL[tflite]"
+}
+
+pi_check() {
+  # Platform, versions, and: TensorFlow must NOT be importable.
+  cat > "$SCRATCH/work/pi_info.py" <<'EOF'
+import importlib.metadata as md, json, platform, sys
+info = {"machine": platform.machine(), "python": platform.python_version(),
+        "versions": {}, "packages": sorted(f"{d.metadata['Name']}=={d.version}" for d in md.distributions())}
+for dist in ("edge-pneumo", "numpy", "opencv-python-headless", "onnxruntime", "ai-edge-litert", "typer"):
+    try:
+        info["versions"][dist] = md.version(dist)
+    except md.PackageNotFoundError:
+        info["versions"][dist] = None
+try:
+    import tensorflow  # noqa: F401
+    info["tensorflow_importable"] = True
+except ImportError:
+    info["tensorflow_importable"] = False
+json.dump(info, open(sys.argv[1], "w"), indent=1)
+print(f"machine {info['machine']}, python {info['python']}, tensorflow importable: {info['tensorflow_importable']}")
+for k, v in info["versions"].items():
+    print(f"  {k:24s} {v}")
+EOF
+  in_pi "$ARM_VENV/bin/python" /work/pi_info.py /work/pi_info.json
+  "$HOST_PY" - "$SCRATCH/work/pi_info.json" <<'EOF'
+import json, sys
+info = json.load(open(sys.argv[1]))
+problems = []
+if info["machine"] != "aarch64": problems.append(f"machine is {info['machine']}, not aarch64")
+if not info["python"].startswith("3.11."): problems.append(f"python is {info['python']}, not 3.11")
+if info["tensorflow_importable"]: problems.append("tensorflow is importable: the base install must not pull it in")
+missing = [k for k, v in info["versions"].items() if v is None]
+if missing: problems.append(f"not installed: {missing}")
+if any(p.lower().startswith(("tensorflow", "keras")) for p in info["packages"]):
+    problems.append("tensorflow/keras distribution installed")
+sys.exit("\n".join(problems) or None)
+EOF
+}
+
+# ------------------------------------------------------------------ 6/7. images + inference
+stage_images() {
+  local half=$((N_IMAGES / 2)) cls n dir
+  mkdir -p "$SCRATCH/work/images"
+  for cls in NORMAL PNEUMONIA; do
+    n=$half; [[ $cls == PNEUMONIA ]] && n=$((N_IMAGES - half))
+    dir=$DATA/test/$cls
+    [[ -d $dir ]] || die "no test images in $dir (set EDGE_PNEUMO_DATA)"
+    local files=()
+    mapfile -t files < <(find "$dir" -maxdepth 1 -type f \( -iname '*.jpeg' -o -iname '*.jpg' -o -iname '*.png' \) \
+                           -printf '%f\n' | LC_ALL=C sort | head -n "$n")
+    ((${#files[@]} == n)) || die "wanted $n images in $dir, found ${#files[@]}"
+    local f
+    for f in "${files[@]}"; do cp "$dir/$f" "$SCRATCH/work/images/"; done
+  done
+  local got; got=$(ls "$SCRATCH/work/images" | wc -l)
+  ((got == N_IMAGES)) || die "file name clash between classes: $got of $N_IMAGES images staged"
+  echo "$N_IMAGES images ($half NORMAL, $((N_IMAGES - half)) PNEUMONIA) from $DATA/test"
+}
+
+select_artifacts() {
+  # name <TAB> file <TAB> format <TAB> precision, for int8 ONNX, float32 ONNX, int8 TFLite.
+  [[ -f $REPO/exported/manifest.json ]] || die "no exported/manifest.json in $REPO"
+  "$HOST_PY" - "$REPO/exported/manifest.json" > "$SCRATCH/artifacts.tsv" <<'EOF'
+import json, sys
+arts = json.load(open(sys.argv[1]))["artifacts"]
+wanted = [("onnx", "int8"), ("onnx", "float32"), ("tflite", "int8")]
+for fmt, prec in wanted:
+    hits = [a for a in arts if a.get("format") == fmt and a.get("precision") == prec]
+    if not hits:
+        sys.exit(f"manifest has no {prec} {fmt} artifact")
+    a = hits[0]
+    print(f"{fmt}_{prec}\t{a['file']}\t{fmt}\t{prec}\t{a.get('sha256', '')}")
+EOF
+  cat "$SCRATCH/artifacts.tsv"
+}
+
+check_bundled() {
+  # The arm64 run uses the artifacts inside the installed wheel: they must be
+  # byte-identical to the checkout's (which the host run uses).
+  local site name file fmt prec sha
+  site=$(in_pi "$ARM_VENV/bin/python" -c \
+    'import importlib.util as u; print(u.find_spec("edge_pneumo").submodule_search_locations[0])')
+  PI_EXPORTED=$site/exported
+  while IFS=$'\t' read -r name file fmt prec sha; do
+    [[ -f $ROOTFS$PI_EXPORTED/$file ]] || die "the wheel does not ship exported/$file"
+    cmp -s "$ROOTFS$PI_EXPORTED/$file" "$REPO/exported/$file" || die "wheel's $file differs from exported/$file"
+    if [[ -n $sha ]]; then
+      [[ $(sha256sum < "$REPO/exported/$file" | cut -d' ' -f1) == "$sha" ]] \
+        || die "exported/$file does not match its manifest sha256"
+    fi
+  done < "$SCRATCH/artifacts.tsv"
+  echo "bundled artifacts in $PI_EXPORTED match exported/"
+}
+
+check_artifacts() { select_artifacts && check_bundled; }
+
+record_rc() {  # record_rc SIDE NAME CMD... : run CMD, log its exit code, keep going
+  local side=$1 name=$2 rc=0; shift 2
+  "$@" || rc=$?
+  printf '%s\t%s\t%s\n' "$side" "$name" "$rc" >> "$SCRATCH/infer_rc.tsv"
+  ((rc == 0)) || echo "!!! $side infer for $name failed with exit code $rc"
+}
+
+infer_pi() {  # infer_pi NAME FILE
+  in_pi "$ARM_VENV/bin/edge-pneumo" infer --model "$PI_EXPORTED/$2" --dir /work/images \
+    --format json --output "/work/out_$1.jsonl"
+}
+
+infer_host() {  # infer_host NAME FILE
+  mkdir -p "$SCRATCH/host"
+  "$HOST_EP" infer --model "$REPO/exported/$2" --dir "$SCRATCH/work/images" \
+    --format json --output "$SCRATCH/host/out_$1.jsonl"
+}
+
+# ------------------------------------------------------------------ 8. compare + summary
+compare() {
+  local summary=${SUMMARY:-$SCRATCH/summary.json}
+  local results_dir=${summary%.json}-results
+  mkdir -p "$results_dir"
+  "$HOST_PY" - "$SCRATCH" "$summary" "$results_dir" "$N_IMAGES" "$QEMU_CPU" "$(date +%s.%N)" "$T_START" <<'EOF'
+import json, os, shutil, sys
+from pathlib import Path
+
+scratch, summary, results_dir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+n_expected, qemu_cpu = int(sys.argv[4]), sys.argv[5]
+elapsed = float(sys.argv[6]) - float(sys.argv[7])
+TOL = {"float32": 1e-4, "int8": 1 / 255}
+
+def load(path):
+    if not path.exists():
+        return None
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return recs
+
+rc = {}
+for line in (scratch / "infer_rc.tsv").read_text().splitlines():
+    side, name, code = line.split("\t")
+    rc[(side, name)] = int(code)
+
+rows, ok = [], True
+for line in (scratch / "artifacts.tsv").read_text().splitlines():
+    name, file, fmt, prec = line.split("\t")[:4]
+    tol = TOL[prec]
+    row = {"name": name, "file": file, "format": fmt, "precision": prec, "tolerance": tol,
+           "rc_arm64": rc.get(("arm64", name)), "rc_host": rc.get(("host", name))}
+    pi_path, host_path = scratch / "work" / f"out_{name}.jsonl", scratch / "host" / f"out_{name}.jsonl"
+    pi, host = load(pi_path), load(host_path)
+    problems = []
+    if row["rc_arm64"] != 0 or pi is None: problems.append(f"arm64 infer failed (rc {row['rc_arm64']})")
+    if row["rc_host"] != 0 or host is None: problems.append(f"host infer failed (rc {row['rc_host']})")
+    if pi is not None and host is not None:
+        for side, recs, dest in (("arm64", pi, pi_path), ("host", host, host_path)):
+            shutil.copy(dest, results_dir / f"{side}_{name}.jsonl")
+            row[f"results_{side}"] = str(results_dir / f"{side}_{name}.jsonl")
+        pi_by = {Path(r["path"]).name: r for r in pi}
+        host_by = {Path(r["path"]).name: r for r in host}
+        common = sorted(pi_by.keys() & host_by.keys())
+        dps = [abs(float(pi_by[k]["probability"]) - float(host_by[k]["probability"])) for k in common]
+        row.update(n_images=n_expected, n_arm64=len(pi), n_host=len(host), n_matched=len(common),
+                   max_abs_dp=max(dps) if dps else None,
+                   label_mismatches=[k for k in common if pi_by[k]["label"] != host_by[k]["label"]],
+                   unmatched=sorted(pi_by.keys() ^ host_by.keys()))
+        if not (len(pi) == len(host) == len(common) == n_expected):
+            problems.append(f"record counts: arm64 {len(pi)}, host {len(host)}, matched {len(common)}, expected {n_expected}")
+        if row["label_mismatches"]: problems.append(f"{len(row['label_mismatches'])} label mismatches")
+        if dps and max(dps) > tol: problems.append(f"max |dp| {max(dps):.3g} > {tol:.3g}")
+    row["problems"], row["ok"] = problems, not problems
+    ok &= row["ok"]
+    rows.append(row)
+
+timings = {}
+for line in (scratch / "timings.tsv").read_text().splitlines():
+    k, v = line.split("\t")
+    timings[k] = float(v)
+pi_info = json.loads((scratch / "work" / "pi_info.json").read_text())
+doc = {"ok": ok, "qemu_cpu": qemu_cpu, "n_images": n_expected, "arm64": pi_info,
+       "artifacts": rows, "timings_s": timings, "total_s": round(elapsed, 1)}
+summary.parent.mkdir(parents=True, exist_ok=True)
+summary.write_text(json.dumps(doc, indent=1))
+
+print(f"arm64 (QEMU_CPU={qemu_cpu}): python {pi_info['python']}, "
+      + ", ".join(f"{k} {v}" for k, v in pi_info["versions"].items()))
+print(f"{'artifact':16s} {'file':34s} {'n':>4s} {'max|dp|':>10s} {'tol':>9s} {'label diff':>10s}  result")
+for r in rows:
+    mdp = "-" if r.get("max_abs_dp") is None else f"{r['max_abs_dp']:.2e}"
+    nl = "-" if "label_mismatches" not in r else str(len(r["label_mismatches"]))
+    print(f"{r['name']:16s} {r['file']:34s} {r.get('n_matched', 0):4d} {mdp:>10s} {r['tolerance']:9.2e} {nl:>10s}  "
+          + ("ok" if r["ok"] else "FAIL: " + "; ".join(r["problems"])))
+print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f"; total {elapsed:.1f}")
+print(f"summary: {summary}")
+sys.exit(0 if ok else 1)
+EOF
+}
+
+# ================================================================== main
+mkdir -p "$CACHE" "$SCRATCH/work"
+exec 9> "$CACHE/.lock"
+flock -n 9 || { echo "waiting for another run using $CACHE ..."; flock 9; }
+
+echo "repo $REPO | cache $CACHE | mirror $MIRROR | QEMU_CPU $QEMU_CPU"
+((PREPARE_ONLY)) || resolve_host
+if [[ ${EDGE_PNEUMO_PI_FRESH:-0} == 1 ]]; then
+  unmount_rootfs
+  rm -rf --one-file-system "$ROOTFS" "$STAMPS"
+fi
+
+phase host_tools host_tools
+[[ -e $STAMPS/debootstrap ]] || phase debootstrap build_rootfs
+phase mount mount_rootfs
+[[ -e $STAMPS/apt ]] || phase pi_apt pi_apt
+if ((PREPARE_ONLY)); then
+  echo "rootfs ready: $ROOTFS ($(du -shx "$CACHE" | cut -f1))"
+  exit 0
+fi
+
+phase wheel_build build_wheel
+phase pi_venv pi_venv
+phase pi_pip_install pi_pip_install
+phase pi_check pi_check
+phase images stage_images
+phase artifacts check_artifacts
+
+: > "$SCRATCH/infer_rc.tsv"
+while IFS=$'\t' read -r name file _; do
+  phase "infer_arm64_$name" record_rc arm64 "$name" infer_pi "$name" "$file"
+  phase "infer_host_$name"  record_rc host  "$name" infer_host "$name" "$file"
+done < "$SCRATCH/artifacts.tsv"
+
+log "[compare]"
+echo "cache: $(du -shx "$CACHE" | cut -f1) in $CACHE"
+compare
