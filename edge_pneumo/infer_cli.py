@@ -50,13 +50,11 @@ class _Writer:
             row = {k: d.get(k, "") for k in CSV_FIELDS}
             row["warnings"] = "; ".join(d.get("warnings", []))
             self.csv.writerow(row)
-        elif result.ok:
+        elif result.ok:  # text: failures go to stderr only, as one line each
             self.stream.write(
                 f"{d['path']}  {d['label']:<9}  p={d['probability']:.4f}  threshold={d['threshold']:.4f}  "
                 f"{d['artifact']}  {d['ms']:.1f} ms\n"
             )
-        else:
-            self.stream.write(f"{d['path']}  ERROR  {d['error']}\n")
 
 
 def run_infer(items, directory, model, artifact, fmt, output, threads, batch_size, verify) -> int:

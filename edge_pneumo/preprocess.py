@@ -110,6 +110,10 @@ def read_grey(path: str | os.PathLike, min_side_hint: int | None = None) -> Grey
     """
     p = Path(path)
     suffix = p.suffix.lower()
+    if not p.exists():
+        raise InputImageError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputImageError(f"{p}: is a directory, not an image (use --dir to classify a folder)")
     if suffix not in IMAGE_SUFFIXES:
         raise InputImageError(
             f"{p}: unsupported file type '{suffix or '(none)'}'; use one of {', '.join(sorted(IMAGE_SUFFIXES))}"
@@ -135,8 +139,6 @@ def read_grey(path: str | os.PathLike, min_side_hint: int | None = None) -> Grey
 
 def _read_bytes(p: Path) -> np.ndarray:
     try:
-        if p.is_dir():
-            raise InputImageError(f"{p}: is a directory, not an image (use --dir to classify a folder)")
         data = np.fromfile(p, dtype=np.uint8)
     except FileNotFoundError:
         raise InputImageError(f"{p}: no such file") from None
@@ -209,7 +211,7 @@ def _decode_jpeg(p: Path, data: np.ndarray, min_side_hint: int | None, warnings:
     tail = data[-64:].tobytes().rstrip(b"\x00\r\n ")
     truncated = not tail.endswith(b"\xff\xd9")
     if truncated:
-        with _silenced_stderr():
+        with silenced_stderr():
             pixels = cv2.imdecode(data, flag)
     else:
         pixels = cv2.imdecode(data, flag)
@@ -221,7 +223,7 @@ def _decode_jpeg(p: Path, data: np.ndarray, min_side_hint: int | None, warnings:
 
 
 def _decode_other(p: Path, data: np.ndarray) -> np.ndarray:
-    with _silenced_stderr():
+    with silenced_stderr():
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise InputImageError(f"{p}: corrupt image that cannot be decoded")
@@ -256,7 +258,7 @@ def stretch_to_uint8(img: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def _silenced_stderr():
+def silenced_stderr():
     """Point fd 2 at /dev/null while a native decoder runs (only around single decodes)."""
     with _STDERR_LOCK:
         try:

@@ -99,9 +99,12 @@ class TfliteBackend:
                 "(or use an .onnx artifact)"
             ) from None
         self.path = path
+        from .preprocess import silenced_stderr
+
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-            self.interpreter.allocate_tensors()
+            with silenced_stderr():  # LiteRT announces its XNNPACK delegate on fd 2
+                self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelFileError(f"{path}: not a valid TFLite model ({first[:160]})") from None
