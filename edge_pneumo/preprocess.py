@@ -23,6 +23,8 @@ from .errors import InputImageError
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
 MIN_SIDE = 16  # smaller than this is not an X-ray, whatever the header says
+MAX_MISSING_FRACTION = 0.25  # a cut JPEG missing more than this is refused, not guessed at
+_EOI = np.frombuffer(b"\xff\xd9", np.uint8)
 
 _INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 _INTENSITIES = ("none", "equalize")
@@ -206,20 +208,33 @@ def _decode_jpeg(p: Path, data: np.ndarray, min_side_hint: int | None, warnings:
                 if min(size) // factor >= min_side_hint:
                     flag = reduced
                     break
-    # A complete JPEG ends with the EOI marker (FF D9). A cut one still decodes (the missing
-    # rows come out grey) but libjpeg complains on fd 2: keep that off the terminal and say it once.
+    # A complete JPEG ends with the EOI marker (FF D9). Damaged originals often lose their last
+    # bytes: OpenCV 5 then refuses the whole file, while libjpeg can still decode what is there
+    # (the missing rows come out flat grey). Give it the marker back, keep libjpeg's
+    # "Corrupt JPEG data" line off the terminal, and say it once, with how much is missing.
     tail = data[-64:].tobytes().rstrip(b"\x00\r\n ")
-    truncated = not tail.endswith(b"\xff\xd9")
-    if truncated:
-        with silenced_stderr():
-            pixels = cv2.imdecode(data, flag)
-    else:
+    if tail.endswith(b"\xff\xd9"):
         pixels = cv2.imdecode(data, flag)
+        if pixels is None:
+            raise InputImageError(f"{p}: corrupt JPEG that cannot be decoded")
+        return pixels
+    with silenced_stderr():
+        pixels = cv2.imdecode(np.concatenate([data, _EOI]), flag)
     if pixels is None:
-        raise InputImageError(f"{p}: corrupt JPEG that cannot be decoded")
-    if truncated:
-        warnings.append("damaged JPEG (premature end of data); classified from what could be decoded")
+        raise InputImageError(f"{p}: JPEG cut short before its image data; it cannot be decoded")
+    missing = missing_rows_fraction(pixels)
+    if missing > MAX_MISSING_FRACTION:
+        raise InputImageError(f"{p}: JPEG cut short, {missing:.0%} of the image is missing; too little to classify")
+    warnings.append(f"damaged JPEG (premature end of data, {missing:.0%} of rows missing); classified from what could be decoded")
     return pixels
+
+
+def missing_rows_fraction(pixels: np.ndarray) -> float:
+    """Share of bottom rows that are libjpeg's flat mid-grey fill for data it never received."""
+    flat = (pixels.min(axis=1) == pixels.max(axis=1)) & (np.abs(pixels[:, 0].astype(np.int16) - 128) <= 2)
+    not_flat = np.flatnonzero(~flat)
+    last_real = not_flat[-1] + 1 if len(not_flat) else 0
+    return float((pixels.shape[0] - last_real) / pixels.shape[0])
 
 
 def _decode_other(p: Path, data: np.ndarray) -> np.ndarray:

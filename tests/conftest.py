@@ -56,3 +56,35 @@ def real_data() -> Path:
     if d is None:
         pytest.skip("real chest X-ray dataset not found (set EDGE_PNEUMO_DATA)")
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, synthetic_data) -> Path:
+    """A seed CNN trained briefly on synthetic images and exported to every format.
+
+    Session-scoped: training and export take about a minute, and many tests share them.
+    """
+    pytest.importorskip("tensorflow")
+    from edge_pneumo.formats import resolve_formats
+    from edge_pneumo.training.export import ExportConfig, export_all
+    from edge_pneumo.training.fit import Recipe
+    from edge_pneumo.training.keras_io import MODEL_NAME, load_keras
+    from edge_pneumo.training.train import TrainConfig, run_training
+
+    out = tmp_path_factory.mktemp("exported")
+    run_training(TrainConfig(data=synthetic_data, out=out, intensity="none",
+                             recipe=Recipe(max_epochs=3, patience=2, batch_size=16)), log=lambda m: None)
+    km = load_keras(out / MODEL_NAME)
+    export_all(km, ExportConfig(data=synthetic_data, out=out, formats=tuple(resolve_formats(["all"])),
+                                calibration_images=40, validation_images=40), log=lambda m: None)
+    return out
+
+
+@pytest.fixture()
+def exported_copy(tiny_export, tmp_path) -> Path:
+    """A private copy of the tiny export that a test may tamper with."""
+    import shutil
+
+    dst = tmp_path / "exported"
+    shutil.copytree(tiny_export, dst)
+    return dst

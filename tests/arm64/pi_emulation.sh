@@ -253,15 +253,41 @@ build_wheel() {
   echo "wheel: $WHEEL ($(du -h "$SCRATCH/work/dist/$WHEEL" | cut -f1))"
 }
 
+fetch_wheels() {
+  # Resolving against PyPI is the slow part of pip under emulation (minutes of
+  # index parsing in emulated Python), so the host's pip downloads the arm64
+  # wheels natively, for the rootfs's Python and glibc; the arm64 pip then
+  # resolves again, offline, against exactly those files.
+  local py glibc plat=() i
+  read -r py glibc < <(in_pi python3 -c \
+    'import platform, sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}", platform.libc_ver()[1])')
+  for ((i = ${glibc#2.}; i >= 17; i--)); do plat+=(--platform "manylinux_2_${i}_aarch64"); done
+  plat+=(--platform manylinux2014_aarch64 --platform linux_aarch64)
+  echo "arm64 target: python $py, glibc $glibc"
+  mkdir -p "$SCRATCH/work/wheels"
+  "$HOST_PY" -m pip download -q --cache-dir "$CACHE/pip" --only-binary=:all: "${plat[@]}" \
+    --python-version "$py" --implementation cp --abi "cp${py/./}" \
+    -d "$SCRATCH/work/wheels" "$SCRATCH/work/dist/$WHEEL[tflite]"
+  echo "$(ls "$SCRATCH/work/wheels" | wc -l) wheels, $(du -sh "$SCRATCH/work/wheels" | cut -f1)"
+}
+
 pi_venv() {
+  # No pip inside: ensurepip costs ~1 min under emulation. Debian's own pip
+  # wheel (the one ensurepip would install) runs from outside instead.
   rm -rf --one-file-system "${ROOTFS:?}$ARM_VENV"
-  in_pi python3 -m venv "$ARM_VENV"
+  in_pi python3 -m venv --without-pip "$ARM_VENV"
 }
 
 pi_pip_install() {
-  # Binary wheels only: a Pi must not need a compiler. The pip cache lives in
-  # the rootfs (/root/.cache/pip), so reruns download nothing.
-  in_pi "$ARM_VENV/bin/pip" install --only-binary=:all: "/work/dist/$WHEEL[tflite]"
+  # Binary wheels only: a Pi must not need a compiler. --no-compile: byte-
+  # compiling every installed file under emulation is slow; imports do it lazily.
+  local pip_whl
+  pip_whl=$(cd "$ROOTFS" && ls usr/share/python-wheels/pip-*.whl | tail -n1)
+  local pip=("$ARM_VENV/bin/python" "/$pip_whl/pip" install --no-compile --only-binary=:all:)
+  if ! in_pi "${pip[@]}" --no-index --find-links /work/wheels "/work/dist/$WHEEL[tflite]"; then
+    echo "offline install from the host-fetched wheels failed; retrying against the index"
+    in_pi "${pip[@]}" --find-links /work/wheels "/work/dist/$WHEEL[tflite]"
+  fi
 }
 
 pi_check() {
@@ -478,6 +504,7 @@ if ((PREPARE_ONLY)); then
 fi
 
 phase wheel_build build_wheel
+phase fetch_wheels fetch_wheels
 phase pi_venv pi_venv
 phase pi_pip_install pi_pip_install
 phase pi_check pi_check

@@ -1,0 +1,222 @@
+"""Shared helpers for the bench/ scripts: machine/version record, process timing, stats.
+
+Not part of the package; imported by the scripts in this folder (they put bench/ on sys.path).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import glob
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+VERSION_PACKAGES = (
+    "edge-pneumo",
+    "onnxruntime",
+    "opencv-python-headless",
+    "numpy",
+    "ai-edge-litert",
+    "tensorflow-cpu",
+    "keras",
+    "typer",
+    "pydantic",
+)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "processor\t: arm")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_state() -> dict:
+    def run(*args):
+        try:
+            return subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    status = run("status", "--porcelain", "--", "edge_pneumo")
+    return {"commit": run("rev-parse", "HEAD"), "package_dirty": bool(status), "package_changes": status.splitlines()[:20]}
+
+
+def machine() -> dict:
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    try:
+        mem_kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+    except (OSError, StopIteration, ValueError):
+        mem_kb = None
+    return {
+        "cpu_model": cpu_model(),
+        "machine": platform.machine(),
+        "cores_logical": os.cpu_count(),
+        "cores_usable": affinity,
+        "mem_total_mb": round(mem_kb / 1024) if mem_kb else None,
+        "os": platform.platform(),
+        "hostname": platform.node(),
+    }
+
+
+def run_record(argv: list[str]) -> dict:
+    return {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join([Path(sys.executable).as_posix(), *argv]),
+        "cwd": os.getcwd(),
+        "machine": machine(),
+        "versions": versions(),
+        "git": git_state(),
+        "loadavg_start": loadavg(),
+    }
+
+
+def stats(values: list[float]) -> dict:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "mean": statistics.fmean(values),
+    }
+
+
+def timed_process(cmd: list[str], cwd: str | None = None, env: dict | None = None, stdout_path: str | None = None) -> dict:
+    """Run `cmd` to exit; wall seconds from spawn to reap, and the child's peak RSS from wait4.
+
+    stdout/stderr go to temporary files (no pipes to drain while waiting). Returns
+    {"wall_s", "maxrss_mb", "returncode", "stdout", "stderr"}.
+    """
+    import tempfile
+
+    with tempfile.TemporaryFile() as err, (open(stdout_path, "w+b") if stdout_path else tempfile.TemporaryFile()) as out:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: tell Popen
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read(200_000).decode(errors="replace") if not stdout_path else ""
+        stderr = err.read(20_000).decode(errors="replace")
+    return {
+        "wall_s": wall,
+        "maxrss_mb": usage.ru_maxrss / 1024.0,  # Linux: KiB
+        "user_s": usage.ru_utime,
+        "sys_s": usage.ru_stime,
+        "returncode": p.returncode,
+        "stdout": stdout,
+        "stderr": stderr,
+    }
+
+
+def test_images(data: Path, split: str = "test") -> list[tuple[str, int]]:
+    """(path, label) for data/split/{NORMAL,PNEUMONIA}/*, sorted; label 1 = PNEUMONIA."""
+    out = []
+    for label, cls in enumerate(("NORMAL", "PNEUMONIA")):
+        files = sorted(
+            f for f in glob.glob(str(data / split / cls / "*")) if f.lower().endswith((".jpeg", ".jpg", ".png"))
+        )
+        out.extend((f, label) for f in files)
+    return out
+
+
+def load_manifest_json(models: Path) -> dict:
+    return json.loads((models / "manifest.json").read_text())
+
+
+def artifact_file(manifest: dict, name: str) -> str | None:
+    for a in manifest.get("artifacts", []):
+        if a.get("name") == name:
+            return a.get("file")
+    return None
+
+
+def upscale_images(sources: list[str], out_dir: Path, size: int, quality: int = 95) -> list[str]:
+    """Write INTER_CUBIC upscales of `sources` (same channel count as the source) into out_dir."""
+    import cv2
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, src in enumerate(sources):
+        img = cv2.imread(src, cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise RuntimeError(f"{src}: cannot decode")
+        big = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
+        parent = Path(src).parent.name
+        dst = out_dir / parent / f"{i:04d}_{Path(src).stem}.jpeg"
+        dst.parent.mkdir(exist_ok=True)
+        if not cv2.imwrite(str(dst), big, [cv2.IMWRITE_JPEG_QUALITY, quality]):
+            raise RuntimeError(f"{dst}: cannot write")
+        written.append(str(dst))
+    return written
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def fmt(v, digits: int = 3, unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}{unit}"
+    return f"{v}{unit}"

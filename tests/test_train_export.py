@@ -1,0 +1,107 @@
+"""Training and export on a tiny synthetic dataset: records, artifacts, budgets enforced."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edge_pneumo.cli import app
+from edge_pneumo.errors import EXIT_FAILED, EXIT_VALIDATION
+from edge_pneumo.formats import FORMATS
+from edge_pneumo.manifest import load_manifest, sha256_of
+from edge_pneumo.preprocess import Preprocessing
+from edge_pneumo.runtime import open_backend
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+def test_model_shape_is_the_seed_architecture():
+    pytest.importorskip("tensorflow")
+    from edge_pneumo.training.model import build_seed_model
+
+    m = build_seed_model()
+    assert m.input_shape == (None, 64, 64, 3) and m.output_shape == (None, 1)
+    kinds = [type(layer).__name__ for layer in m.layers[1:]]
+    assert kinds == ["Rescaling", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Dropout", "Flatten", "Dense", "Dense"]
+    assert m.count_params() == 1_625_281
+
+
+def test_run_record_states_the_contract(tiny_export):
+    record = json.loads((tiny_export / "pneumonia_cnn.record.json").read_text())
+    assert record["preprocessing"] == Preprocessing(intensity="none").to_dict()
+    assert record["split"]["train_patients"] > 0 and record["split"]["val_patients"] > 0
+    assert 0.0 < record["threshold"] < 1.0
+    assert len(record["history"]["validation_run"]) >= 1
+    assert {"accuracy", "auc", "sensitivity", "specificity", "n"} <= set(record["test"])
+    assert record["test_evaluations"][-1]["accuracy"] == record["test"]["accuracy"]
+    assert {"tensorflow", "keras", "numpy"} <= set(record["versions"])
+
+
+def test_every_format_is_exported_validated_and_described(tiny_export):
+    m = load_manifest(tiny_export)
+    assert set(m.artifacts) == set(FORMATS)
+    for name, entry in m.artifacts.items():
+        path = tiny_export / entry.file
+        assert sha256_of(path) == entry.sha256 and path.stat().st_size == entry.size_bytes
+        v = entry.raw["validation"]
+        assert v["passed"] and v["n"] > 0 and 0.0 <= v["agreement"] <= 1.0
+        budget = FORMATS[name].budget
+        if budget.max_abs_dp is not None:
+            assert v["max_abs_dp"] <= budget.max_abs_dp
+        if budget.min_agreement is not None:
+            assert v["agreement"] >= budget.min_agreement
+    # full-integer TFLite takes raw uint8 pixels; its scale and zero point are recorded from the model
+    q = m.artifacts["tflite_int8"].raw["input"]
+    assert q["dtype"] == "uint8" and q["quantization"]["zero_point"] == 0 and q["quantization"]["scale"] > 0
+    assert m.preprocessing == Preprocessing(intensity="none")
+    assert m.raw["source_model"]["sha256"] == sha256_of(tiny_export / "pneumonia_cnn.keras")
+
+
+def test_artifacts_run_and_match_each_other(tiny_export, synthetic_data):
+    from edge_pneumo.data import discover, find_split, load_images
+
+    x = load_images(discover(find_split(synthetic_data, "test")), Preprocessing(intensity="none")).x
+    ref = open_backend(tiny_export / FORMATS["onnx_float32"].file).predict(x)
+    assert ref.shape == (len(x),) and np.all((ref >= 0) & (ref <= 1))
+    for f in FORMATS.values():
+        p = open_backend(tiny_export / f.file).predict(x)
+        tol = 1e-4 if f.precision == "float32" else 0.05
+        assert np.abs(p - ref).max() <= tol, f.name
+
+
+def test_impossible_budget_fails_loudly_and_writes_nothing(exported_copy, synthetic_data):
+    before = {p.name: p.stat().st_mtime_ns for p in exported_copy.iterdir()}
+    r = runner.invoke(app, ["export", "--model", str(exported_copy / "pneumonia_cnn.keras"), "--data", str(synthetic_data),
+                            "--out", str(exported_copy), "--formats", "onnx_float32,onnx_int8", "--budget-scale", "0",
+                            "--calibration-images", "40", "--validation-images", "40"])
+    assert r.exit_code == EXIT_VALIDATION, r.output
+    assert "export refused" in r.output and "onnx_int8" in r.output
+    after = {p.name: p.stat().st_mtime_ns for p in exported_copy.iterdir()}
+    assert after == before  # no half-written file, manifest untouched
+
+
+def test_export_bad_inputs_are_one_line_errors(exported_copy, synthetic_data, tmp_path):
+    not_keras = tmp_path / "model.keras"
+    not_keras.write_text("nope")
+    r = runner.invoke(app, ["export", "--model", str(not_keras), "--data", str(synthetic_data), "--out", str(tmp_path)])
+    assert r.exit_code == EXIT_FAILED and "not a loadable Keras model" in r.output
+    r = runner.invoke(app, ["export", "--model", str(exported_copy / "pneumonia_cnn.keras"), "--formats", "onnx_int4"])
+    assert r.exit_code == 2 and "unknown format 'onnx_int4'" in r.output
+    r = runner.invoke(app, ["export", "--model", str(exported_copy / "pneumonia_cnn.keras"), "--data", str(synthetic_data),
+                            "--out", str(tmp_path / "o"), "--formats", "onnx_int8", "--calibration-images", "10"])
+    assert r.exit_code == EXIT_FAILED and "calibration images" in r.output
+    assert not list((tmp_path / "o").glob("*.onnx"))
+
+
+def test_train_rejects_a_bad_data_folder(tmp_path):
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == EXIT_FAILED and "data folder not found" in r.output
+    (tmp_path / "d" / "train" / "NORMAL").mkdir(parents=True)
+    (tmp_path / "d" / "train" / "PNEUMONIA").mkdir(parents=True)
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == EXIT_FAILED and "no images in this class folder" in r.output
+    assert "Traceback" not in r.output
