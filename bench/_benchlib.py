@@ -119,30 +119,34 @@ def stats(values: list[float]) -> dict:
     }
 
 
-def timed_process(cmd: list[str], cwd: str | None = None, env: dict | None = None, stdout_path: str | None = None) -> dict:
-    """Run `cmd` to exit; wall seconds from spawn to reap, and the child's peak RSS from wait4.
+def timed_process(cmd: list[str], cwd: str | None = None, env: dict | None = None) -> dict:
+    """Run `cmd` (cmd[0] an absolute path) to exit: wall seconds from fork to reap and peak RSS (wait4).
 
-    stdout/stderr go to temporary files (no pipes to drain while waiting). Returns
-    {"wall_s", "maxrss_mb", "returncode", "stdout", "stderr"}.
+    The fork/exec/wait4 happens in bench/_spawn.py, a small helper process, so the child's
+    ru_maxrss does not inherit this (large) process's RSS. stdout/stderr go to temporary files.
+    Returns {"wall_s", "maxrss_mb", "user_s", "sys_s", "returncode", "stdout", "stderr"}.
     """
     import tempfile
 
-    with tempfile.TemporaryFile() as err, (open(stdout_path, "w+b") if stdout_path else tempfile.TemporaryFile()) as out:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        _, status, usage = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: tell Popen
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as td:
+        res_path = os.path.join(td, "r.json")
+        helper = [sys.executable, "-I", "-S", str(BENCH_DIR / "_spawn.py"), res_path, *cmd]
+        subprocess.run(helper, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, check=False)
         out.seek(0)
         err.seek(0)
-        stdout = out.read(200_000).decode(errors="replace") if not stdout_path else ""
+        stdout = out.read(200_000).decode(errors="replace")
         stderr = err.read(20_000).decode(errors="replace")
+        try:
+            with open(res_path) as f:
+                r = json.load(f)
+        except (OSError, ValueError):
+            raise RuntimeError(f"spawn helper failed: {stderr.strip()[-400:]}") from None
     return {
-        "wall_s": wall,
-        "maxrss_mb": usage.ru_maxrss / 1024.0,  # Linux: KiB
-        "user_s": usage.ru_utime,
-        "sys_s": usage.ru_stime,
-        "returncode": p.returncode,
+        "wall_s": r["wall_s"],
+        "maxrss_mb": r["maxrss_kb"] / 1024.0,  # Linux: KiB
+        "user_s": r["user_s"],
+        "sys_s": r["sys_s"],
+        "returncode": r["returncode"],
         "stdout": stdout,
         "stderr": stderr,
     }

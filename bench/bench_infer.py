@@ -101,8 +101,8 @@ def single_rows(args, manifest, equalize: bool) -> list[dict]:
              "cmd": [py, "-c", "pass"], "parse": None},
             {"name": "diag_import_cv2_ort", "role": "diagnostic", "desc": "python -c 'import cv2, numpy, onnxruntime'",
              "cmd": [py, "-c", "import cv2, numpy, onnxruntime"], "parse": None},
-            {"name": "diag_cli_version", "role": "diagnostic", "desc": "edge-pneumo --version (CLI framework start-up)",
-             "cmd": [cli, "--version"], "parse": None},
+            {"name": "diag_cli_help", "role": "diagnostic", "desc": "edge-pneumo --help (typer start-up; `--version` exits 2, see notes)",
+             "cmd": [cli, "--help"], "parse": None},
             {"name": "diag_import_infer_path", "role": "diagnostic",
              "desc": "python -c 'import edge_pneumo.cli, edge_pneumo.infer_cli, edge_pneumo.classifier' (all imports of infer, no work)",
              "cmd": [py, "-c", "import edge_pneumo.cli, edge_pneumo.infer_cli, edge_pneumo.classifier, onnxruntime"], "parse": None},
@@ -241,19 +241,14 @@ def accuracy_of(results: list, labels: dict[str, int], threshold: float) -> floa
 
 def predict_many_fn(clf, paths, batch_size, decode_threads=None):
     def fn(warmup):
-        items = paths[: min(len(paths), 2 * batch_size)] if warmup else paths
         out = []
-        for r in clf.predict_many(items, batch_size=batch_size, decode_threads=decode_threads):
+        for r in clf.predict_many(paths[: 2 * batch_size] if warmup else paths, batch_size=batch_size, decode_threads=decode_threads):
             if not r.ok:
                 raise RuntimeError(f"failure: {r.path}: {r.error}")
             out.append((r.path, r.probability))
-        return out if not warmup else out
+        return out
 
-    def wrapped(warmup):
-        out = fn(warmup)
-        return out if not warmup else out
-
-    return wrapped
+    return fn
 
 
 def plain_loop_fn(onnx_path, paths, equalize: bool, threads: int = 1):
@@ -404,6 +399,11 @@ def targets_table(results) -> dict:
     return t
 
 
+def cell(text, n: int = 160) -> str:
+    """One Markdown table cell: no newlines or pipes."""
+    return " ".join(str(text).split()).replace("|", "/")[:n]
+
+
 def markdown(results) -> str:
     rec = results["record"]
     m, v = rec["machine"], rec["versions"]
@@ -437,7 +437,7 @@ def markdown(results) -> str:
             wall = f"{w['median']:.3f} ({w['min']:.3f}-{w['max']:.3f})" if w.get("n") else "-"
             rss = f"{rs['median']:.1f} ({rs['min']:.1f}-{rs['max']:.1f})" if rs.get("n") else "-"
             cpu = f"{c['median']:.2f}" if c.get("n") else "-"
-            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {str(r['error'])[:120]}"
+            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {cell(r['error'])}"
             L.append(f"| {r['name']} | {r['desc']} | {wall} | {rss} | {cpu} | {bl.fmt(r.get('prob'), 4)} | {status} |")
         ratios = s["ratios"]
         L.append("")
@@ -463,7 +463,7 @@ def markdown(results) -> str:
             st = r.get("wall_s") or r.get("loop_s") or {}
             t = f"{st['median']:.3f} ({st['min']:.3f}-{st['max']:.3f})" if st.get("n") else "-"
             rss = r.get("maxrss_mb", {}).get("median") if isinstance(r.get("maxrss_mb"), dict) else None
-            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {str(r['error'])[:120]}"
+            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {cell(r['error'])}"
             L.append(f"| {r['name']} | {r['desc']} | {t} | {bl.fmt(r.get('images_per_s'), 0)} | {bl.fmt(r.get('ms_per_image'), 2)} | "
                      f"{bl.fmt(rss, 1)} | {bl.fmt(r.get('accuracy'), 4)} | {status} |")
         pr = next((r for r in f["rows"] if r["name"] == "infer_dir_process"), None)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputImageError, ModelFileError
+from .formats import RUNTIME_BY_SUFFIX
 from .manifest import ArtifactEntry, Manifest, default_model_folder, load_manifest
 from .runtime import Backend, default_threads, open_backend
 
@@ -85,7 +86,7 @@ class Classifier:
             if name not in manifest.artifacts:
                 raise ModelFileError(f"{path}: no artifact named '{name}' in the manifest; it has {', '.join(manifest.artifacts)}")
             entry = manifest.artifacts[name]
-        elif path.is_file() or path.suffix.lower() in (".onnx", ".tflite"):
+        elif path.suffix.lower() in RUNTIME_BY_SUFFIX:
             if not path.exists():
                 raise ModelFileError(f"{path}: model file not found")
             manifest = load_manifest(path.parent)
@@ -95,6 +96,8 @@ class Classifier:
                     f"{path}: not described by {path.parent / 'manifest.json'}, so its input contract is unknown; "
                     "export it with `edge-pneumo export`"
                 )
+        elif path.exists():
+            raise ModelFileError(f"{path}: not a model file; expected .onnx or .tflite, or an exported/ folder")
         else:
             raise ModelFileError(f"{path}: no such model file or folder")
         if verify:

@@ -353,13 +353,13 @@ select_artifacts() {
   "$HOST_PY" - "$REPO/exported/manifest.json" > "$SCRATCH/artifacts.tsv" <<'EOF'
 import json, sys
 arts = json.load(open(sys.argv[1]))["artifacts"]
-wanted = [("onnx", "int8"), ("onnx", "float32"), ("tflite", "int8")]
-for fmt, prec in wanted:
-    hits = [a for a in arts if a.get("format") == fmt and a.get("precision") == prec]
+fmt_of = lambda a: a.get("format") or a.get("runtime")   # the manifest calls it "runtime"
+for fmt, prec in (("onnx", "int8"), ("onnx", "float32"), ("tflite", "int8")):
+    hits = [a for a in arts if fmt_of(a) == fmt and a.get("precision") == prec]
     if not hits:
         sys.exit(f"manifest has no {prec} {fmt} artifact")
     a = hits[0]
-    print(f"{fmt}_{prec}\t{a['file']}\t{fmt}\t{prec}\t{a.get('sha256', '')}")
+    print(f"{a.get('name') or fmt + '_' + prec}\t{a['file']}\t{fmt}\t{prec}\t{a.get('sha256', '')}")
 EOF
   cat "$SCRATCH/artifacts.tsv"
 }
@@ -389,6 +389,15 @@ record_rc() {  # record_rc SIDE NAME CMD... : run CMD, log its exit code, keep g
   "$@" || rc=$?
   printf '%s\t%s\t%s\n' "$side" "$name" "$rc" >> "$SCRATCH/infer_rc.tsv"
   ((rc == 0)) || echo "!!! $side infer for $name failed with exit code $rc"
+}
+
+pi_verify() {
+  # The package's own device self-check (fixed synthetic inputs, outputs recorded
+  # at export time) on the wheel's shipped artifacts. Judged in compare.
+  local rc=0
+  in_pi "$ARM_VENV/bin/edge-pneumo" verify --json --runs 3 > "$SCRATCH/work/pi_verify.json" || rc=$?
+  echo "$rc" > "$SCRATCH/verify_rc"
+  echo "edge-pneumo verify exited $rc"
 }
 
 infer_pi() {  # infer_pi NAME FILE
@@ -442,8 +451,10 @@ for line in (scratch / "artifacts.tsv").read_text().splitlines():
         for side, recs, dest in (("arm64", pi, pi_path), ("host", host, host_path)):
             shutil.copy(dest, results_dir / f"{side}_{name}.jsonl")
             row[f"results_{side}"] = str(results_dir / f"{side}_{name}.jsonl")
-        pi_by = {Path(r["path"]).name: r for r in pi}
-        host_by = {Path(r["path"]).name: r for r in host}
+        failed = [Path(r["path"]).name for r in pi + host if r.get("error") or r.get("probability") is None]
+        if failed: problems.append(f"{len(failed)} images failed: {failed[:5]}")
+        pi_by = {Path(r["path"]).name: r for r in pi if r.get("probability") is not None}
+        host_by = {Path(r["path"]).name: r for r in host if r.get("probability") is not None}
         common = sorted(pi_by.keys() & host_by.keys())
         dps = [abs(float(pi_by[k]["probability"]) - float(host_by[k]["probability"])) for k in common]
         row.update(n_images=n_expected, n_arm64=len(pi), n_host=len(host), n_matched=len(common),
@@ -458,13 +469,29 @@ for line in (scratch / "artifacts.tsv").read_text().splitlines():
     ok &= row["ok"]
     rows.append(row)
 
+verify = {"rc": int((scratch / "verify_rc").read_text()), "report": None, "problems": []}
+try:
+    verify["report"] = json.loads((scratch / "work" / "pi_verify.json").read_text())
+    vrows = {r["name"]: r for r in verify["report"]["artifacts"]}
+    for r in rows:
+        v = vrows.get(r["name"], {"status": "missing", "notes": []})
+        r["verify_status"] = v["status"]
+        if v["status"] != "ok":
+            verify["problems"].append(f"{r['name']}: {v['status']} {'; '.join(v['notes'])}")
+except (OSError, ValueError, KeyError) as e:
+    verify["problems"].append(f"no usable report ({e})")
+if verify["rc"] != 0:
+    verify["problems"].append(f"exit code {verify['rc']}")
+verify["ok"] = not verify["problems"]
+ok &= verify["ok"]
+
 timings = {}
 for line in (scratch / "timings.tsv").read_text().splitlines():
     k, v = line.split("\t")
     timings[k] = float(v)
 pi_info = json.loads((scratch / "work" / "pi_info.json").read_text())
 doc = {"ok": ok, "qemu_cpu": qemu_cpu, "n_images": n_expected, "arm64": pi_info,
-       "artifacts": rows, "timings_s": timings, "total_s": round(elapsed, 1)}
+       "verify": verify, "artifacts": rows, "timings_s": timings, "total_s": round(elapsed, 1)}
 summary.parent.mkdir(parents=True, exist_ok=True)
 summary.write_text(json.dumps(doc, indent=1))
 
@@ -476,6 +503,7 @@ for r in rows:
     nl = "-" if "label_mismatches" not in r else str(len(r["label_mismatches"]))
     print(f"{r['name']:16s} {r['file']:34s} {r.get('n_matched', 0):4d} {mdp:>10s} {r['tolerance']:9.2e} {nl:>10s}  "
           + ("ok" if r["ok"] else "FAIL: " + "; ".join(r["problems"])))
+print("edge-pneumo verify on arm64: " + ("ok" if verify["ok"] else "FAIL: " + "; ".join(verify["problems"])))
 print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f"; total {elapsed:.1f}")
 print(f"summary: {summary}")
 sys.exit(0 if ok else 1)
@@ -508,8 +536,9 @@ phase fetch_wheels fetch_wheels
 phase pi_venv pi_venv
 phase pi_pip_install pi_pip_install
 phase pi_check pi_check
-phase images stage_images
 phase artifacts check_artifacts
+phase pi_verify pi_verify
+phase images stage_images
 
 : > "$SCRATCH/infer_rc.tsv"
 while IFS=$'\t' read -r name file _; do

@@ -1,0 +1,162 @@
+"""`edge-pneumo infer` through the real CLI: outputs, formats, exit codes, bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edge_pneumo import Classifier
+from edge_pneumo.cli import app
+from edge_pneumo.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def images(tmp_path):
+    """Valid images of several sizes, bit depths and channel counts, plus bad ones."""
+    rng = np.random.default_rng(1)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    g = cv2.resize(rng.integers(0, 256, (16, 16), dtype=np.uint8), (300, 260), interpolation=cv2.INTER_CUBIC)
+    good = {
+        "grey.jpeg": g,
+        "colour.png": cv2.merge([g, g // 2, g]),
+        "alpha.png": cv2.merge([g, g, g, np.full_like(g, 200)]),
+        "deep.png": g.astype(np.uint16) * 257,
+        "big.jpg": cv2.resize(g, (1800, 2100)),
+    }
+    for name, img in good.items():
+        cv2.imwrite(str(d / name), img)
+    (d / "notes.txt").write_text("ignored by --dir: not an image extension")
+    return d, sorted(good)
+
+
+def _json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_json_output_has_one_object_per_image(tiny_export, images):
+    d, names = images
+    r = runner.invoke(app, ["infer", "--model", str(tiny_export), "--dir", str(d), "--format", "json"])
+    assert r.exit_code == EXIT_OK, r.output
+    rows = _json_lines(r.stdout)
+    assert sorted(row["path"].rsplit("/", 1)[1] for row in rows) == names
+    clf = Classifier.load(tiny_export)
+    for row in rows:
+        assert row["label"] in ("NORMAL", "PNEUMONIA")
+        assert row["label"] == ("PNEUMONIA" if row["probability"] >= row["threshold"] else "NORMAL")
+        assert row["artifact"] == "pneumonia_int8.onnx" and row["ms"] > 0
+        assert row["probability"] == pytest.approx(clf.predict(row["path"]).probability, abs=1e-6)
+
+
+def test_text_and_csv_and_output_file(tiny_export, images, tmp_path):
+    d, names = images
+    r = runner.invoke(app, ["infer", "--model", str(tiny_export), "--image", str(d / "grey.jpeg")])
+    assert r.exit_code == EXIT_OK
+    line = r.stdout.strip()
+    assert line.startswith(str(d / "grey.jpeg")) and "threshold=" in line and "pneumonia_int8.onnx" in line and line.endswith("ms")
+    out = tmp_path / "res.csv"
+    r = runner.invoke(app, ["infer", "--model", str(tiny_export), "--dir", str(d), "-f", "csv", "-o", str(out)])
+    assert r.exit_code == EXIT_OK and r.stdout == ""
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == len(names) and all(0 <= float(row["probability"]) <= 1 for row in rows)
+
+
+def test_paths_from_stdin(tiny_export, images):
+    d, names = images
+    stdin = "\n".join(str(d / n) for n in names[:2]) + "\n"
+    r = runner.invoke(app, ["infer", "--model", str(tiny_export), "-", "--format", "json"], input=stdin)
+    assert r.exit_code == EXIT_OK
+    assert [row["path"] for row in _json_lines(r.stdout)] == [str(d / n) for n in names[:2]]
+
+
+def test_a_bad_file_in_a_batch_is_reported_and_the_rest_classified(tiny_export, images):
+    d, names = images
+    (d / "fake.jpeg").write_text("this is a text file")
+    (d / "empty.jpeg").write_bytes(b"")
+    cv2.imwrite(str(d / "dot.png"), np.zeros((1, 1), np.uint8))
+    good = cv2.imread(str(d / "grey.jpeg"), cv2.IMREAD_UNCHANGED)
+    ok, buf = cv2.imencode(".jpg", cv2.resize(good, (400, 400)))
+    (d / "damaged.jpeg").write_bytes(buf.tobytes()[: int(len(buf) * 0.97)])
+    r = runner.invoke(app, ["infer", "--model", str(tiny_export), "--dir", str(d), "--format", "json",
+                            "--image", str(d / "missing.jpeg"), "--image", str(d)])
+    assert r.exit_code == EXIT_PARTIAL
+    rows = {row["path"].rsplit("/", 1)[1]: row for row in _json_lines(r.stdout)}
+    for name in names:
+        assert rows[name]["label"] in ("NORMAL", "PNEUMONIA")
+    assert "text file" in rows["fake.jpeg"]["error"]
+    assert "empty" in rows["empty.jpeg"]["error"]
+    assert "too small" in rows["dot.png"]["error"]
+    assert "no such file" in rows["missing.jpeg"]["error"]
+    assert "is a directory" in rows["imgs"]["error"]
+    assert rows["damaged.jpeg"]["damaged"] is True and rows["damaged.jpeg"]["label"] in ("NORMAL", "PNEUMONIA")
+    assert "Traceback" not in r.output
+    assert "5 failed" in r.stderr
+
+
+def test_nothing_could_run_exit_codes(tiny_export, tmp_path, images):
+    d, _ = images
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = runner.invoke(app, ["infer", "--model", str(tiny_export), "--dir", str(empty)])
+    assert r.exit_code == EXIT_FAILED and "no image files" in r.stderr
+    (tmp_path / "a.jpeg").write_text("text")
+    r = runner.invoke(app, ["infer", "--model", str(tiny_export), str(tmp_path / "a.jpeg")])
+    assert r.exit_code == EXIT_FAILED
+    r = runner.invoke(app, ["infer", "--model", str(tiny_export)])
+    assert r.exit_code == EXIT_FAILED and "no images given" in r.stderr
+
+
+def test_wrong_model_files_are_refused(exported_copy, images, tmp_path):
+    d, _ = images
+    img = str(d / "grey.jpeg")
+    fake = exported_copy / "pneumonia_int8.onnx"
+    fake.write_text("not a model")
+    r = runner.invoke(app, ["infer", "--model", str(exported_copy), img])
+    assert r.exit_code == EXIT_FAILED and "sha256" in r.stderr and "does not match the manifest" in r.stderr
+    r = runner.invoke(app, ["infer", "--model", str(exported_copy), "--no-verify", img])
+    assert r.exit_code == EXIT_FAILED and "not a valid ONNX model" in r.stderr
+    r = runner.invoke(app, ["infer", "--model", str(d / "grey.jpeg"), img])
+    assert r.exit_code == EXIT_FAILED and "not a model file" in r.stderr
+    r = runner.invoke(app, ["infer", "--model", str(tmp_path / "nowhere.onnx"), img])
+    assert r.exit_code == EXIT_FAILED and "not found" in r.stderr
+    r = runner.invoke(app, ["infer", "--model", str(tmp_path), img])
+    assert r.exit_code == EXIT_FAILED and "no manifest.json" in r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_tampered_tflite_is_refused_and_others_still_run(exported_copy, images):
+    d, _ = images
+    t = exported_copy / "pneumonia_int8.tflite"
+    t.write_bytes(t.read_bytes()[:-1] + b"\x00")
+    r = runner.invoke(app, ["infer", "--model", str(t), str(d / "grey.jpeg")])
+    assert r.exit_code == EXIT_FAILED and "does not match the manifest" in r.stderr
+    r = runner.invoke(app, ["infer", "--model", str(exported_copy), "--artifact", "onnx_float32", str(d / "grey.jpeg")])
+    assert r.exit_code == EXIT_OK
+
+
+def test_tflite_and_onnx_agree_through_the_cli(tiny_export, images):
+    pytest.importorskip("ai_edge_litert")
+    d, _ = images
+    outs = {}
+    for art in ("onnx_float32", "tflite_float32", "tflite_int8"):
+        r = runner.invoke(app, ["infer", "--model", str(tiny_export), "--artifact", art, "--dir", str(d), "-f", "json"])
+        assert r.exit_code == EXIT_OK
+        outs[art] = {row["path"]: row["probability"] for row in _json_lines(r.stdout)}
+    for path, p in outs["onnx_float32"].items():
+        assert outs["tflite_float32"][path] == pytest.approx(p, abs=1e-5)
+        assert outs["tflite_int8"][path] == pytest.approx(p, abs=0.05)
+
+
+def test_help_explains_and_version():
+    r = runner.invoke(app, ["infer", "--help"])
+    assert r.exit_code == 0 and "--dir" in r.stdout and "Exit code" in r.stdout
+    r = runner.invoke(app, [])
+    assert "train" in r.output and "export" in r.output and "compare" in r.output
