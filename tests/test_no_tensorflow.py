@@ -1,0 +1,64 @@
+"""The runtime never imports TensorFlow: infer, verify and the Python API run with it blocked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+
+BLOCKER = textwrap.dedent(
+    """
+    import sys, importlib.abc
+
+    class BlockTensorFlow(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("tensorflow", "keras", "tf2onnx"):
+                raise ImportError(f"{name} is blocked: the runtime must not import it")
+            return None
+
+    sys.meta_path.insert(0, BlockTensorFlow())
+    """
+)
+
+
+def _run(code: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_infer_end_to_end_with_tensorflow_blocked(tiny_export, tmp_path):
+    img = tmp_path / "x.jpeg"
+    cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 256, (200, 180), dtype=np.uint8))
+    code = f"""
+    import sys
+    from typer.testing import CliRunner
+    from edge_pneumo.cli import app
+    r = CliRunner().invoke(app, ["infer", "--model", {str(tiny_export)!r}, "--format", "json", {str(img)!r}])
+    print(r.stdout, end="")
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["verify", {str(tiny_export)!r}, "--runs", "2"])
+    assert r.exit_code == 0, r.output
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx"))
+    assert not loaded, loaded
+    """
+    p = _run(code, tmp_path)
+    assert p.returncode == 0, p.stderr
+    row = json.loads(p.stdout.splitlines()[0])
+    assert row["label"] in ("NORMAL", "PNEUMONIA") and 0.0 <= row["probability"] <= 1.0
+
+
+def test_cli_help_does_not_import_heavy_libraries(tmp_path):
+    code = """
+    import sys
+    from typer.testing import CliRunner
+    from edge_pneumo.cli import app
+    r = CliRunner().invoke(app, ["--help"])
+    assert r.exit_code == 0
+    heavy = sorted(m for m in ("cv2", "onnxruntime", "numpy", "tensorflow") if m in sys.modules)
+    assert not heavy, heavy
+    """
+    p = _run(code, tmp_path)
+    assert p.returncode == 0, p.stderr

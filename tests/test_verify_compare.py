@@ -1,0 +1,88 @@
+"""`verify` (device self-check) and `compare` (the report) on the tiny export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edge_pneumo.cli import app
+from edge_pneumo.compare import Row, agreement_stats, target_checks
+from edge_pneumo.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+from edge_pneumo.preprocess import Preprocessing
+from edge_pneumo.verify import verify_folder, verify_inputs
+
+runner = CliRunner()
+
+
+def test_verify_inputs_are_deterministic():
+    a, b = verify_inputs(Preprocessing()), verify_inputs(Preprocessing())
+    assert a.dtype == np.uint8 and a.shape == (24, 64, 64, 3) and np.array_equal(a, b)
+    assert a.min() == 0 and a.max() > 200  # they span the pixel range
+
+
+def test_verify_passes_on_a_fresh_export(tiny_export):
+    report = verify_folder(tiny_export, runs=3)
+    assert report["passed"]
+    rows = {r["name"]: r for r in report["artifacts"]}
+    assert rows["onnx_int8"]["status"] == "ok" and rows["onnx_int8"]["max_drift_from_export"] <= 2 / 255
+    assert rows["onnx_float32"]["max_drift_from_export"] <= 1e-4
+    assert report["device"]["cores"] >= 1 and report["device"]["versions"]["onnxruntime"]
+    r = runner.invoke(app, ["verify", str(tiny_export), "--runs", "2"])
+    assert r.exit_code == EXIT_OK and "PASSED" in r.stdout and "onnx_int8" in r.stdout
+
+
+def test_verify_fails_on_tampered_or_changed_artifacts(exported_copy):
+    onnx = exported_copy / "pneumonia_int8.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    manifest = json.loads((exported_copy / "manifest.json").read_text())
+    for a in manifest["artifacts"]:  # recorded outputs that the artifact cannot reproduce
+        if a["name"] == "onnx_float32":
+            a["verify_outputs"] = [min(1.0, p + 0.2) for p in a["verify_outputs"]]
+    (exported_copy / "manifest.json").write_text(json.dumps(manifest))
+    r = runner.invoke(app, ["verify", str(exported_copy), "--runs", "2", "--json"])
+    assert r.exit_code == EXIT_FAILED
+    rows = {row["name"]: row for row in json.loads(r.stdout)["artifacts"]}
+    assert rows["onnx_int8"]["status"] == "FAILED" and "sha256" in rows["onnx_int8"]["notes"][0]
+    assert rows["onnx_float32"]["status"] == "FAILED" and "differ from those recorded" in rows["onnx_float32"]["notes"][0]
+    assert rows["tflite_int8"]["status"] in ("ok", "skipped")
+
+
+def test_agreement_and_checks_by_hand():
+    ref = np.array([0.1, 0.6, 0.9, 0.4])
+    s = agreement_stats(np.array([0.1, 0.4, 0.95, 0.4]), ref, 0.5)
+    assert s["agreement"] == 0.75 and s["max_abs_dp"] == pytest.approx(0.2) and s["mean_abs_dp"] == pytest.approx(0.0625)
+    reference = Row("ref", "onnx", "float32", "f", metrics={"accuracy": 0.9, "auc": 0.95}, probabilities=ref)
+    good = Row("q", "onnx", "int8", "q", metrics={"accuracy": 0.895, "auc": 0.948, "agreement": 0.99}, probabilities=ref)
+    bad = Row("b", "tflite", "int8", "b", metrics={"accuracy": 0.87, "auc": 0.95, "agreement": 0.99}, probabilities=ref)
+    checks = {c["name"]: c["passed"] for c in target_checks([reference, good, bad], reference)}
+    assert checks == {"q": True, "b": False}
+
+
+def test_compare_reports_every_row_and_survives_bad_artifacts(exported_copy, synthetic_data, tmp_path):
+    (exported_copy / "pneumonia_dynamic_int8.onnx").unlink()
+    t = exported_copy / "pneumonia_float16.tflite"
+    t.write_bytes(t.read_bytes()[:-4] + b"abcd")
+    out = tmp_path / "reports"
+    r = runner.invoke(app, ["compare", "--data", str(synthetic_data), "--models", str(exported_copy), "--out", str(out),
+                            "--latency-runs", "5"])
+    assert r.exit_code == EXIT_PARTIAL, r.output
+    report = json.loads((out / "report.json").read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert rows["onnx_dynamic_int8"]["status"] == "missing"
+    assert rows["tflite_float16"]["status"] == "tampered"
+    assert report["reference"] == "keras_float32"
+    assert rows["keras_float32"]["metrics"]["agreement"] == 1.0
+    n = report["images"]
+    for name in ("onnx_float32", "onnx_int8", "tflite_int8"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["metrics"]["n"] == n
+        assert sum(map(sum, row["metrics"]["confusion_matrix"])) == n
+        assert row["perf"]["latency_ms_p95"] >= row["perf"]["latency_ms_p50"] > 0 and row["perf"]["peak_rss_mb"] > 10
+        assert row["size_mb"] > 1
+    assert rows["onnx_float32"]["metrics"]["max_abs_dp"] <= 1e-4
+    md = (out / "REPORT.md").read_text()
+    assert "| onnx_int8 |" in md and "tampered" in md and "missing" in md
+    assert (out / "report.png").stat().st_size > 10_000
