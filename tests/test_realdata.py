@@ -1,0 +1,69 @@
+"""On the real chest X-ray data (skipped when it is absent; CI points EDGE_PNEUMO_DATA at it)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import REPO
+from edge_pneumo.cli import app
+from edge_pneumo.errors import EXIT_OK
+from edge_pneumo.manifest import load_manifest
+
+pytestmark = pytest.mark.realdata
+runner = CliRunner()
+SHIPPED = REPO / "exported"
+
+
+def _accuracy(rows):
+    return float(np.mean([r["label"] == r["path"].split("/")[-2] for r in rows]))
+
+
+def test_shipped_int8_onnx_through_infer_matches_the_manifest(real_data):
+    manifest = load_manifest(SHIPPED)
+    r = runner.invoke(app, ["infer", "--model", str(SHIPPED), "--dir", str(real_data / "test"), "--format", "json"])
+    assert r.exit_code == EXIT_OK, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 624 and {row["artifact"] for row in rows} == {"pneumonia_int8.onnx"}
+    recorded = manifest.raw["source_model"]["test_metrics"]["accuracy"]
+    assert abs(_accuracy(rows) - recorded) <= 0.01
+
+
+def test_shipped_model_meets_the_published_bar(real_data):
+    r = runner.invoke(app, ["evaluate", "--model", str(SHIPPED), "--data", str(real_data / "test"), "--json"])
+    assert r.exit_code == EXIT_OK, r.output
+    m = json.loads(r.stdout)
+    assert m["n"] == 624 and {"accuracy", "auc", "sensitivity", "specificity"} <= set(m)
+    assert m["accuracy"] > 0.857  # the seed's published one-epoch figure
+
+
+def test_manifest_contract_is_the_preprocessing_the_model_was_trained_with():
+    manifest = load_manifest(SHIPPED)
+    record = json.loads((SHIPPED / "pneumonia_cnn.record.json").read_text())
+    assert manifest.preprocessing.to_dict() == record["preprocessing"]
+    assert manifest.threshold == record["threshold"]
+    for entry in manifest.artifacts.values():
+        manifest.verify(entry)  # sha256 of every shipped artifact
+
+
+def test_brief_training_on_a_subset_learns(real_data, tmp_path):
+    """Two epochs on ~700 real images must beat the majority-class rate on held-out test images."""
+    pytest.importorskip("tensorflow")
+    from edge_pneumo.data import discover, find_split, load_images, stratified_sample
+    from edge_pneumo.metrics import binary_report
+    from edge_pneumo.preprocess import Preprocessing
+    from edge_pneumo.training.fit import Recipe, fit, predict
+
+    pre = Preprocessing(intensity="equalize")
+    train = load_images(stratified_sample(discover(find_split(real_data, "train")), 700, seed=0), pre)
+    test_samples = discover(find_split(real_data, "test"))
+    test = load_images(random.Random(0).sample(test_samples, 300), pre)
+    res = fit(train.x, train.y, Recipe(max_epochs=2), seed=0, epochs=2, threshold=0.5)
+    m = binary_report(test.y, predict(res.model, test.x), 0.5)
+    majority = max(test.y.mean(), 1 - test.y.mean())
+    assert m["auc"] > 0.85
+    assert m["accuracy"] > majority + 0.05
