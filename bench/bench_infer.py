@@ -511,6 +511,9 @@ def main(argv=None) -> int:
         "notes": [
             "Folder runs write to --output in a temporary folder, not /dev/null: infer writes <output>.tmp beside the output "
             "and renames it over the output, which would replace /dev/null itself when run as root.",
+            "`edge-pneumo --version` exits 2 ('Missing command'), so the CLI start-up diagnostic row uses `--help`.",
+            "Peak RSS comes from wait4 in bench/_spawn.py, a small helper process: spawned straight from this benchmark, "
+            "a child's ru_maxrss would start at the benchmark's own RSS (Linux keeps the pre-exec high-water mark).",
             "minimal/keras scripts get --equalize when the manifest's preprocessing has intensity=equalize, so all rows compute the same thing.",
         ],
     }

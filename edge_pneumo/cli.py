@@ -69,7 +69,7 @@ def main(
 def train(
     data: DataOpt,
     out: Annotated[Path, typer.Option(help="Where to write the model and its run record.")] = Path("exported"),
-    epochs: Annotated[int, typer.Option(help="Most epochs of the validation run; early stopping picks the best.", min=1)] = 12,
+    epochs: Annotated[int, typer.Option(help="Most epochs of the validation run; early stopping picks the best.", min=1)] = 10,
     seed: Annotated[int, typer.Option(help="Seed for the split, weights, shuffling and augmentation.")] = 0,
     val_fraction: Annotated[float, typer.Option(help="Share of train/ patients held out for validation.", min=0.01, max=0.9)] = 0.15,
     class_weight: Annotated[bool, typer.Option(help="Weight classes to balance the 3:1 PNEUMONIA imbalance.")] = True,
@@ -79,18 +79,17 @@ def train(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them) instead of stopping.")] = False,
 ) -> None:
     """Train the seed CNN: epochs and threshold chosen on a patient-wise validation split, then test."""
+    from .preprocess import Preprocessing
     from .training.fit import Recipe
     from .training.train import TrainConfig, run_training
 
     try:
         recipe = Recipe(max_epochs=epochs, class_weight=class_weight, augment=augment)
-        cfg = TrainConfig(data=data, out=out, seed=seed, val_fraction=val_fraction, refit_full=refit,
-                          skip_bad=skip_bad, intensity=intensity, recipe=recipe)
-        from .preprocess import Preprocessing
-
-        Preprocessing(intensity=intensity)
+        Preprocessing(intensity=intensity)  # checks the name
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    cfg = TrainConfig(data=data, out=out, seed=seed, val_fraction=val_fraction, refit_full=refit,
+                      skip_bad=skip_bad, intensity=intensity, recipe=recipe)
     run_training(cfg, log=lambda m: print(m, flush=True))
 
 

@@ -240,7 +240,7 @@ def _onnx_version() -> str:
     return onnx.__version__
 
 
-def _artifact_entry(fmt: ExportFormat, path: Path, backend, v: ArtifactValidation, km_pre) -> dict:
+def _artifact_entry(fmt: ExportFormat, path: Path, backend, v: ArtifactValidation, pre) -> dict:
     return {
         "name": fmt.name,
         "file": fmt.file,
@@ -253,5 +253,5 @@ def _artifact_entry(fmt: ExportFormat, path: Path, backend, v: ArtifactValidatio
         "output": backend.describe_output(),
         "validation": v.to_dict(),
         # What this artifact outputs for `edge-pneumo verify`'s fixed inputs, checked again on the device.
-        "verify_outputs": [round(float(p), 7) for p in backend.predict(verify_inputs(km_pre))],
+        "verify_outputs": [round(float(p), 7) for p in backend.predict(verify_inputs(pre))],
     }

@@ -15,7 +15,7 @@ from ..metrics import best_threshold, binary_report
 class Recipe:
     """Everything that decides how the model is trained; recorded in the run record."""
 
-    max_epochs: int = 30
+    max_epochs: int = 10
     patience: int = 6
     batch_size: int = 32
     learning_rate: float = 1e-3
