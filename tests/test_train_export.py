@@ -105,3 +105,21 @@ def test_train_rejects_a_bad_data_folder(tmp_path):
     r = runner.invoke(app, ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")])
     assert r.exit_code == EXIT_FAILED and "no images in this class folder" in r.output
     assert "Traceback" not in r.output
+
+
+def test_export_is_deterministic(tiny_export, synthetic_data, tmp_path):
+    """Exporting the same model again gives byte-identical artifacts (and so the same figures)."""
+    import shutil
+
+    out = tmp_path / "again"
+    out.mkdir()
+    for f in ("pneumonia_cnn.keras", "pneumonia_cnn.record.json"):
+        shutil.copy(tiny_export / f, out / f)
+    r = runner.invoke(app, ["export", "--model", str(out / "pneumonia_cnn.keras"), "--data", str(synthetic_data),
+                            "--out", str(out), "--formats", "device", "--calibration-images", "40", "--validation-images", "40"])
+    assert r.exit_code == 0, r.output
+    first, again = load_manifest(tiny_export), load_manifest(out)
+    assert set(again.artifacts) == {"onnx_float32", "onnx_int8", "tflite_int8"}
+    for name, entry in again.artifacts.items():
+        assert entry.sha256 == first.artifacts[name].sha256, name
+        assert entry.raw["validation"] == first.artifacts[name].raw["validation"]

@@ -102,9 +102,37 @@ def _name_onnx_io(path: Path) -> None:
         node.output[:] = [renames.get(n, n) for n in node.output]
     m.graph.input[0].name = "image"
     m.graph.output[0].name = "pneumonia"
+    _canonical_names(m.graph)
     m.doc_string = f"edge-pneumo {__version__}: seed CNN, P(PNEUMONIA)"
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
+
+
+def _canonical_names(graph) -> None:
+    """Rename inner tensors, initializers and nodes by first use, in node order.
+
+    tf2onnx names folded constants from Python set/dict order, so two exports of one model
+    differ only in names; renaming by position makes the bytes reproducible.
+    """
+    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
+    names: dict[str, str] = {}
+
+    def canon(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for i, node in enumerate(graph.node):
+        node.input[:] = [canon(n) for n in node.input]
+        node.output[:] = [canon(n) for n in node.output]
+        node.name = f"{node.op_type}_{i}"
+    for init in graph.initializer:
+        init.name = canon(init.name)
+    inits = sorted(graph.initializer, key=lambda t: int(t.name[1:]) if t.name[1:].isdigit() else -1)
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    for vi in graph.value_info:
+        vi.name = canon(vi.name)
 
 
 def _export_onnx_quantized(fmt: ExportFormat, float_path: Path, calib: CalibrationImages, path: Path, scratch: Path) -> None:
