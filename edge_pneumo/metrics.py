@@ -67,19 +67,19 @@ def binary_report(y_true: np.ndarray, probabilities: np.ndarray, threshold: floa
     }
 
 
-def best_threshold(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+def best_threshold(y_true: np.ndarray, probabilities: np.ndarray, tolerance: float = 0.0) -> float:
     """The threshold with the highest balanced accuracy (Youden's J), for choosing on validation.
 
-    Ties go to the threshold closest to 0.5. Returned as a midpoint between neighbouring
-    scores so it does not sit on one image's score.
+    Among thresholds whose J is within `tolerance` of the best, the one closest to 0.5 wins:
+    with class weighting 0.5 is the balanced-prior default, and a flat optimum on an easy
+    validation split should not drag the threshold to an edge. Returned as a midpoint between
+    neighbouring scores so it does not sit on one image's score.
     """
     y = np.asarray(y_true).astype(bool)
-    s = np.sort(np.unique(np.asarray(probabilities, dtype=np.float64)))
+    p = np.asarray(probabilities, dtype=np.float64)
+    s = np.unique(p)
     candidates = np.concatenate([[0.5], (s[:-1] + s[1:]) / 2.0]) if len(s) > 1 else np.array([0.5])
-    best, best_j = 0.5, -np.inf
-    for t in candidates:
-        pred = np.asarray(probabilities) >= t
-        j = pred[y].mean() + (~pred[~y]).mean() - 1.0
-        if j > best_j + 1e-12 or (abs(j - best_j) <= 1e-12 and abs(t - 0.5) < abs(best - 0.5)):
-            best, best_j = float(t), float(j)
-    return best
+    pred = p[None, :] >= candidates[:, None]
+    j = pred[:, y].mean(axis=1) + (~pred[:, ~y]).mean(axis=1) - 1.0
+    near_best = np.flatnonzero(j >= j.max() - tolerance - 1e-12)
+    return float(candidates[near_best[np.argmin(np.abs(candidates[near_best] - 0.5))]])

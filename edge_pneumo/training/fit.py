@@ -21,16 +21,17 @@ class Recipe:
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"  # "constant" or "cosine" decay over max_epochs
     class_weight: bool = True  # weight NORMAL ~3x to balance the 3:1 imbalance
-    augment: str = "strong"  # "seed" or "strong" (see model.build_augmenter)
-    average_last: int = 0  # average the weights of the best epoch and the N-1 before it (0: off)
+    augment: str = "strong"  # "seed", "strong" or "robust" (see model.build_augmenter)
+    average_last: int = 0  # average the weights of the best epoch and the N-1 before it (0 or 1: off)
+    threshold_tolerance: float = 0.01  # balanced-accuracy slack when picking the threshold (see metrics)
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("max_epochs, batch_size and learning_rate must be positive")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError("lr_schedule must be 'constant' or 'cosine'")
-        if self.augment not in ("seed", "strong"):
-            raise ValueError("augment must be 'seed' or 'strong'")
+        if self.augment not in ("seed", "strong", "robust"):
+            raise ValueError("augment must be 'seed', 'strong' or 'robust'")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,7 +156,7 @@ def fit(
     val_metrics = None
     if has_val:
         p = predict(model, x_val)
-        threshold = best_threshold(y_val, p)
+        threshold = best_threshold(y_val, p, recipe.threshold_tolerance)
         val_metrics = binary_report(y_val, p, threshold)
     return FitResult(model, history, keep, float(threshold if threshold is not None else 0.5), val_metrics)
 

@@ -31,18 +31,21 @@ def build_augmenter(strength: str, seed: int) -> keras.Sequential:
     "seed": the published recipe (horizontal flip, zoom 0.2, shear 0.2).
     "strong": the seed's plus small rotations, brightness and contrast changes, for a
     test split whose exposure differs from train's.
+    "robust": strong plus small translations (patient positioning varies between sites).
     """
     augs = [
         layers.RandomFlip("horizontal", seed=seed),
         layers.RandomZoom(0.2, seed=seed + 1, fill_mode="nearest"),
         layers.RandomShear(x_factor=0.2, y_factor=0.2, seed=seed + 2, fill_mode="nearest"),
     ]
-    if strength == "strong":
+    if strength in ("strong", "robust"):
         augs += [
             layers.RandomRotation(0.03, seed=seed + 3, fill_mode="nearest"),
             layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 4),
             layers.RandomContrast(0.3, value_range=(0, 255), seed=seed + 5),
         ]
-    elif strength != "seed":
+    if strength == "robust":
+        augs.append(layers.RandomTranslation(0.08, 0.08, seed=seed + 6, fill_mode="nearest"))
+    elif strength not in ("seed", "strong"):
         raise ValueError(f"unknown augmentation strength {strength!r}")
     return keras.Sequential(augs, name=f"augment_{strength}")

@@ -95,7 +95,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "model_file": MODEL_NAME,
         "class_names": list(CLASS_NAMES),
         "threshold": chosen.threshold,
-        "threshold_rule": "max balanced accuracy on the validation split",
+        "threshold_rule": f"max balanced accuracy on the validation split, ties within {cfg.recipe.threshold_tolerance} broken toward 0.5",
         "preprocessing": preprocessing.to_dict(),
         "recipe": cfg.recipe.to_dict(),
         "split": {

@@ -7,10 +7,11 @@
 #   1. host tools: qemu-user-static, binfmt-support, debootstrap; binfmt_misc on
 #   2. a bookworm arm64 minbase rootfs, cached OUTSIDE the repo (stamp files)
 #   3. python3 + python3-venv + ca-certificates inside it
-#   4. a Pi-4 style /proc/cpuinfo and QEMU_CPU=cortex-a72
+#   4. QEMU_CPU=cortex-a72 (the Pi 4's core) and a matching fake /proc/cpuinfo
 #   5. the project's wheel, built from this checkout, installed with the
 #      [tflite] extra into a fresh arm64 venv; TensorFlow must be absent
-#   6. `edge-pneumo infer` on N real test X-rays for the int8 ONNX, float32 ONNX
+#   6. `edge-pneumo verify` (the package's self-check), then `edge-pneumo infer`
+#      on N real test X-rays for the int8 ONNX, float32 ONNX
 #      and int8 TFLite artifacts, inside the emulated system
 #   7. the same command on the host
 #   8. per image: same label; |dp| <= 1e-4 (float32) or <= 1/255 (int8)
@@ -21,7 +22,8 @@
 #   EDGE_PNEUMO_PI_CACHE     rootfs cache     (default ~/.cache/edge-pneumo/pi-rootfs)
 #   EDGE_PNEUMO_PI_FRESH=1   delete the cached rootfs first
 #   EDGE_PNEUMO_PI_IMAGES    number of images (default 40, half of each class)
-#   EDGE_PNEUMO_PI_SUMMARY   where to write the JSON summary (same as --summary)
+#   EDGE_PNEUMO_PI_SUMMARY   where to write the JSON summary (same as --summary; default
+#                            <cache>/last-run.json, per-image results in <summary>-results/)
 #   EDGE_PNEUMO_PI_KEEP=1    keep the scratch directory (images, outputs)
 #   EDGE_PNEUMO_DATA         dataset root     (default <repo>/../shared/data/chest_xray)
 #   EDGE_PNEUMO_HOST_BIN     host edge-pneumo executable, or the bin/ directory
@@ -80,22 +82,7 @@ mounts_under_rootfs() {  # mount points below the rootfs, innermost (latest) fir
   awk -v r="$ROOTFS/" 'index($2, r) == 1 { print $2 }' /proc/mounts | tac
 }
 
-unsync_host_cas() {
-  # Extra CAs the host trusts (e.g. a TLS-inspecting proxy): pip in the chroot
-  # needs them too. update-ca-certificates takes ~1 min under emulation, so only
-  # run it when a certificate changed (before apt, ca-certificates' postinst does it).
-  compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null || return 0
-  local f dest=$ROOTFS/usr/local/share/ca-certificates changed=0
-  mkdir -p "$dest"
-  for f in /usr/local/share/ca-certificates/*.crt; do
-    cmp -s "$f" "$dest/${f##*/}" || { cp "$f" "$dest/"; changed=1; }
-  done
-  if ((changed)) && [[ -x $ROOTFS/usr/sbin/update-ca-certificates ]]; then
-    in_pi update-ca-certificates > /dev/null
-  fi
-}
-
-mount_rootfs() {
+unmount_rootfs() {
   local m
   for m in $(mounts_under_rootfs); do
     umount "$m" 2>/dev/null || umount -l "$m"
@@ -191,15 +178,37 @@ build_rootfs() {
 
 fake_cpuinfo() {
   # qemu-user passes the host's x86 /proc/cpuinfo through; the cpuinfo library
-  # inside onnxruntime (MLAS) and LiteRT (XNNPACK) then segfaults. Serve what a
-  # Pi 4 (Cortex-A72, part 0xd08) reports, one block per host core.
-  local i f=$CACHE/cpuinfo.arm64
-  : > "$f"
+  # inside onnxruntime (MLAS) and LiteRT (XNNPACK) then segfaults. Serve what the
+  # Pi with the emulated core reports, one block per host core.
+  local part features model i f=$CACHE/cpuinfo.arm64
+  case $QEMU_CPU in
+    cortex-a53) part=0xd03 features='fp asimd evtstrm crc32 cpuid'
+                model='Raspberry Pi 3 Model B Rev 1.2' ;;
+    cortex-a76) part=0xd0b features='fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp'
+                model='Raspberry Pi 5 Model B Rev 1.0' ;;
+    *)          part=0xd08 features='fp asimd evtstrm crc32 cpuid'
+                model='Raspberry Pi 4 Model B Rev 1.1' ;;
+  esac
   for ((i = 0; i < $(nproc); i++)); do
-    printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$i"
-    printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n'
-  done >> "$f"
-  printf 'Revision\t: c03111\nModel\t\t: Raspberry Pi 4 Model B Rev 1.1 (qemu-user)\n' >> "$f"
+    printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: %s\n' "$i" "$features"
+    printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: %s\nCPU revision\t: 3\n\n' "$part"
+  done > "$f"
+  printf 'Model\t\t: %s (qemu-user, QEMU_CPU=%s)\n' "$model" "$QEMU_CPU" >> "$f"
+}
+
+sync_host_cas() {
+  # Extra CAs the host trusts (e.g. a TLS-inspecting proxy): pip in the chroot
+  # needs them too. update-ca-certificates takes ~1 min under emulation, so only
+  # run it when a certificate changed (before apt, ca-certificates' postinst does it).
+  compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null || return 0
+  local f dest=$ROOTFS/usr/local/share/ca-certificates changed=0
+  mkdir -p "$dest"
+  for f in /usr/local/share/ca-certificates/*.crt; do
+    cmp -s "$f" "$dest/${f##*/}" || { cp "$f" "$dest/"; changed=1; }
+  done
+  if ((changed)) && [[ -x $ROOTFS/usr/sbin/update-ca-certificates ]]; then
+    in_pi update-ca-certificates > /dev/null
+  fi
 }
 
 mount_rootfs() {
@@ -247,7 +256,8 @@ build_wheel() {
   else
     cp -a "$REPO/." "$src/"
   fi
-  "$HOST_PY" -m pip wheel -q --no-deps -w "$SCRATCH/work/dist" "$src"
+  "$HOST_PY" -m pip wheel -q --no-deps -w "$SCRATCH/work/dist" "$src" > "$SCRATCH/wheel_build.log" 2>&1 \
+    || { cat "$SCRATCH/wheel_build.log"; die "could not build the wheel"; }
   WHEEL=$(cd "$SCRATCH/work/dist" && ls edge_pneumo-*.whl)
   [[ $(wc -w <<< "$WHEEL") == 1 ]] || die "expected one wheel, got: $WHEEL"
   echo "wheel: $WHEEL ($(du -h "$SCRATCH/work/dist/$WHEEL" | cut -f1))"
@@ -382,7 +392,7 @@ check_bundled() {
   echo "bundled artifacts in $PI_EXPORTED match exported/"
 }
 
-check_artifacts() { select_artifacts && check_bundled; }
+check_artifacts() { select_artifacts; check_bundled; }
 
 record_rc() {  # record_rc SIDE NAME CMD... : run CMD, log its exit code, keep going
   local side=$1 name=$2 rc=0; shift 2
@@ -395,7 +405,7 @@ pi_verify() {
   # The package's own device self-check (fixed synthetic inputs, outputs recorded
   # at export time) on the wheel's shipped artifacts. Judged in compare.
   local rc=0
-  in_pi "$ARM_VENV/bin/edge-pneumo" verify --json --runs 3 > "$SCRATCH/work/pi_verify.json" || rc=$?
+  in_pi "$ARM_VENV/bin/edge-pneumo" verify "$PI_EXPORTED" --json --runs 3 > "$SCRATCH/work/pi_verify.json" || rc=$?
   echo "$rc" > "$SCRATCH/verify_rc"
   echo "edge-pneumo verify exited $rc"
 }
@@ -413,7 +423,7 @@ infer_host() {  # infer_host NAME FILE
 
 # ------------------------------------------------------------------ 8. compare + summary
 compare() {
-  local summary=${SUMMARY:-$SCRATCH/summary.json}
+  local summary=${SUMMARY:-$CACHE/last-run.json}
   local results_dir=${summary%.json}-results
   mkdir -p "$results_dir"
   "$HOST_PY" - "$SCRATCH" "$summary" "$results_dir" "$N_IMAGES" "$QEMU_CPU" "$(date +%s.%N)" "$T_START" <<'EOF'
@@ -497,12 +507,12 @@ summary.write_text(json.dumps(doc, indent=1))
 
 print(f"arm64 (QEMU_CPU={qemu_cpu}): python {pi_info['python']}, "
       + ", ".join(f"{k} {v}" for k, v in pi_info["versions"].items()))
-print(f"{'artifact':16s} {'file':34s} {'n':>4s} {'max|dp|':>10s} {'tol':>9s} {'label diff':>10s}  result")
+print(f"{'artifact':14s} {'file':26s} {'n':>3s} {'max|dp|':>9s} {'tol':>8s} {'labels!=':>8s} {'verify':>7s}  result")
 for r in rows:
     mdp = "-" if r.get("max_abs_dp") is None else f"{r['max_abs_dp']:.2e}"
     nl = "-" if "label_mismatches" not in r else str(len(r["label_mismatches"]))
-    print(f"{r['name']:16s} {r['file']:34s} {r.get('n_matched', 0):4d} {mdp:>10s} {r['tolerance']:9.2e} {nl:>10s}  "
-          + ("ok" if r["ok"] else "FAIL: " + "; ".join(r["problems"])))
+    print(f"{r['name']:14s} {r['file']:26s} {r.get('n_matched', 0):3d} {mdp:>9s} {r['tolerance']:8.2e} {nl:>8s} "
+          f"{r.get('verify_status', '-'):>7s}  " + ("ok" if r["ok"] else "FAIL: " + "; ".join(r["problems"])))
 print("edge-pneumo verify on arm64: " + ("ok" if verify["ok"] else "FAIL: " + "; ".join(verify["problems"])))
 print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f"; total {elapsed:.1f}")
 print(f"summary: {summary}")
