@@ -223,9 +223,12 @@ def table(report: dict) -> str:
 
 
 def markdown_report(report: dict, manifest, figure_name: str | None) -> str:
-    header = "| " + " | ".join(name for name, _ in COLUMNS) + " |"
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    header = "| " + " | ".join(cell(name) for name, _ in COLUMNS) + " |"
     sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(fn(r) for _, fn in COLUMNS) + " |" for r in report["rows"]]
+    body = ["| " + " | ".join(cell(fn(r)) for _, fn in COLUMNS) + " |" for r in report["rows"]]
     checks = [f"- {'PASS' if c['passed'] else 'FAIL'} `{c['name']}`: {c['rule']}" for c in report["checks"]]
     lines = [
         "# edge-pneumo: artifacts compared with the float model",
