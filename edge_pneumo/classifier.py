@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import islice
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -168,13 +168,15 @@ class Classifier:
 
 
 def _bounded_map(pool, fn, items, window: int):
-    """pool.map that keeps at most `window` items in flight, so a huge folder does not fill memory."""
-    it = iter(items)
-    while True:
-        chunk = list(islice(it, window))
-        if not chunk:
-            return
-        yield from pool.map(fn, chunk)
+    """pool.map that keeps at most `window` items in flight (a huge folder does not fill memory)
+    and keeps the pool busy: a new item is submitted each time the oldest one is taken."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _notify(result, callback):

@@ -102,8 +102,11 @@ def _name_onnx_io(path: Path) -> None:
         node.output[:] = [renames.get(n, n) for n in node.output]
     m.graph.input[0].name = "image"
     m.graph.output[0].name = "pneumonia"
+    for io in (m.graph.input[0], m.graph.output[0]):  # tf2onnx numbers unknown dims from a global counter
+        io.type.tensor_type.shape.dim[0].dim_param = "batch"
     _canonical_names(m.graph)
     m.doc_string = f"edge-pneumo {__version__}: seed CNN, P(PNEUMONIA)"
+    m.graph.doc_string = ""  # tf2onnx puts per-conversion details here
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
 
