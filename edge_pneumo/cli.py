@@ -55,9 +55,14 @@ def handle_errors(fn):
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=lambda v: _print_version(v))] = False,
 ) -> None:
-    if version:
+    """Options shared by every command."""
+
+
+def _print_version(value: bool) -> None:
+    if value:
         from . import __version__
 
         print(__version__)

@@ -160,3 +160,7 @@ def test_help_explains_and_version():
     assert r.exit_code == 0 and "--dir" in r.stdout and "Exit code" in r.stdout
     r = runner.invoke(app, [])
     assert "train" in r.output and "export" in r.output and "compare" in r.output
+    from edge_pneumo import __version__
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.stdout.strip() == __version__
