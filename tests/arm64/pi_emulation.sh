@@ -237,6 +237,7 @@ EOF
   in_pi apt-get update -qq
   in_pi apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates
   in_pi apt-get clean
+  rm -rf "${ROOTFS:?}"/var/lib/apt/lists/*   # 80 MB; the stamp means apt never runs here again
   touch "$STAMPS/apt"
 }
 
@@ -277,8 +278,8 @@ fetch_wheels() {
   mkdir -p "$SCRATCH/work/wheels"
   "$HOST_PY" -m pip download -q --cache-dir "$CACHE/pip" --only-binary=:all: "${plat[@]}" \
     --python-version "$py" --implementation cp --abi "cp${py/./}" \
-    -d "$SCRATCH/work/wheels" "$SCRATCH/work/dist/$WHEEL[tflite]"
-  echo "$(ls "$SCRATCH/work/wheels" | wc -l) wheels, $(du -sh "$SCRATCH/work/wheels" | cut -f1)"
+    -d "$SCRATCH/work/wheels" "$SCRATCH/work/dist/${WHEEL}[tflite]"
+  echo "$(find "$SCRATCH/work/wheels" -name "*.whl" | wc -l) wheels, $(du -sh "$SCRATCH/work/wheels" | cut -f1)"
 }
 
 pi_venv() {
@@ -291,12 +292,12 @@ pi_venv() {
 pi_pip_install() {
   # Binary wheels only: a Pi must not need a compiler. --no-compile: byte-
   # compiling every installed file under emulation is slow; imports do it lazily.
-  local pip_whl
-  pip_whl=$(cd "$ROOTFS" && ls usr/share/python-wheels/pip-*.whl | tail -n1)
-  local pip=("$ARM_VENV/bin/python" "/$pip_whl/pip" install --no-compile --only-binary=:all:)
-  if ! in_pi "${pip[@]}" --no-index --find-links /work/wheels "/work/dist/$WHEEL[tflite]"; then
+  local whls=("$ROOTFS"/usr/share/python-wheels/pip-*.whl)
+  [[ -f ${whls[-1]} ]] || die "no pip wheel in the rootfs (python3-venv missing?)"
+  local pip=("$ARM_VENV/bin/python" "${whls[-1]#"$ROOTFS"}/pip" install --no-compile --only-binary=:all:)
+  if ! in_pi "${pip[@]}" --no-index --find-links /work/wheels "/work/dist/${WHEEL}[tflite]"; then
     echo "offline install from the host-fetched wheels failed; retrying against the index"
-    in_pi "${pip[@]}" --find-links /work/wheels "/work/dist/$WHEEL[tflite]"
+    in_pi "${pip[@]}" --find-links /work/wheels "/work/dist/${WHEEL}[tflite]"
   fi
 }
 
@@ -352,7 +353,7 @@ stage_images() {
     local f
     for f in "${files[@]}"; do cp "$dir/$f" "$SCRATCH/work/images/"; done
   done
-  local got; got=$(ls "$SCRATCH/work/images" | wc -l)
+  local got; got=$(find "$SCRATCH/work/images" -type f | wc -l)
   ((got == N_IMAGES)) || die "file name clash between classes: $got of $N_IMAGES images staged"
   echo "$N_IMAGES images ($half NORMAL, $((N_IMAGES - half)) PNEUMONIA) from $DATA/test"
 }
@@ -377,11 +378,11 @@ EOF
 check_bundled() {
   # The arm64 run uses the artifacts inside the installed wheel: they must be
   # byte-identical to the checkout's (which the host run uses).
-  local site name file fmt prec sha
+  local site name file sha
   site=$(in_pi "$ARM_VENV/bin/python" -c \
     'import importlib.util as u; print(u.find_spec("edge_pneumo").submodule_search_locations[0])')
   PI_EXPORTED=$site/exported
-  while IFS=$'\t' read -r name file fmt prec sha; do
+  while IFS=$'\t' read -r name file _ _ sha; do
     [[ -f $ROOTFS$PI_EXPORTED/$file ]] || die "the wheel does not ship exported/$file"
     cmp -s "$ROOTFS$PI_EXPORTED/$file" "$REPO/exported/$file" || die "wheel's $file differs from exported/$file"
     if [[ -n $sha ]]; then
