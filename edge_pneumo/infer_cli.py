@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def _open_output(output: Path | None):
 
 def _classify(clf, paths, writer, batch_size, decode_threads) -> int:
     ok = failed = 0
+    started = time.perf_counter()
     show_progress = len(paths) >= 50 and sys.stderr.isatty()
     bar = None
     if show_progress:
@@ -130,6 +132,9 @@ def _classify(clf, paths, writer, batch_size, decode_threads) -> int:
     finally:
         if bar:
             bar.__exit__(None, None, None)
-    if failed:
+    seconds = time.perf_counter() - started
+    if len(paths) > 1:
+        print(f"{ok} classified, {failed} failed in {seconds:.2f} s ({len(paths) / seconds:.0f} images/s)", file=sys.stderr)
+    elif failed:
         print(f"{ok} classified, {failed} failed", file=sys.stderr)
     return EXIT_OK if not failed else (EXIT_PARTIAL if ok else EXIT_FAILED)
