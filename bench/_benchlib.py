@@ -106,6 +106,21 @@ def run_record(argv: list[str]) -> dict:
     }
 
 
+def wait_for_quiet(max_load: float, timeout_s: float, poll_s: float = 15.0) -> dict:
+    """Wait until the 1-minute load average is <= max_load (0: don't wait). Returns what happened."""
+    t0 = time.time()
+    if max_load <= 0:
+        return {"max_load": None, "waited_s": 0.0, "reached": None, "loadavg": loadavg()}
+    while True:
+        la = loadavg()
+        if la and la[0] <= max_load:
+            return {"max_load": max_load, "waited_s": round(time.time() - t0, 1), "reached": True, "loadavg": la}
+        if time.time() - t0 >= timeout_s:
+            return {"max_load": max_load, "waited_s": round(time.time() - t0, 1), "reached": False, "loadavg": la}
+        print(f"waiting for load <= {max_load}: now {la}", flush=True)
+        time.sleep(poll_s)
+
+
 def stats(values: list[float]) -> dict:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:

@@ -74,10 +74,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("bench/results_reduced_decode.json"))
     ap.add_argument("--md", type=Path, default=None, help="default: RESULTS_reduced_decode.md beside --out")
+    ap.add_argument("--quiet-load", type=float, default=0.0, help="first wait until the 1-min load average is <= this (0: don't wait)")
+    ap.add_argument("--quiet-timeout", type=float, default=1800.0)
     args = ap.parse_args(argv)
+    quiet = bl.wait_for_quiet(args.quiet_load, args.quiet_timeout)
     models, data = args.models.resolve(), args.data.resolve()
     md_path = args.md or args.out.with_name("RESULTS_reduced_decode.md")
     record = bl.run_record([str(Path(sys.argv[0])), *argv])
+    record["wait_for_quiet"] = quiet
     print(f"load average at start: {record['loadavg_start']}", flush=True)
 
     from edge_pneumo.preprocess import Preprocessing, jpeg_size

@@ -32,7 +32,12 @@ STEPS_SNIPPET = textwrap.dedent(
     t0 = t(); import numpy, cv2; out['import numpy+cv2'] = (t() - t0, rss())
     t0 = t(); import onnxruntime; out['import onnxruntime'] = (t() - t0, rss())
     t0 = t(); import typer; out['import typer'] = (t() - t0, rss())
-    t0 = t(); import typer._adapters; out['import typer._adapters (pydantic)'] = (t() - t0, rss())
+    try:
+        t0 = t(); import typer._adapters; out['import typer._adapters (pydantic, typer >= 0.29)'] = (t() - t0, rss())
+    except ImportError:
+        pass
+    t0 = t(); import hashlib; hashlib.sha256(b''); out['import hashlib (OpenSSL libcrypto)'] = (t() - t0, rss())
+    t0 = t(); import concurrent.futures; out['import concurrent.futures'] = (t() - t0, rss())
     t0 = t(); import edge_pneumo.cli, edge_pneumo.infer_cli, edge_pneumo.classifier; out['import edge_pneumo (rest)'] = (t() - t0, rss())
     from edge_pneumo.manifest import load_manifest
     from edge_pneumo.runtime import open_backend
@@ -66,11 +71,12 @@ def rows(models: Path, image: str, manifest: dict) -> list[dict]:
         {"name": "import numpy, cv2, onnxruntime", "cmd": [py, "-c", "import numpy, cv2, onnxruntime"]},
         {"name": "import typer", "cmd": [py, "-c", "import typer"]},
         {"name": "import pydantic", "cmd": [py, "-c", "import pydantic"]},
-        {"name": "import typer, typer._adapters (pydantic)", "cmd": [py, "-c", "import typer, typer._adapters"]},
         {"name": "import edge_pneumo.cli", "cmd": [py, "-c", "import edge_pneumo.cli"]},
+        {"name": "import hashlib (loads OpenSSL libcrypto)", "cmd": [py, "-c", "import hashlib; hashlib.sha256(b'')"]},
         {"name": "import edge_pneumo.classifier + onnxruntime (no CLI)", "cmd": [py, "-c", "import edge_pneumo.classifier, onnxruntime"]},
-        {"name": "all imports of infer (cli, typer._adapters, infer_cli, classifier, onnxruntime)",
-         "cmd": [py, "-c", "import edge_pneumo.cli, typer._adapters, edge_pneumo.infer_cli, edge_pneumo.classifier, onnxruntime"]},
+        {"name": "all imports of infer (cli, infer_cli, classifier, onnxruntime)",
+         "cmd": [py, "-c", "import edge_pneumo.cli, edge_pneumo.infer_cli, edge_pneumo.classifier, onnxruntime"]},
+        {"name": "edge-pneumo --version", "cmd": [cli, "--version"]},
         {"name": "edge-pneumo --help", "cmd": [cli, "--help"]},
         {"name": "Classifier.load + predict (Python API, no CLI)",
          "cmd": [py, "-c", f"from edge_pneumo import Classifier; print(Classifier.load({str(models)!r}).predict({image!r}).probability)"]},
@@ -88,11 +94,15 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--out", type=Path, default=Path("bench/results_startup.json"))
     ap.add_argument("--md", type=Path, default=None)
+    ap.add_argument("--quiet-load", type=float, default=0.0, help="first wait until the 1-min load average is <= this (0: don't wait)")
+    ap.add_argument("--quiet-timeout", type=float, default=1800.0)
     args = ap.parse_args(argv)
+    quiet = bl.wait_for_quiet(args.quiet_load, args.quiet_timeout)
     models = args.models.resolve()
     image = str(args.image or bl.test_images(args.data.resolve())[0][0])
     manifest = bl.load_manifest_json(models)
     record = bl.run_record([str(Path(sys.argv[0])), *argv])
+    record["wait_for_quiet"] = quiet
     rs = rows(models, image, manifest)
     for r in rs:
         r.update(status="pending", runs=[], error=None)
