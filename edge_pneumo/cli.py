@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EdgePneumoError
+from .errors import EXIT_FAILED, EXIT_OK, EdgePneumoError
 
 app = typer.Typer(
     name="edge-pneumo",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EdgePneumoError, IntegrityError, ModelFileError
+from .errors import EXIT_OK, EXIT_PARTIAL, EdgePneumoError, IntegrityError, ModelFileError
 from .evaluation import load_labelled
 from .manifest import load_manifest
 from .metrics import binary_report, roc_curve
