@@ -122,6 +122,12 @@ def main(argv=None) -> int:
             return fn
         return setup
 
+    add("decode_1thread", "Preprocessing.load for every image, 1 thread", decode_serial)
+    add(f"decode_{n_cores}threads", f"Preprocessing.load, ThreadPoolExecutor({n_cores})", decode_pool)
+    for th in sorted({1, n_cores}):
+        for spin in (True, False):
+            add(f"model_only_{th}t{'' if spin else '_nospin'}",
+                f"onnxruntime alone on preprocessed float32, batch 32, {th} thread(s), spinning {'on' if spin else 'off'}", model_only(th, spin))
     try:
         from edge_pneumo.infer_cli import split_threads
 
