@@ -21,7 +21,7 @@ import numpy as np
 from .errors import EXIT_OK, EXIT_PARTIAL, EdgePneumoError, IntegrityError, ModelFileError
 from .evaluation import load_labelled
 from .manifest import load_manifest
-from .metrics import binary_report, roc_curve
+from .metrics import agreement_stats, binary_report, roc_curve
 
 KERAS_ROW = "keras_float32"
 
@@ -42,15 +42,6 @@ class Row:
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "probabilities"}
         return d
-
-
-def agreement_stats(probs: np.ndarray, reference: np.ndarray, threshold: float) -> dict:
-    dp = np.abs(probs.astype(np.float64) - reference.astype(np.float64))
-    return {
-        "agreement": float(np.mean((probs >= threshold) == (reference >= threshold))),
-        "max_abs_dp": float(dp.max()),
-        "mean_abs_dp": float(dp.mean()),
-    }
 
 
 def _run_worker(kind: str, model: Path, images: Path, threads: int, runs: int, scratch: Path) -> dict:

@@ -67,6 +67,13 @@ def binary_report(y_true: np.ndarray, probabilities: np.ndarray, threshold: floa
     }
 
 
+def agreement_stats(probabilities: np.ndarray, reference: np.ndarray, threshold: float) -> dict:
+    """How closely an artifact follows its reference: same-class share and |delta probability|."""
+    dp = np.abs(np.asarray(probabilities, np.float64) - np.asarray(reference, np.float64))
+    same = (np.asarray(probabilities) >= threshold) == (np.asarray(reference) >= threshold)
+    return {"agreement": float(np.mean(same)), "max_abs_dp": float(dp.max()), "mean_abs_dp": float(dp.mean())}
+
+
 def best_threshold(y_true: np.ndarray, probabilities: np.ndarray, tolerance: float = 0.0) -> float:
     """The threshold with the highest balanced accuracy (Youden's J), for choosing on validation.
 

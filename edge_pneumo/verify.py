@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import EdgePneumoError, MissingRuntimeError
 from .manifest import Manifest, default_model_folder, load_manifest
+from .metrics import agreement_stats
 from .preprocess import Preprocessing
 from .runtime import open_backend
 
@@ -127,9 +128,9 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20) -> di
             continue
         budget = manifest.artifacts[row["name"]].raw.get("validation", {}).get("budget", {})
         probs = outputs[row["name"]]
-        dp = float(np.max(np.abs(probs - ref)))
-        agree = float(np.mean((probs >= manifest.threshold) == (ref >= manifest.threshold)))
-        row.update(max_abs_dp_vs_reference=dp, agreement_vs_reference=agree)
+        stats = agreement_stats(probs, ref, manifest.threshold)
+        dp = stats["max_abs_dp"]
+        row.update(max_abs_dp_vs_reference=dp, agreement_vs_reference=stats["agreement"])
         if budget.get("max_abs_dp") is not None and dp > budget["max_abs_dp"] * 10:
             row["status"] = "FAILED"
             row["notes"].append(f"max|dp| {dp:.2e} vs {ref_name} exceeds 10x its export budget")

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_pneumo.cli import app
-from edge_pneumo.compare import Row, agreement_stats, target_checks
+from edge_pneumo.compare import Row, target_checks
+from edge_pneumo.metrics import agreement_stats
 from edge_pneumo.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from edge_pneumo.preprocess import Preprocessing
 from edge_pneumo.verify import verify_folder, verify_inputs

@@ -24,6 +24,7 @@ from ..data import discover, find_split, load_images, patient_split, stratified_
 from ..errors import EdgePneumoError, ValidationError
 from ..formats import DEFAULT_ARTIFACT, ExportFormat
 from ..manifest import SCHEMA_VERSION, sha256_of, write_manifest
+from ..metrics import agreement_stats
 from ..runtime import open_backend
 from ..verify import verify_inputs
 from .calibration import CalibrationImages
@@ -179,14 +180,14 @@ def validate_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.nd
     """Compare an artifact's probabilities with the float model's on the same images (Optimum-style)."""
     if candidate.shape != reference.shape:
         raise ValidationError(f"{fmt.name}: output shape {candidate.shape} differs from the float model's {reference.shape}")
-    dp = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
-    agree = float(np.mean((candidate >= threshold) == (reference >= threshold)))
+    stats = agreement_stats(candidate, reference, threshold)
+    agree = stats["agreement"]
     b = fmt.budget
     max_dp = None if b.max_abs_dp is None else b.max_abs_dp * budget_scale
     min_agree = None if b.min_agreement is None else 1.0 - (1.0 - b.min_agreement) * budget_scale
-    passed = (max_dp is None or float(dp.max()) <= max_dp) and (min_agree is None or agree >= min_agree)
+    passed = (max_dp is None or stats["max_abs_dp"] <= max_dp) and (min_agree is None or agree >= min_agree)
     return ArtifactValidation(
-        n=int(len(reference)), agreement=agree, max_abs_dp=float(dp.max()), mean_abs_dp=float(dp.mean()),
+        n=int(len(reference)), agreement=agree, max_abs_dp=stats["max_abs_dp"], mean_abs_dp=stats["mean_abs_dp"],
         accuracy=float(np.mean((candidate >= threshold) == labels.astype(bool))),
         reference_accuracy=float(np.mean((reference >= threshold) == labels.astype(bool))),
         budget={"max_abs_dp": max_dp, "min_agreement": min_agree}, passed=passed,
