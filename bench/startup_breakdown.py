@@ -81,6 +81,9 @@ def rows(models: Path, image: str, manifest: dict) -> list[dict]:
         {"name": "Classifier.load + predict (Python API, no CLI)",
          "cmd": [py, "-c", f"from edge_pneumo import Classifier; print(Classifier.load({str(models)!r}).predict({image!r}).probability)"]},
         {"name": "edge-pneumo infer --image X", "cmd": [cli, "infer", "--image", image, "--model", str(models)]},
+        {"name": "argparse + infer_cli.run_infer (same work as infer --image X, without typer)",
+         "cmd": [py, "-c", "import argparse, sys; from pathlib import Path; from edge_pneumo.infer_cli import run_infer; "
+                 f"sys.exit(run_infer([{image!r}], None, Path({str(models)!r}), None, 'text', None, None, 32, True))"]},
         {"name": "minimal_onnx.py", "cmd": [py, f"{b}/minimal_onnx.py", onnx, image, *eq]},
     ]
 
