@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +127,8 @@ class Classifier:
         on_result: Callable[[Prediction | Failure], None] | None = None,
     ) -> Iterator[Prediction | Failure]:
         """Classify many files, in order: decoding runs on a thread pool while the model runs
-        batches. A file that cannot be used yields a Failure; the others still get results."""
+        batches (with `decode_threads=1`, in this thread: no pool to start for one image).
+        A file that cannot be used yields a Failure; the others still get results."""
         threads = decode_threads or default_threads()
 
         def decode(p):
@@ -148,10 +148,11 @@ class Classifier:
             for (p, _, warnings, dt), prob in zip(pending, probs):
                 yield self._result(p, float(prob), 1000 * (dt + share), warnings)
 
-        with ThreadPoolExecutor(max_workers=threads) as pool:
+        with _decoder_pool(threads) as pool:
+            decoded = map(decode, paths) if pool is None else _bounded_map(pool, decode, paths, window=8 * batch_size)
             pending: list = []
             # Results come out in input order: a failure waits until the batch before it is out.
-            for p, x, warnings, dt in _bounded_map(pool, decode, paths, window=8 * batch_size):
+            for p, x, warnings, dt in decoded:
                 if isinstance(x, InputImageError):
                     for r in flush(pending):
                         yield _notify(r, on_result)
@@ -167,9 +168,23 @@ class Classifier:
                 yield _notify(r, on_result)
 
 
+@contextmanager
+def _decoder_pool(threads: int):
+    """A thread pool for decoding, or None for one thread (imported only when needed)."""
+    if threads <= 1:
+        yield None
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        yield pool
+
+
 def _bounded_map(pool, fn, items, window: int):
     """pool.map that keeps at most `window` items in flight (a huge folder does not fill memory)
     and keeps the pool busy: a new item is submitted each time the oldest one is taken."""
+    from collections import deque
+
     pending: deque = deque()
     for item in items:
         pending.append(pool.submit(fn, item))

@@ -8,14 +8,12 @@ become one line and an exit code; EDGE_PNEUMO_DEBUG=1 shows the traceback instea
 from __future__ import annotations
 
 import functools
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .errors import EXIT_FAILED, EXIT_OK, EdgePneumoError
+from .errors import EXIT_FAILED, EXIT_OK, EdgePneumoError, report
 
 app = typer.Typer(
     name="edge-pneumo",
@@ -30,10 +28,6 @@ app = typer.Typer(
 DataOpt = Annotated[Path, typer.Option("--data", help="The chest_xray folder (with train/ and test/), e.g. ../shared/data/chest_xray.", envvar="EDGE_PNEUMO_DATA")]
 
 
-def err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def handle_errors(fn):
     """Known errors -> one line on stderr and the error's exit code; no traceback."""
 
@@ -41,14 +35,8 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except EdgePneumoError as e:
-            if os.environ.get("EDGE_PNEUMO_DEBUG"):
-                raise
-            err(f"error: {e}")
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            err("interrupted")
-            raise typer.Exit(130) from None
+        except (EdgePneumoError, KeyboardInterrupt) as e:
+            raise typer.Exit(report(e)) from None
 
     return wrapper
 
@@ -108,8 +96,7 @@ def evaluate(
     threshold: Annotated[Optional[float], typer.Option(help="Override the model's decision threshold.")] = None,
 ) -> None:
     """Accuracy, ROC AUC, sensitivity, specificity, precision, F1 and confusion matrix at the model's threshold."""
-    import json
-
+    from . import jsonout
     from .evaluation import evaluate as score
     from .evaluation import format_report, load_labelled
 
@@ -129,7 +116,7 @@ def evaluate(
     report["model"] = name
     report["data"] = str(data)
     if json_out:
-        print(json.dumps(report))
+        print(jsonout.dumps(report))
     else:
         print(format_report(report, f"{name} on {data}"))
 
@@ -193,9 +180,9 @@ def infer(
     Exit code 0: every image classified; 1: some images failed (the others have results);
     3: nothing could run (bad model, no images).
     """
-    from .infer_cli import run_infer
+    from .infer_cli import FORMATS, run_infer
 
-    if fmt not in ("text", "json", "csv"):
+    if fmt not in FORMATS:
         raise typer.BadParameter("choose text, json or csv", param_hint="--format")
     code = run_infer([*(paths or []), *(image or [])], directory, model, artifact, fmt, output, threads, batch_size, not no_verify)
     raise typer.Exit(code)
@@ -209,12 +196,11 @@ def verify(
     runs: Annotated[int, typer.Option(help="Timed runs per artifact for the latency figure.", min=1)] = 20,
 ) -> None:
     """Device self-check: hashes, loading, agreement on fixed inputs, and a short device report. No dataset needed."""
-    import json
-
+    from . import jsonout
     from .verify import format_verify_report, verify_folder
 
     report = verify_folder(folder, runs=runs)
-    print(json.dumps(report, indent=2) if json_out else format_verify_report(report))
+    print(jsonout.dumps(report, indent=2) if json_out else format_verify_report(report))
     raise typer.Exit(EXIT_OK if report["passed"] else EXIT_FAILED)
 
 

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EXIT_OK, EXIT_PARTIAL, EdgePneumoError, IntegrityError, ModelFileError
+from . import jsonout
+from .errors import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EdgePneumoError,
+    IntegrityError,
+    ModelFileError,
+)
 from .evaluation import load_labelled
 from .manifest import load_manifest
 from .metrics import agreement_stats, binary_report, roc_curve
@@ -128,7 +135,7 @@ def run_compare(data: Path, models: Path, out: Path, keras_model: Path | None, t
         "checks": target_checks(rows, ref),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.json").write_text(jsonout.dumps(report, indent=2) + "\n")
     md = markdown_report(report, manifest, figure_name="report.png" if figure else None)
     if figure:
         try:

@@ -6,6 +6,9 @@ line and exits with its `exit_code`, no traceback (set EDGE_PNEUMO_DEBUG=1 to se
 
 from __future__ import annotations
 
+import os
+import sys
+
 # Exit codes shared by every command.
 EXIT_OK = 0
 EXIT_PARTIAL = 1  # a batch ran, but some inputs failed
@@ -44,3 +47,18 @@ class ValidationError(EdgePneumoError):
     """An exported artifact does not behave like the float model within its budget."""
 
     exit_code = EXIT_VALIDATION
+
+
+def report(e: BaseException) -> int:
+    """A known failure (or Ctrl-C) -> one line on stderr; returns the exit code to use.
+
+    Shared by the Typer commands and the fast `infer` entry, so both fail the same way.
+    With EDGE_PNEUMO_DEBUG=1 the exception is re-raised to show its traceback.
+    """
+    if isinstance(e, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+    if not isinstance(e, EdgePneumoError) or os.environ.get("EDGE_PNEUMO_DEBUG"):
+        raise e
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return e.exit_code

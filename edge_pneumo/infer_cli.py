@@ -14,6 +14,7 @@ from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EdgePneumoError, InputIm
 from .preprocess import IMAGE_SUFFIXES
 from .runtime import default_threads
 
+FORMATS = ("text", "json", "csv")
 CSV_FIELDS = ["path", "label", "probability", "threshold", "artifact", "ms", "warnings", "error"]
 
 
@@ -84,6 +85,7 @@ def _open_output(output: Path | None):
     if output is None:
         yield sys.stdout
         return
+    output = Path(os.path.realpath(output))  # a symlink: write to its target, keep the link
     if output.exists() and not output.is_file():
         try:
             with open(output, "w") as f:

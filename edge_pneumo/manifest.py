@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
+from . import jsonout
 from .errors import IntegrityError, ModelFileError
 from .preprocess import Preprocessing
 
@@ -111,7 +112,7 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
     """Write atomically: a reader never sees half a manifest."""
     path = folder / MANIFEST_NAME
     tmp = folder / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.write_text(jsonout.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 

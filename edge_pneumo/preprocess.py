@@ -27,7 +27,8 @@ MAX_MISSING_FRACTION = 0.25  # a cut JPEG missing more than this is refused, not
 _EOI = np.frombuffer(b"\xff\xd9", np.uint8)
 
 _INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
-_INTENSITIES = ("none", "equalize")
+_INTENSITIES = ("none", "equalize", "clahe")
+CLAHE_CLIP, CLAHE_TILES = 2.0, 4  # on the 64 px image: 4x4 tiles of 16 px
 # libjpeg writes "Corrupt JPEG data ..." straight to fd 2; we silence it per file, one at a time.
 _STDERR_LOCK = threading.Lock()
 # Images are small and decoded one per thread by our own pools: OpenCV's inner threads would
@@ -47,7 +48,7 @@ class Preprocessing:
     size: int = 64
     channels: int = 3
     interpolation: str = "area"
-    intensity: str = "none"  # "equalize": global histogram equalisation after the resize
+    intensity: str = "none"  # after the resize: "equalize" (global histogram) or "clahe" (local, clipped)
     dtype: str = "uint8"
     value_range: tuple[int, int] = (0, 255)
     color: str = "grey"
@@ -70,6 +71,8 @@ class Preprocessing:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["value_range"] = list(self.value_range)
+        if self.intensity == "clahe":
+            d["clahe"] = {"clip_limit": CLAHE_CLIP, "tile_grid": [CLAHE_TILES, CLAHE_TILES]}
         d["function"] = "edge_pneumo.preprocess.Preprocessing.load"
         return d
 
@@ -85,6 +88,8 @@ class Preprocessing:
         x = cv2.resize(grey, (self.size, self.size), interpolation=_INTERPOLATIONS[self.interpolation])
         if self.intensity == "equalize":
             x = cv2.equalizeHist(x)
+        elif self.intensity == "clahe":
+            x = cv2.createCLAHE(CLAHE_CLIP, (CLAHE_TILES, CLAHE_TILES)).apply(x)
         if self.channels == 3:
             x = np.repeat(x[:, :, None], 3, axis=2)
         else:

@@ -1,7 +1,12 @@
 """Choose the training recipe on the patient-wise validation split carved from train/.
 
 Each candidate is trained on train-minus-val and scored on val only; the test split is
-never read here. Results are appended to experiments/recipes.jsonl.
+never read here. Each is also scored on the same validation images under acquisition
+shifts (shifted_val.py), at the threshold it chose on plain validation. Results are
+appended to experiments/recipes.jsonl.
+
+Selection rule (fixed before the runs): among candidates whose plain validation AUC is
+within 0.003 of the best, take the highest mean balanced accuracy over the shifts.
 
     python experiments/select_recipe.py --data ../shared/data/chest_xray --names base strong_eq
 """
@@ -13,9 +18,13 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+from shifted_val import shifted_sets
+
 from edge_pneumo.data import discover, find_split, load_images, patient_split
+from edge_pneumo.metrics import binary_report
 from edge_pneumo.preprocess import Preprocessing
-from edge_pneumo.training.fit import Recipe, fit
+from edge_pneumo.training.fit import Recipe, fit, predict
 
 CANDIDATES = {
     # name: (intensity, Recipe)
@@ -25,7 +34,24 @@ CANDIDATES = {
     "strong_cw_eq": ("equalize", Recipe(augment="strong", class_weight=True, lr_schedule="cosine", max_epochs=10)),
     "strong_cw_eq_avg3": ("equalize", Recipe(augment="strong", class_weight=True, lr_schedule="cosine", max_epochs=10, average_last=3)),
     "seed_cw_eq": ("equalize", Recipe(augment="seed", class_weight=True, lr_schedule="cosine", max_epochs=10)),
+    # session 2: candidates aimed at the train/test shift, judged on shifted validation
+    "strong_cw_eq_ls": ("equalize", Recipe(augment="strong", label_smoothing=0.1)),
+    "photo_cw_eq": ("equalize", Recipe(augment="photometric")),
+    "photo_cw_eq_ls": ("equalize", Recipe(augment="photometric", label_smoothing=0.1)),
+    "strong_cw_clahe": ("clahe", Recipe(augment="strong")),
+    "photo_cw_clahe_ls": ("clahe", Recipe(augment="photometric", label_smoothing=0.1)),
 }
+
+
+def shifted_scores(model, shifted: dict[str, np.ndarray], y: np.ndarray, threshold: float) -> dict:
+    """Per shift: AUC and balanced accuracy at the threshold chosen on plain validation."""
+    out = {}
+    for name, x in shifted.items():
+        r = binary_report(y, predict(model, x), threshold)
+        out[name] = {"auc": r["auc"], "balanced_accuracy": (r["sensitivity"] + r["specificity"]) / 2,
+                     "sensitivity": r["sensitivity"], "specificity": r["specificity"]}
+    out["mean"] = {k: float(np.mean([v[k] for v in out.values()])) for k in ("auc", "balanced_accuracy", "specificity")}
+    return out
 
 
 def main() -> None:
@@ -45,19 +71,24 @@ def main() -> None:
         intensity, recipe = CANDIDATES[name]
         if intensity not in cache:
             pp = Preprocessing(intensity=intensity)
-            cache[intensity] = (load_images(train, pp), load_images(val, pp))
-        tr, va = cache[intensity]
+            va = load_images(val, pp)
+            cache[intensity] = (load_images(train, pp), va, shifted_sets([str(v.path) for v in va.samples], pp))
+        tr, va, shifted = cache[intensity]
         for seed in args.seeds:
             t0 = time.time()
             res = fit(tr.x, tr.y, recipe, seed, va.x, va.y, on_epoch=lambda r: print(name, seed, r, flush=True))
+            shift = shifted_scores(res.model, shifted, va.y, res.threshold)
             row = {
+                "shifted_val": shift,
                 "name": name, "seed": seed, "intensity": intensity, "recipe": recipe.to_dict(),
                 "best_epoch": res.best_epoch, "threshold": res.threshold,
                 "val": res.val_metrics, "seconds": round(time.time() - t0, 1),
                 "history": res.history, "split_seed": args.split_seed, "test_looked_at": False,
             }
             print(json.dumps({k: row[k] for k in ("name", "seed", "best_epoch", "threshold", "seconds")}),
-                  "val acc %.4f auc %.4f" % (res.val_metrics["accuracy"], res.val_metrics["auc"]), flush=True)
+                  "val acc %.4f auc %.4f | shifted bal-acc %.4f auc %.4f spec %.4f" % (
+                      res.val_metrics["accuracy"], res.val_metrics["auc"], shift["mean"]["balanced_accuracy"],
+                      shift["mean"]["auc"], shift["mean"]["specificity"]), flush=True)
             with Path(args.log).open("a") as f:
                 f.write(json.dumps(row) + "\n")
 

@@ -69,6 +69,31 @@ def test_text_and_csv_and_output_file(tiny_export, images, tmp_path):
     assert len(rows) == len(names) and all(0 <= float(row["probability"]) <= 1 for row in rows)
 
 
+def test_output_through_a_symlink_writes_its_target_and_keeps_the_link(tiny_export, images, tmp_path):
+    d, _ = images
+    target = tmp_path / "results" / "latest.jsonl"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    r = runner.invoke(app, ["infer", "--model", str(tiny_export), str(d / "grey.jpeg"), "-f", "json", "-o", str(link)])
+    assert r.exit_code == EXIT_OK, r.output
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert [row["path"] for row in _json_lines(target.read_text())] == [str(d / "grey.jpeg")]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["latest.jsonl"]  # no temporary file left
+
+
+def test_serial_and_threaded_decoding_give_the_same_results(tiny_export, images):
+    d, names = images
+    paths = [str(d / n) for n in names] + [str(d / "missing.jpeg")]
+    clf = Classifier.load(tiny_export)
+    serial = [r.to_dict() for r in clf.predict_many(paths, batch_size=2, decode_threads=1)]
+    threaded = [r.to_dict() for r in clf.predict_many(paths, batch_size=2, decode_threads=2)]
+    for row in serial + threaded:
+        row.pop("ms", None)
+    assert serial == threaded and serial[-1]["error"].endswith("no such file")
+
+
 def test_paths_from_stdin(tiny_export, images):
     d, names = images
     stdin = "\n".join(str(d / n) for n in names[:2]) + "\n"

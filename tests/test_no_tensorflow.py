@@ -62,3 +62,22 @@ def test_cli_help_does_not_import_heavy_libraries(tmp_path):
     """
     p = _run(code, tmp_path)
     assert p.returncode == 0, p.stderr
+
+
+def test_one_image_fast_path_imports_neither_tensorflow_nor_typer(tiny_export, tmp_path):
+    img = tmp_path / "x.jpeg"
+    cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 256, (200, 180), dtype=np.uint8))
+    code = f"""
+    import sys
+    from edge_pneumo.entry import main
+    try:
+        main(["infer", "--model", {str(tiny_export)!r}, "--format", "json", {str(img)!r}])
+    except SystemExit as e:
+        assert e.code == 0, e.code
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "typer", "click", "concurrent"))
+    assert not heavy, heavy
+    """
+    p = _run(code, tmp_path)
+    assert p.returncode == 0, p.stderr
+    row = json.loads(p.stdout.splitlines()[0])
+    assert row["path"] == str(img) and row["label"] in ("NORMAL", "PNEUMONIA")

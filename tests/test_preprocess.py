@@ -130,3 +130,16 @@ def test_contract_round_trips_through_a_dict():
     assert Preprocessing.from_dict(d) == pre
     with pytest.raises(ValueError):
         Preprocessing(intensity="clahe-typo")
+
+
+def test_clahe_contract_is_recorded_and_round_trips():
+    from edge_pneumo.preprocess import Preprocessing
+
+    pp = Preprocessing(intensity="clahe")
+    d = pp.to_dict()
+    assert d["clahe"] == {"clip_limit": 2.0, "tile_grid": [4, 4]}
+    assert Preprocessing.from_dict(d) == pp
+    ramp = np.tile(np.linspace(60, 120, 200).astype(np.uint8), (200, 1))
+    x = pp.apply(ramp)
+    assert x.shape == (64, 64, 3) and x.dtype == np.uint8
+    assert np.ptp(x) > np.ptp(Preprocessing().apply(ramp))  # local contrast is stretched

@@ -87,3 +87,17 @@ def test_compare_reports_every_row_and_survives_bad_artifacts(exported_copy, syn
     md = (out / "REPORT.md").read_text()
     assert "| onnx_int8 |" in md and "tampered" in md and "missing" in md
     assert (out / "report.png").stat().st_size > 10_000
+
+
+def test_manifest_and_reports_never_hold_nan(tmp_path):
+    """A metric with nothing to divide by is NaN; readers other than Python reject a bare NaN."""
+    from edge_pneumo.jsonout import dumps
+    from edge_pneumo.manifest import write_manifest
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+    data = {"precision": float("nan"), "nested": [1.5, float("inf"), {"x": -float("inf")}], "ok": 0.25}
+    expected = {"precision": None, "nested": [1.5, None, {"x": None}], "ok": 0.25}
+    assert strict(dumps(data)) == expected
+    assert strict(write_manifest(tmp_path, data).read_text()) == expected

@@ -60,8 +60,9 @@ def _serving_function(model, input_shape):
 
 def _export_tflite(fmt: ExportFormat, km: KerasModel, calib: CalibrationImages, path: Path) -> None:
     import tensorflow as tf
-
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
 
     serve, _ = _serving_function(km.model, km.preprocessing.input_shape)
     # Frozen (variables as constants): the int8 calibrator cannot read resource variables.
@@ -140,7 +141,12 @@ def _canonical_names(graph) -> None:
 
 
 def _export_onnx_quantized(fmt: ExportFormat, float_path: Path, calib: CalibrationImages, path: Path, scratch: Path) -> None:
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = scratch / f"{path.stem}.pre.onnx"

@@ -32,13 +32,15 @@ def build_augmenter(strength: str, seed: int) -> keras.Sequential:
     "strong": the seed's plus small rotations, brightness and contrast changes, for a
     test split whose exposure differs from train's.
     "robust": strong plus small translations (patient positioning varies between sites).
+    "photometric": strong plus gamma changes and mild blur (exposure curves and detector
+    sharpness vary between sites); geometry stays the seed's.
     """
     augs = [
         layers.RandomFlip("horizontal", seed=seed),
         layers.RandomZoom(0.2, seed=seed + 1, fill_mode="nearest"),
         layers.RandomShear(x_factor=0.2, y_factor=0.2, seed=seed + 2, fill_mode="nearest"),
     ]
-    if strength in ("strong", "robust"):
+    if strength in ("strong", "robust", "photometric"):
         augs += [
             layers.RandomRotation(0.03, seed=seed + 3, fill_mode="nearest"),
             layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 4),
@@ -46,6 +48,28 @@ def build_augmenter(strength: str, seed: int) -> keras.Sequential:
         ]
     if strength == "robust":
         augs.append(layers.RandomTranslation(0.08, 0.08, seed=seed + 6, fill_mode="nearest"))
+    elif strength == "photometric":
+        augs += [
+            RandomGamma(0.4, seed=seed + 7),
+            layers.RandomGaussianBlur(factor=0.5, kernel_size=3, sigma=1.0, value_range=(0, 255), seed=seed + 8),
+        ]
     elif strength not in ("seed", "strong"):
         raise ValueError(f"unknown augmentation strength {strength!r}")
     return keras.Sequential(augs, name=f"augment_{strength}")
+
+
+class RandomGamma(layers.Layer):
+    """x -> 255 * (x / 255) ** g per image, with log(g) uniform in [-max_log, max_log]."""
+
+    def __init__(self, max_log: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.max_log = max_log
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=True):
+        if not training:
+            return x
+        from keras import ops
+
+        g = ops.exp(keras.random.uniform((ops.shape(x)[0], 1, 1, 1), -self.max_log, self.max_log, seed=self.generator))
+        return 255.0 * ops.power(ops.clip(x / 255.0, 0.0, 1.0), g)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import jsonout
 from ..data import CLASS_NAMES, discover, find_split, load_images, patient_split
 from ..errors import DatasetError
 from ..metrics import binary_report
@@ -38,10 +39,9 @@ class TrainConfig:
 
 
 def versions() -> dict:
+    import cv2
     import keras
     import tensorflow as tf
-
-    import cv2
 
     from .. import __version__
 
@@ -130,7 +130,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     save_model(final.model, cfg.out / MODEL_NAME)
     rp = record_path(cfg.out / MODEL_NAME)
     tmp = rp.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.write_text(jsonout.dumps(record, indent=2) + "\n")
     tmp.replace(rp)
     log(f"wrote {cfg.out / MODEL_NAME} and {rp} ({record['seconds']:.0f} s)")
     return record
@@ -143,5 +143,5 @@ def _log_test_look(out: Path, record: dict, tm: dict) -> list[dict]:
              "recipe": record["recipe"], "intensity": record["preprocessing"]["intensity"],
              "accuracy": tm["accuracy"], "auc": tm["auc"]}
     with path.open("a") as f:
-        f.write(json.dumps(entry) + "\n")
+        f.write(jsonout.dumps(entry) + "\n")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

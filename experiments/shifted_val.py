@@ -1,0 +1,85 @@
+"""Validation images under acquisition shifts: a robustness check that never reads test/.
+
+The patient-wise validation split comes from the same source as train/, so every
+candidate scores ~0.99 AUC on it and it cannot tell recipes apart. The test split is
+known to differ from train (the issue: "the model over-calls PNEUMONIA on test normals").
+These shifts mimic what differs between acquisitions (exposure curve, sharpness, noise,
+compression, field of view) and are applied to the raw validation images *before* the
+shared preprocessing, so every candidate's own intensity normalisation sees them.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edge_pneumo.preprocess import Preprocessing, read_grey
+
+
+def _gamma(g: float):
+    lut = (255.0 * (np.arange(256) / 255.0) ** g).round().astype(np.uint8)
+    return lambda img: cv2.LUT(img, lut)
+
+
+def _contrast(f: float):
+    return lambda img: np.clip((img.astype(np.float32) - img.mean()) * f + img.mean(), 0, 255).astype(np.uint8)
+
+
+def _blur(sigma: float):
+    return lambda img: cv2.GaussianBlur(img, (0, 0), sigma)
+
+
+def _sharpen(amount: float):
+    def f(img):
+        soft = cv2.GaussianBlur(img, (0, 0), 2.0).astype(np.float32)
+        return np.clip(img + amount * (img - soft), 0, 255).astype(np.uint8)
+    return f
+
+
+def _noise(std: float, seed: int = 0):
+    def f(img):
+        rng = np.random.default_rng(seed + int(img.sum()) % 100003)
+        return np.clip(img + rng.normal(0, std, img.shape), 0, 255).astype(np.uint8)
+    return f
+
+
+def _jpeg(quality: int):
+    def f(img):
+        _, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    return f
+
+
+def _crop(keep: float):
+    def f(img):
+        h, w = img.shape
+        dy, dx = int(h * (1 - keep) / 2), int(w * (1 - keep) / 2)
+        return img[dy : h - dy, dx : w - dx]
+    return f
+
+
+def _pad(fraction: float):
+    def f(img):
+        h, w = img.shape
+        py, px = int(h * fraction), int(w * fraction)
+        return cv2.copyMakeBorder(img, py, py, px, px, cv2.BORDER_CONSTANT, value=0)
+    return f
+
+
+SHIFTS = {
+    "gamma0.7": _gamma(0.7),
+    "gamma1.4": _gamma(1.4),
+    "contrast0.7": _contrast(0.7),
+    "blur2": _blur(2.0),
+    "sharpen1": _sharpen(1.0),
+    "noise8": _noise(8.0),
+    "jpeg20": _jpeg(20),
+    "crop85": _crop(0.85),
+    "pad8": _pad(0.08),
+}
+
+
+def shifted_sets(paths: list[str], pp: Preprocessing) -> dict[str, np.ndarray]:
+    """{shift name: model inputs (n, size, size, channels) uint8} for the given images."""
+    raw = [read_grey(p).pixels for p in paths]
+    return {name: np.stack([pp.apply(f(img)) for img in raw]) for name, f in SHIFTS.items()}

@@ -1,0 +1,88 @@
+"""The console entry: plain `infer` arguments skip Typer, and mean exactly what Typer makes of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_pneumo import infer_cli
+from edge_pneumo.cli import app
+from edge_pneumo.entry import main, parse_infer_args
+
+PLAIN = [
+    ["x.jpeg"],
+    ["-"],
+    ["--image", "a.png", "-i", "b.jpg", "c.jpeg"],
+    ["--image=a.png", "--image", "-", "--no-verify"],
+    ["--dir", "folder", "--model", "exported", "--artifact", "tflite_int8"],
+    ["-d", "folder", "-m", "m.onnx", "-f", "csv", "-o", "out.csv"],
+    ["--format=json", "--output=r.jsonl", "--threads", "1", "--batch-size=8", "x.jpeg"],
+    ["--threads", "3", "--threads", "2", "x.jpeg"],  # repeated: the last one wins
+    ["--", "-odd-name.jpeg"],
+    [],
+]
+FOR_TYPER = [
+    ["--help"],
+    ["--format", "xml", "x.jpeg"],
+    ["--threads", "0", "x.jpeg"],
+    ["--threads", "two", "x.jpeg"],
+    ["--batch-size", "-1", "x.jpeg"],
+    ["--bogus", "x.jpeg"],
+    ["--model"],
+]
+
+
+def _typer_call(monkeypatch, args):
+    seen = {}
+
+    def fake(items, directory, model, artifact, fmt, output, threads, batch_size, verify):
+        seen.update(items=items, directory=directory, model=model, artifact=artifact, fmt=fmt,
+                    output=output, threads=threads, batch_size=batch_size, verify=verify)
+        return 0
+
+    monkeypatch.setattr(infer_cli, "run_infer", fake)
+    r = CliRunner().invoke(app, ["infer", *args])
+    return r, seen
+
+
+@pytest.mark.parametrize("args", PLAIN, ids=" ".join)
+def test_plain_arguments_parse_as_typer_parses_them(monkeypatch, args):
+    r, typer_kwargs = _typer_call(monkeypatch, args)
+    assert r.exit_code == 0, r.output
+    assert parse_infer_args(args) == typer_kwargs
+
+
+@pytest.mark.parametrize("args", FOR_TYPER, ids=" ".join)
+def test_help_and_mistakes_are_left_to_typer(monkeypatch, args):
+    assert parse_infer_args(args) is None
+    r, called = _typer_call(monkeypatch, args)
+    assert not called and r.exit_code == (0 if args == ["--help"] else 2), r.output
+
+
+def test_rarer_spellings_are_left_to_typer_which_accepts_them(monkeypatch):
+    assert parse_infer_args(["-ix.jpeg"]) is None  # Click's joined short option
+    r, called = _typer_call(monkeypatch, ["-ix.jpeg"])
+    assert r.exit_code == 0 and called["items"] == ["x.jpeg"]
+
+
+def test_fast_path_fails_like_the_typer_command(tmp_path, capsys):
+    missing = str(tmp_path / "nope.jpeg")
+    model = str(tmp_path / "model.onnx")
+    Path(model).write_text("not a model")
+    for args in (["--model", model, missing], ["--model", str(tmp_path / "absent"), missing]):
+        with pytest.raises(SystemExit) as fast:
+            main(["infer", *args])
+        fast_err = capsys.readouterr().err
+        typer = CliRunner().invoke(app, ["infer", *args])
+        assert fast.value.code == typer.exit_code == 3
+        assert fast_err.startswith("error: ") and fast_err == typer.stderr
+
+
+def test_everything_else_goes_to_typer(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["infer", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "Usage: edge-pneumo infer" in out and "--no-verify" in out
