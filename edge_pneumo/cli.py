@@ -66,8 +66,9 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for the split, weights, shuffling and augmentation.")] = 0,
     val_fraction: Annotated[float, typer.Option(help="Share of train/ patients held out for validation.", min=0.01, max=0.9)] = 0.15,
     class_weight: Annotated[bool, typer.Option(help="Weight classes to balance the 3:1 PNEUMONIA imbalance.")] = True,
-    augment: Annotated[str, typer.Option(help="'seed' (flip, zoom 0.2, shear 0.2), 'strong' (+ rotation, brightness, contrast) or 'robust' (+ translation).")] = "strong",
-    intensity: Annotated[str, typer.Option(help="Intensity normalisation in the shared preprocessing: 'equalize' or 'none'.")] = "equalize",
+    augment: Annotated[str, typer.Option(help="'seed' (flip, zoom 0.2, shear 0.2), 'strong' (+ rotation, brightness, contrast), 'robust' (+ translation), 'photometric' (+ gamma, blur) or 'aspect' (+ horizontal-only zoom).")] = "strong",
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy targets (0 = off).", min=0.0, max=0.49)] = 0.0,
+    intensity: Annotated[str, typer.Option(help="Intensity normalisation in the shared preprocessing: 'equalize', 'clahe' or 'none'.")] = "equalize",
     refit: Annotated[bool, typer.Option(help="Refit on all of train/ for the chosen number of epochs.")] = True,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them) instead of stopping.")] = False,
 ) -> None:
@@ -77,7 +78,7 @@ def train(
     from .training.train import TrainConfig, run_training
 
     try:
-        recipe = Recipe(max_epochs=epochs, class_weight=class_weight, augment=augment)
+        recipe = Recipe(max_epochs=epochs, class_weight=class_weight, augment=augment, label_smoothing=label_smoothing)
         Preprocessing(intensity=intensity)  # checks the name
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

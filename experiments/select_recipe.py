@@ -40,6 +40,8 @@ CANDIDATES = {
     "photo_cw_eq_ls": ("equalize", Recipe(augment="photometric", label_smoothing=0.1)),
     "strong_cw_clahe": ("clahe", Recipe(augment="strong")),
     "photo_cw_clahe_ls": ("clahe", Recipe(augment="photometric", label_smoothing=0.1)),
+    "aspect_cw_eq": ("equalize", Recipe(augment="aspect")),
+    "aspect_cw_eq_ls": ("equalize", Recipe(augment="aspect", label_smoothing=0.1)),
 }
 
 

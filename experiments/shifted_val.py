@@ -66,6 +66,19 @@ def _pad(fraction: float):
     return f
 
 
+def _width(factor: float):
+    """Anatomy wider (crop back to the frame) or narrower (black bars): another original aspect ratio."""
+    def f(img):
+        h, w = img.shape
+        nw = int(round(w * factor))
+        r = cv2.resize(img, (nw, h), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+        if nw >= w:
+            return r[:, (nw - w) // 2 : (nw - w) // 2 + w]
+        left = (w - nw) // 2
+        return cv2.copyMakeBorder(r, 0, 0, left, w - nw - left, cv2.BORDER_CONSTANT, value=0)
+    return f
+
+
 SHIFTS = {
     "gamma0.7": _gamma(0.7),
     "gamma1.4": _gamma(1.4),
@@ -76,6 +89,8 @@ SHIFTS = {
     "jpeg20": _jpeg(20),
     "crop85": _crop(0.85),
     "pad8": _pad(0.08),
+    "wider1.2": _width(1.2),
+    "narrower0.83": _width(0.83),
 }
 
 

@@ -21,7 +21,7 @@ class Recipe:
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"  # "constant" or "cosine" decay over max_epochs
     class_weight: bool = True  # weight NORMAL ~3x to balance the 3:1 imbalance
-    augment: str = "strong"  # "seed", "strong", "robust" or "photometric" (see model.build_augmenter)
+    augment: str = "strong"  # "seed", "strong", "robust", "photometric" or "aspect" (see model.build_augmenter)
     label_smoothing: float = 0.0  # targets 0/1 -> eps/2, 1-eps/2: less extreme probabilities
     average_last: int = 0  # average the weights of the best epoch and the N-1 before it (0 or 1: off)
     threshold_tolerance: float = 0.01  # balanced-accuracy slack when picking the threshold (see metrics)
@@ -31,8 +31,8 @@ class Recipe:
             raise ValueError("max_epochs, batch_size and learning_rate must be positive")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError("lr_schedule must be 'constant' or 'cosine'")
-        if self.augment not in ("seed", "strong", "robust", "photometric"):
-            raise ValueError("augment must be 'seed', 'strong', 'robust' or 'photometric'")
+        if self.augment not in ("seed", "strong", "robust", "photometric", "aspect"):
+            raise ValueError("augment must be 'seed', 'strong', 'robust', 'photometric' or 'aspect'")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must be in [0, 0.5)")
 

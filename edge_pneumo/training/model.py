@@ -34,13 +34,16 @@ def build_augmenter(strength: str, seed: int) -> keras.Sequential:
     "robust": strong plus small translations (patient positioning varies between sites).
     "photometric": strong plus gamma changes and mild blur (exposure curves and detector
     sharpness vary between sites); geometry stays the seed's.
+    "aspect": strong plus a horizontal-only zoom. The dataset's images were squashed to a
+    square from originals of varied aspect ratio, so the anatomy's width-to-height ratio
+    carries the original frame's shape, which says nothing about pneumonia.
     """
     augs = [
         layers.RandomFlip("horizontal", seed=seed),
         layers.RandomZoom(0.2, seed=seed + 1, fill_mode="nearest"),
         layers.RandomShear(x_factor=0.2, y_factor=0.2, seed=seed + 2, fill_mode="nearest"),
     ]
-    if strength in ("strong", "robust", "photometric"):
+    if strength in ("strong", "robust", "photometric", "aspect"):
         augs += [
             layers.RandomRotation(0.03, seed=seed + 3, fill_mode="nearest"),
             layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 4),
@@ -53,6 +56,8 @@ def build_augmenter(strength: str, seed: int) -> keras.Sequential:
             RandomGamma(0.4, seed=seed + 7),
             layers.RandomGaussianBlur(factor=0.5, kernel_size=3, sigma=1.0, value_range=(0, 255), seed=seed + 8),
         ]
+    elif strength == "aspect":
+        augs.append(layers.RandomZoom(height_factor=0.0, width_factor=0.2, seed=seed + 9, fill_mode="constant"))
     elif strength not in ("seed", "strong"):
         raise ValueError(f"unknown augmentation strength {strength!r}")
     return keras.Sequential(augs, name=f"augment_{strength}")
