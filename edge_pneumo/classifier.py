@@ -151,6 +151,9 @@ class Classifier:
         with _decoder_pool(threads) as pool:
             decoded = map(decode, paths) if pool is None else _bounded_map(pool, decode, paths, window=8 * batch_size)
             pending: list = []
+            # Ramp up: the first model calls take 4, 8, 16... images, so the model starts while
+            # the decoders fill the pipeline instead of waiting for a whole first batch.
+            target = min(batch_size, 4)
             # Results come out in input order: a failure waits until the batch before it is out.
             for p, x, warnings, dt in decoded:
                 if isinstance(x, InputImageError):
@@ -160,10 +163,11 @@ class Classifier:
                     yield _notify(Failure(p, str(x)), on_result)
                     continue
                 pending.append((p, x, warnings, dt))
-                if len(pending) >= batch_size:
+                if len(pending) >= target:
                     for r in flush(pending):
                         yield _notify(r, on_result)
                     pending = []
+                    target = min(batch_size, 2 * target)
             for r in flush(pending):
                 yield _notify(r, on_result)
 
