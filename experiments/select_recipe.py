@@ -45,6 +45,23 @@ CANDIDATES = {
 }
 
 
+def name_group(path) -> str:
+    """Train's image families by file name: IM-* and NORMAL2-IM-* normals, bacterial and viral pneumonia."""
+    name = Path(path).name
+    if name.startswith("NORMAL2-"):
+        return "NORMAL2"
+    if name.startswith("IM-"):
+        return "IM"
+    return "virus" if "_virus_" in name else "bacteria"
+
+
+def group_scores(model, x: np.ndarray, y: np.ndarray, groups: list[str], threshold: float) -> dict:
+    """Share classified correctly per file-name family (specificity for normals, sensitivity for pneumonia)."""
+    p = predict(model, x)
+    g = np.array(groups)
+    return {k: {"n": int((g == k).sum()), "correct": float(np.mean((p[g == k] >= threshold) == y[g == k]))} for k in sorted(set(groups))}
+
+
 def shifted_scores(model, shifted: dict[str, np.ndarray], y: np.ndarray, threshold: float) -> dict:
     """Per shift: AUC and balanced accuracy at the threshold chosen on plain validation."""
     out = {}
@@ -80,7 +97,10 @@ def main() -> None:
             t0 = time.time()
             res = fit(tr.x, tr.y, recipe, seed, va.x, va.y, on_epoch=lambda r: print(name, seed, r, flush=True))
             shift = shifted_scores(res.model, shifted, va.y, res.threshold)
+            groups = group_scores(res.model, va.x, va.y, [name_group(v.path) for v in va.samples], res.threshold)
+            print("groups", json.dumps(groups), flush=True)
             row = {
+                "val_groups": groups,
                 "shifted_val": shift,
                 "name": name, "seed": seed, "intensity": intensity, "recipe": recipe.to_dict(),
                 "best_epoch": res.best_epoch, "threshold": res.threshold,
