@@ -239,3 +239,27 @@ def fmt(v, digits: int = 3, unit: str = "") -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}{unit}"
     return f"{v}{unit}"
+
+
+def intensity_flags(manifest: dict) -> list[str]:
+    """The minimal scripts' flags for the manifest's intensity step, so every row computes the same thing."""
+    pp = manifest.get("preprocessing", {})
+    if pp.get("intensity") == "equalize":
+        return ["--equalize"]
+    if pp.get("intensity") == "clahe":
+        c = pp.get("clahe", {"clip_limit": 2.0, "tile_grid": [4, 4]})
+        return [f"--clahe={c['clip_limit']},{c['tile_grid'][0]}"]
+    return []
+
+
+def apply_intensity(x, flags: list[str]):
+    """The same step in-process (for the plain-loop row)."""
+    import cv2
+
+    for flag in flags:
+        if flag == "--equalize":
+            x = cv2.equalizeHist(x)
+        elif flag.startswith("--clahe="):
+            clip, tiles = flag.split("=", 1)[1].split(",")
+            x = cv2.createCLAHE(float(clip), (int(tiles), int(tiles))).apply(x)
+    return x

@@ -76,12 +76,12 @@ def parse_args(argv):
 # ----------------------------------------------------------------------------- section 1
 
 
-def single_rows(args, manifest, equalize: bool) -> list[dict]:
+def single_rows(args, manifest, intensity: list[str]) -> list[dict]:
     py = sys.executable
     cli = str(Path(sys.executable).parent / "edge-pneumo")
     models = str(args.models)
     img = str(args.image)
-    eq = ["--equalize"] if equalize else []
+    eq = list(intensity)
     onnx = str(args.models / (bl.artifact_file(manifest, "onnx_int8") or "pneumonia_int8.onnx"))
     tfl = str(args.models / (bl.artifact_file(manifest, "tflite_int8") or "pneumonia_int8.tflite"))
     keras_file = str(args.models / manifest.get("source_model", {}).get("file", "pneumonia_cnn.keras"))
@@ -122,8 +122,8 @@ def parse_prob(kind, stdout: str):
     return float(lines[-1]) if lines else None
 
 
-def run_single(args, manifest, equalize: bool) -> dict:
-    rows = single_rows(args, manifest, equalize)
+def run_single(args, manifest, intensity: list[str]) -> dict:
+    rows = single_rows(args, manifest, intensity)
     for r in rows:
         r.update(status="pending", runs=[], error=None, prob=None)
     load_start = bl.loadavg()
@@ -255,7 +255,7 @@ def predict_many_fn(clf, paths, batch_size, decode_threads=None):
     return fn
 
 
-def plain_loop_fn(onnx_path, paths, equalize: bool, threads: int = 1):
+def plain_loop_fn(onnx_path, paths, intensity: list[str], threads: int = 1):
     import cv2
     import numpy as np
     import onnxruntime as ort
@@ -270,8 +270,7 @@ def plain_loop_fn(onnx_path, paths, equalize: bool, threads: int = 1):
         out = []
         for p in paths[:16] if warmup else paths:
             x = cv2.resize(cv2.imread(p, cv2.IMREAD_GRAYSCALE), (64, 64), interpolation=cv2.INTER_AREA)
-            if equalize:
-                x = cv2.equalizeHist(x)
+            x = bl.apply_intensity(x, intensity)
             x = np.repeat(x[None, :, :, None], 3, axis=3).astype(np.float32)
             out.append((p, float(sess.run(None, {name: x})[0].reshape(-1)[-1])))
         return out
@@ -284,7 +283,7 @@ def strip_results(row: dict) -> dict:
     return row
 
 
-def run_folder(args, manifest, images, equalize, tmp: Path) -> dict:
+def run_folder(args, manifest, images, intensity, tmp: Path) -> dict:
     from edge_pneumo import Classifier
 
     load_start = bl.loadavg()
@@ -324,7 +323,7 @@ def run_folder(args, manifest, images, equalize, tmp: Path) -> dict:
     onnx = args.models / (bl.artifact_file(manifest, "onnx_int8") or "pneumonia_int8.onnx")
     try:
         row = timed_loop_row("plain_loop_1thread", "cv2 + onnxruntime, one image per call, 1 thread; loop only",
-                             plain_loop_fn(onnx, paths, equalize, 1), len(paths), args.folder_runs)
+                             plain_loop_fn(onnx, paths, intensity, 1), len(paths), args.folder_runs)
     except Exception as e:
         row = {"name": "plain_loop_1thread", "status": "failed", "error": f"{type(e).__name__}: {e}"}
     row["accuracy"] = accuracy_of(row.get("last_results"), labels, thr)
@@ -550,7 +549,7 @@ def main(argv=None) -> int:
     record["wait_for_quiet"] = quiet
     print(f"load average at start: {record['loadavg_start']}", flush=True)
     manifest = bl.load_manifest_json(args.models)
-    equalize = manifest.get("preprocessing", {}).get("intensity") == "equalize"
+    intensity = bl.intensity_flags(manifest)
     images = bl.test_images(args.data)
     if not images:
         print(f"error: no test images under {args.data / 'test'}", file=sys.stderr)
@@ -574,15 +573,15 @@ def main(argv=None) -> int:
             "Folder runs write --output to a file in a temporary folder (not /dev/null), so the results can be counted.",
             "Peak RSS comes from wait4 in bench/_spawn.py, a small helper process: spawned straight from this benchmark, "
             "a child's ru_maxrss would start at the benchmark's own RSS (Linux keeps the pre-exec high-water mark).",
-            "minimal/keras scripts get --equalize when the manifest's preprocessing has intensity=equalize, so all rows compute the same thing.",
+            "minimal/keras scripts get --equalize or --clahe=CLIP,TILES as the manifest's preprocessing says, so all rows compute the same thing.",
             "predict_many_cli_split uses the thread split `infer` uses for folders (edge_pneumo.infer_cli.split_threads, "
             "if the package has it; else 1 model + 1 decode thread).",
         ],
     }
     with tempfile.TemporaryDirectory(prefix="edge_pneumo_bench_") as td:
         tmp = Path(td)
-        for key, fn in (("single", lambda: run_single(args, manifest, equalize)),
-                        ("folder", lambda: run_folder(args, manifest, images, equalize, tmp)),
+        for key, fn in (("single", lambda: run_single(args, manifest, intensity)),
+                        ("folder", lambda: run_folder(args, manifest, images, intensity, tmp)),
                         ("big", lambda: run_big(args, manifest, images, tmp))):
             if key not in sections:
                 continue

@@ -1,8 +1,8 @@
 """Minimal hand-written runner with LiteRT and the full-integer TFLite artifact (bench/bench_infer.py).
 
-    python bench/minimal_tflite.py MODEL.tflite IMAGE [--equalize]
+    python bench/minimal_tflite.py MODEL.tflite IMAGE [--equalize | --clahe=CLIP,TILES]
 
-cv2 + ai-edge-litert only: imread grayscale, resize to 64x64 (INTER_AREA), [equalizeHist],
+cv2 + ai-edge-litert only: imread grayscale, resize to 64x64 (INTER_AREA), [equalizeHist or CLAHE],
 replicate to 3 channels, quantize with the input's scale/zero point, invoke, dequantize, print prob.
 """
 import sys
@@ -15,6 +15,10 @@ model, image = sys.argv[1], sys.argv[2]
 x = cv2.resize(cv2.imread(image, cv2.IMREAD_GRAYSCALE), (64, 64), interpolation=cv2.INTER_AREA)
 if "--equalize" in sys.argv[3:]:
     x = cv2.equalizeHist(x)
+for arg in sys.argv[3:]:
+    if arg.startswith("--clahe="):
+        clip, tiles = arg.split("=", 1)[1].split(",")
+        x = cv2.createCLAHE(float(clip), (int(tiles), int(tiles))).apply(x)
 x = np.repeat(x[None, :, :, None], 3, axis=3)
 interp = Interpreter(model_path=model)
 interp.allocate_tensors()

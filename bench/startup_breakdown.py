@@ -61,7 +61,7 @@ def rows(models: Path, image: str, manifest: dict) -> list[dict]:
     py = sys.executable
     cli = str(Path(sys.executable).parent / "edge-pneumo")
     onnx = str(models / (bl.artifact_file(manifest, "onnx_int8") or "pneumonia_int8.onnx"))
-    eq = ["--equalize"] if manifest.get("preprocessing", {}).get("intensity") == "equalize" else []
+    eq = bl.intensity_flags(manifest)
     b = str(bl.BENCH_DIR)
     return [
         {"name": "python -c pass", "cmd": [py, "-c", "pass"]},
