@@ -68,7 +68,7 @@ def train(
     class_weight: Annotated[bool, typer.Option(help="Weight classes to balance the 3:1 PNEUMONIA imbalance.")] = True,
     augment: Annotated[str, typer.Option(help="'seed' (flip, zoom 0.2, shear 0.2), 'strong' (+ rotation, brightness, contrast), 'robust' (+ translation), 'photometric' (+ gamma, blur) or 'aspect' (+ horizontal-only zoom).")] = "strong",
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy targets (0 = off).", min=0.0, max=0.49)] = 0.0,
-    intensity: Annotated[str, typer.Option(help="Intensity normalisation in the shared preprocessing: 'equalize', 'clahe' or 'none'.")] = "equalize",
+    intensity: Annotated[str, typer.Option(help="Intensity normalisation in the shared preprocessing: 'clahe' (local), 'equalize' (global) or 'none'.")] = "clahe",
     refit: Annotated[bool, typer.Option(help="Refit on all of train/ for the chosen number of epochs.")] = True,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them) instead of stopping.")] = False,
 ) -> None:

@@ -33,7 +33,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     refit_full: bool = True
     skip_bad: bool = False
-    intensity: str = "equalize"
+    intensity: str = "clahe"
     recipe: Recipe = Recipe()
     evaluate_test: bool = True
 
