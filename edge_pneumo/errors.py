@@ -15,6 +15,7 @@ EXIT_PARTIAL = 1  # a batch ran, but some inputs failed
 EXIT_USAGE = 2  # Typer/Click's own code for bad options
 EXIT_FAILED = 3  # nothing could run (bad model, bad data folder, no usable input)
 EXIT_VALIDATION = 4  # an exported artifact missed its budget
+EXIT_PIPE_CLOSED = 141  # the reader of stdout went away (`| head`): 128 + SIGPIPE, as for cat
 
 
 class EdgePneumoError(Exception):

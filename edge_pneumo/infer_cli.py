@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EdgePneumoError, InputImageError
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_PIPE_CLOSED, EdgePneumoError, InputImageError
 from .preprocess import IMAGE_SUFFIXES
 from .runtime import default_threads
 
@@ -74,8 +74,15 @@ def run_infer(items, directory, model, artifact, fmt, output, threads, batch_siz
     paths = gather_paths(items, directory)
     model_threads, decode_threads = split_threads(threads or default_threads(), len(paths))
     clf = Classifier.load(model, artifact=artifact, threads=model_threads, verify=verify)
-    with _open_output(output) as out:
-        return _classify(clf, paths, _Writer(fmt, out), batch_size, decode_threads)
+    try:
+        with _open_output(output) as out:
+            return _classify(clf, paths, _Writer(fmt, out), batch_size, decode_threads)
+    except BrokenPipeError:
+        # `infer ... | head`: the reader has what it wanted. Stop quietly; stdout goes to
+        # /dev/null so Python's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
 
 
 @contextmanager

@@ -81,3 +81,21 @@ def test_one_image_fast_path_imports_neither_tensorflow_nor_typer(tiny_export, t
     assert p.returncode == 0, p.stderr
     row = json.loads(p.stdout.splitlines()[0])
     assert row["path"] == str(img) and row["label"] in ("NORMAL", "PNEUMONIA")
+
+
+def test_output_cut_short_by_head_is_quiet(tiny_export, tmp_path):
+    """`edge-pneumo infer --dir D --format json | head -1`: no traceback when the reader goes away."""
+    d = tmp_path / "many"
+    d.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(300):
+        cv2.imwrite(str(d / f"x{i:03d}.png"), rng.integers(0, 256, (40, 40), dtype=np.uint8))
+    for entry_args in (["-m", "edge_pneumo"], ["-c", "from edge_pneumo.cli import app; app()"]):
+        cmd = [sys.executable, *entry_args, "infer", "--model", str(tiny_export), "--dir", str(d), "--format", "json", "--batch-size", "4"]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        first = p.stdout.readline()
+        p.stdout.close()  # like head -1
+        err = p.stderr.read()
+        assert p.wait(timeout=120) == 141, err
+        assert json.loads(first)["label"] in ("NORMAL", "PNEUMONIA")
+        assert "Traceback" not in err and "BrokenPipe" not in err, err
