@@ -118,7 +118,8 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
 
 
 def default_model_folder() -> Path:
-    """Where the shipped artifacts are: $EDGE_PNEUMO_MODEL, ./exported, or the copy inside the wheel."""
+    """Where the shipped artifacts are: $EDGE_PNEUMO_MODEL, ./exported, the copy inside the
+    wheel, or (an editable install, run from another folder) the checkout's exported/."""
     env = os.environ.get(MODEL_ENV)
     if env:
         return Path(env)
@@ -129,4 +130,7 @@ def default_model_folder() -> Path:
     for location in (spec.submodule_search_locations or []) if spec else []:
         if (Path(location) / MANIFEST_NAME).is_file():
             return Path(location)
+    checkout = Path(__file__).resolve().parents[1] / "exported"
+    if (checkout / MANIFEST_NAME).is_file():
+        return checkout
     raise ModelFileError("no shipped model found: pass --model (an exported/ folder or an .onnx/.tflite file) or set EDGE_PNEUMO_MODEL")

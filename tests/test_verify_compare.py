@@ -101,3 +101,14 @@ def test_manifest_and_reports_never_hold_nan(tmp_path):
     expected = {"precision": None, "nested": [1.5, None, {"x": None}], "ok": 0.25}
     assert strict(dumps(data)) == expected
     assert strict(write_manifest(tmp_path, data).read_text()) == expected
+
+
+def test_the_shipped_model_is_found_from_any_folder(tmp_path, monkeypatch):
+    """`pip install -e .` or `pip install .`, then `edge-pneumo infer x.jpeg` from another folder."""
+    from edge_pneumo.manifest import MANIFEST_NAME, default_model_folder, load_manifest
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EDGE_PNEUMO_MODEL", raising=False)
+    folder = default_model_folder()
+    assert (folder / MANIFEST_NAME).is_file()
+    assert load_manifest(folder).default_artifact in load_manifest(folder).artifacts
