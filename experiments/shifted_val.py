@@ -70,7 +70,7 @@ def _width(factor: float):
     """Anatomy wider (crop back to the frame) or narrower (black bars): another original aspect ratio."""
     def f(img):
         h, w = img.shape
-        nw = int(round(w * factor))
+        nw = round(w * factor)
         r = cv2.resize(img, (nw, h), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
         if nw >= w:
             return r[:, (nw - w) // 2 : (nw - w) // 2 + w]
