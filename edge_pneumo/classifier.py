@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -187,8 +188,6 @@ def _decoder_pool(threads: int):
 def _bounded_map(pool, fn, items, window: int):
     """pool.map that keeps at most `window` items in flight (a huge folder does not fill memory)
     and keeps the pool busy: a new item is submitted each time the oldest one is taken."""
-    from collections import deque
-
     pending: deque = deque()
     for item in items:
         pending.append(pool.submit(fn, item))

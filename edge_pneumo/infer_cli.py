@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_PIPE_CLOSED, EdgePneumoError, InputImageError
+from . import jsonout
+from .errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_PIPE_CLOSED,
+    EdgePneumoError,
+    InputImageError,
+)
 from .preprocess import IMAGE_SUFFIXES
 from .runtime import default_threads
 
@@ -56,7 +63,7 @@ class _Writer:
     def write(self, result) -> None:
         d = result.to_dict()
         if self.fmt == "json":
-            self.stream.write(json.dumps(d) + "\n")
+            self.stream.write(jsonout.dumps(d) + "\n")
         elif self.fmt == "csv":
             row = {k: d.get(k, "") for k in CSV_FIELDS}
             row["warnings"] = "; ".join(d.get("warnings", []))

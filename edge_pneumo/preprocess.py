@@ -78,6 +78,9 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
+        recorded = d.get("clahe")
+        if recorded is not None and recorded != {"clip_limit": CLAHE_CLIP, "tile_grid": [CLAHE_TILES, CLAHE_TILES]}:
+            raise ValueError(f"CLAHE {recorded} differs from this version's (clip {CLAHE_CLIP}, {CLAHE_TILES}x{CLAHE_TILES} tiles)")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if "value_range" in known:
             known["value_range"] = tuple(known["value_range"])

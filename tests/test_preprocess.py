@@ -143,3 +143,13 @@ def test_clahe_contract_is_recorded_and_round_trips():
     x = pp.apply(ramp)
     assert x.shape == (64, 64, 3) and x.dtype == np.uint8
     assert np.ptp(x) > np.ptp(Preprocessing().apply(ramp))  # local contrast is stretched
+
+
+def test_a_manifest_with_other_clahe_settings_is_refused():
+    """The runtime applies its own CLAHE constants, so a contract that records others cannot be honoured."""
+    from edge_pneumo.preprocess import Preprocessing
+
+    d = Preprocessing(intensity="clahe").to_dict()
+    d["clahe"] = {"clip_limit": 3.0, "tile_grid": [8, 8]}
+    with pytest.raises(ValueError, match="CLAHE"):
+        Preprocessing.from_dict(d)
