@@ -25,7 +25,6 @@ import dataclasses
 import gc
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -42,6 +41,9 @@ TARGETS = {
     "tf_over_infer_rss": (">=", 5.0),
     "folder_images_per_s": (">=", 1000.0),
     "big_ms_per_image": ("<=", 15.0),
+    "infer_over_minimal_tflite_wall": ("<=", 1.2),
+    "guard_ms_per_image": ("<=", 0.3),
+    "gradcam_ms_per_image": ("<=", 1.0),
 }
 
 
@@ -66,6 +68,8 @@ def parse_args(argv):
     ap.add_argument("--big-size", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--sections", default="single,folder,big", help="comma list of single,folder,big")
+    ap.add_argument("--base-bin", type=Path, default=None,
+                    help="edge-pneumo of a base install (pip install ., no extras): adds the 'infer_base' row")
     ap.add_argument("--no-keras", action="store_true", help="skip the TensorFlow/Keras row")
     ap.add_argument("--no-diagnostics", action="store_true", help="skip the start-up diagnostic rows")
     ap.add_argument("--quiet-load", type=float, default=0.0, help="first wait until the 1-min load average is <= this (0: don't wait)")
@@ -87,13 +91,18 @@ def single_rows(args, manifest, intensity: list[str]) -> list[dict]:
     keras_file = str(args.models / manifest.get("source_model", {}).get("file", "pneumonia_cnn.keras"))
     b = str(bl.BENCH_DIR)
     rows = [
-        {"name": "infer", "role": "subject", "desc": "edge-pneumo infer --image X (default artifact: int8 ONNX)",
-         "cmd": [cli, "infer", "--image", img, "--model", models], "parse": "infer"},
+        {"name": "infer", "role": "subject", "desc": "edge-pneumo infer --image X -f json (default artifact: this device's fastest; int8 TFLite with LiteRT installed)",
+         "cmd": [cli, "infer", "--image", img, "--model", models, "-f", "json"], "parse": "infer"},
+        {"name": "infer_onnx", "role": "subject", "desc": "edge-pneumo infer --image X -f json --artifact onnx_int8",
+         "cmd": [cli, "infer", "--image", img, "--model", models, "-f", "json", "--artifact", "onnx_int8"], "parse": "infer"},
         {"name": "minimal_onnx", "role": "baseline", "desc": "bench/minimal_onnx.py: cv2 + onnxruntime, int8 ONNX",
          "cmd": [py, f"{b}/minimal_onnx.py", onnx, img, *eq], "parse": "float"},
         {"name": "minimal_tflite", "role": "baseline", "desc": "bench/minimal_tflite.py: cv2 + ai-edge-litert, int8 TFLite",
          "cmd": [py, f"{b}/minimal_tflite.py", tfl, img, *eq], "parse": "float"},
     ]
+    if args.base_bin:
+        rows.append({"name": "infer_base", "role": "subject", "desc": f"{args.base_bin} infer --image X -f json: a base install (no LiteRT, no extras)",
+                     "cmd": [str(args.base_bin), "infer", "--image", img, "--model", models, "-f", "json"], "parse": "infer"})
     if not args.no_keras:
         rows.append({"name": "keras", "role": "baseline", "desc": "bench/keras_predict.py: keras load_model + predict, float .keras",
                      "cmd": [py, f"{b}/keras_predict.py", keras_file, img, *eq], "parse": "float"})
@@ -115,9 +124,9 @@ def single_rows(args, manifest, intensity: list[str]) -> list[dict]:
 def parse_prob(kind, stdout: str):
     if kind is None:
         return None
-    if kind == "infer":
-        m = re.search(r"\bp=([0-9.]+)", stdout)
-        return float(m.group(1)) if m else None
+    if kind == "infer":  # the model's own output, comparable with the minimal scripts'
+        lines = [l for l in stdout.strip().splitlines() if l.strip()]
+        return json.loads(lines[-1]).get("raw_probability") if lines else None
     lines = [l for l in stdout.strip().splitlines() if l.strip()]
     return float(lines[-1]) if lines else None
 
@@ -158,16 +167,23 @@ def run_single(args, manifest, intensity: list[str]) -> dict:
         return r[key].get("median") if r and r["status"] == "ok" and r[key].get("n") else None
 
     ratios = {}
-    iw, mw, kw = med("infer", "wall_s"), med("minimal_onnx", "wall_s"), med("keras", "wall_s")
-    im, km = med("infer", "maxrss_mb"), med("keras", "maxrss_mb")
+    # ONNX against the minimal onnxruntime script (the base install's path: its own row when --base-bin is given),
+    # the default (int8 TFLite where LiteRT is installed) against the minimal LiteRT script.
+    onnx_row = "infer_base" if by.get("infer_base", {}).get("status") == "ok" else "infer_onnx"
+    iw, mw, kw = med(onnx_row, "wall_s"), med("minimal_onnx", "wall_s"), med("keras", "wall_s")
+    im, km = med(onnx_row, "maxrss_mb"), med("keras", "maxrss_mb")
+    ratios["onnx_row"] = onnx_row
     ratios["infer_over_minimal_wall"] = iw / mw if iw and mw else None
     ratios["infer_peak_rss_mb"] = im
     ratios["tf_over_infer_wall"] = kw / iw if kw and iw else None
     ratios["tf_over_infer_rss"] = km / im if km and im else None
-    ic, mc = med("infer", "cpu_s"), med("minimal_onnx", "cpu_s")
+    ic, mc = med(onnx_row, "cpu_s"), med("minimal_onnx", "cpu_s")
     ratios["infer_over_minimal_cpu"] = ic / mc if ic and mc else None  # less sensitive to background load than wall
+    dw, tw = med("infer", "wall_s"), med("minimal_tflite", "wall_s")
+    ratios["infer_over_minimal_tflite_wall"] = dw / tw if dw and tw else None
+    ratios["infer_default_peak_rss_mb"] = med("infer", "maxrss_mb")
     # Same image, same int8 ONNX: the package and the minimal script must give the same probability.
-    pi, pm = by["infer"].get("prob"), by["minimal_onnx"].get("prob")
+    pi, pm = by[onnx_row].get("prob"), by["minimal_onnx"].get("prob")
     return {
         "image": str(args.image),
         "rounds": {"warmup": args.warmup, "timed": args.runs, "order": "round-robin over rows"},
@@ -243,13 +259,14 @@ def accuracy_of(results: list, labels: dict[str, int], threshold: float) -> floa
     return correct / len(results)
 
 
-def predict_many_fn(clf, paths, batch_size, decode_threads=None):
+def predict_many_fn(clf, paths, batch_size, decode_threads=None, explain=False):
     def fn(warmup):
         out = []
-        for r in clf.predict_many(paths[: 2 * batch_size] if warmup else paths, batch_size=batch_size, decode_threads=decode_threads):
+        for r in clf.predict_many(paths[: 2 * batch_size] if warmup else paths, batch_size=batch_size,
+                                  decode_threads=decode_threads, explain=explain):
             if not r.ok:
-                raise RuntimeError(f"failure: {r.path}: {r.error}")
-            out.append((r.path, r.probability))
+                raise RuntimeError(f"failure: {r.path}: {r.reason}")
+            out.append((r.path, r.raw_probability if r.raw_probability is not None else float("nan")))
         return out
 
     return fn
@@ -306,14 +323,17 @@ def run_folder(args, manifest, images, intensity, tmp: Path) -> dict:
         model_t, decode_t = split_threads(default_threads(), len(paths))
     except ImportError:
         model_t, decode_t = 1, 1
-    for name, desc, threads, dthreads in (
-        ("predict_many", f"Classifier.load().predict_many(batch_size={args.batch_size}): API defaults (all cores to model and decoding); loop only", None, None),
+    for name, desc, threads, dthreads, guard, explain in (
+        ("predict_many", f"Classifier.load().predict_many(batch_size={args.batch_size}): API defaults (all cores to model and decoding); loop only", None, None, True, False),
         ("predict_many_cli_split", f"Classifier.load(threads={model_t}).predict_many(batch_size={args.batch_size}, decode_threads={decode_t}): "
-         "the split infer --dir uses; loop only", model_t, decode_t),
+         "the split infer --dir uses; loop only", model_t, decode_t, True, False),
+        ("predict_many_no_guard", "the same, Classifier.load(guard=False): what the input guard costs; loop only", model_t, decode_t, False, False),
+        ("predict_many_explain", "the same, predict_many(explain=True): Grad-CAM heatmap for every image (no PNG written); loop only",
+         model_t, decode_t, True, True),
     ):
         try:
-            clf = Classifier.load(args.models, threads=threads)
-            row = timed_loop_row(name, desc, predict_many_fn(clf, paths, args.batch_size, dthreads), len(paths), args.folder_runs)
+            clf = Classifier.load(args.models, threads=threads, guard=guard)
+            row = timed_loop_row(name, desc, predict_many_fn(clf, paths, args.batch_size, dthreads, explain), len(paths), args.folder_runs)
             del clf
         except Exception as e:
             row = {"name": name, "desc": desc, "status": "failed", "error": f"{type(e).__name__}: {e}"}
@@ -407,7 +427,8 @@ def targets_table(results) -> dict:
     folder_rows = {r["name"]: r for r in results.get("folder", {}).get("rows", [])}
     big_rows = {r["name"]: r for r in results.get("big", {}).get("rows", [])}
     t = {}
-    for k in ("infer_over_minimal_wall", "infer_peak_rss_mb", "tf_over_infer_wall", "tf_over_infer_rss"):
+    for k in ("infer_over_minimal_wall", "infer_peak_rss_mb", "tf_over_infer_wall", "tf_over_infer_rss",
+              "infer_over_minimal_tflite_wall"):
         t[k] = {"value": ratios.get(k), "target": " ".join(map(str, TARGETS[k])), "met": check(k, ratios.get(k))}
     v = ratios.get("infer_over_minimal_cpu")
     t["infer_over_minimal_cpu (reference: CPU time, less load-sensitive)"] = {
@@ -422,6 +443,11 @@ def targets_table(results) -> dict:
                        ("whole process", big_rows.get("infer_dir_process"))):
         v = row.get("ms_per_image") if row else None
         t[f"big_ms_per_image ({label})"] = {"value": v, "target": "<= 15", "met": check("big_ms_per_image", v)}
+    base, off, expl = (folder_rows.get(n, {}) for n in ("predict_many_cli_split", "predict_many_no_guard", "predict_many_explain"))
+    v = base["ms_per_image"] - off["ms_per_image"] if base.get("ms_per_image") and off.get("ms_per_image") else None
+    t["guard_ms_per_image (predict_many with the guard minus without)"] = {"value": v, "target": "<= 0.3", "met": check("guard_ms_per_image", v)}
+    v = expl["ms_per_image"] - base["ms_per_image"] if base.get("ms_per_image") and expl.get("ms_per_image") else None
+    t["gradcam_ms_per_image (predict_many with explain minus without)"] = {"value": v, "target": "<= 1", "met": check("gradcam_ms_per_image", v)}
     # Best run (min time) of each: the least contended estimate on a shared machine; reference only.
     def best(rows_, name, key):
         r = rows_.get(name)
@@ -429,7 +455,8 @@ def targets_table(results) -> dict:
         return (r, st.get("min")) if r and r.get("status") == "ok" and st.get("n") else (r, None)
 
     srows = {r["name"]: r for r in single.get("rows", [])}
-    i_min = srows.get("infer", {}).get("wall_s", {}).get("min") if srows.get("infer", {}).get("status") == "ok" else None
+    onnx_row = ratios.get("onnx_row", "infer_onnx")
+    i_min = srows.get(onnx_row, {}).get("wall_s", {}).get("min") if srows.get(onnx_row, {}).get("status") == "ok" else None
     m_min = srows.get("minimal_onnx", {}).get("wall_s", {}).get("min") if srows.get("minimal_onnx", {}).get("status") == "ok" else None
     v = i_min / m_min if i_min and m_min else None
     t["infer_over_minimal_wall (reference: best run of each)"] = {"value": v, "target": "<= 1.2", "met": check("infer_over_minimal_wall", v)}
@@ -499,10 +526,11 @@ def markdown(results) -> str:
             L.append(f"| {r['name']} | {r['desc']} | {wall} | {rss} | {cpu} | {bl.fmt(r.get('prob'), 4)} | {status} |")
         ratios = s["ratios"]
         L.append("")
-        L.append(f"infer / minimal_onnx wall: **{bl.fmt(ratios.get('infer_over_minimal_wall'), 2)}x** "
+        L.append(f"{ratios.get('onnx_row')} / minimal_onnx wall: **{bl.fmt(ratios.get('infer_over_minimal_wall'), 2)}x** "
                  f"(CPU time: {bl.fmt(ratios.get('infer_over_minimal_cpu'), 2)}x); "
                  f"keras / infer wall: **{bl.fmt(ratios.get('tf_over_infer_wall'), 1)}x**, RSS **{bl.fmt(ratios.get('tf_over_infer_rss'), 1)}x**; "
-                 f"|p(infer) - p(minimal_onnx)| = {bl.fmt(s.get('infer_vs_minimal_abs_dprob'), 5)} (infer prints 4 decimals).\n")
+                 f"|p(infer) - p(minimal_onnx)| = {bl.fmt(s.get('infer_vs_minimal_abs_dprob'), 5)} (raw probability from the JSON row); "
+                 f"infer (default artifact) / minimal_tflite wall: **{bl.fmt(ratios.get('infer_over_minimal_tflite_wall'), 2)}x**.\n")
 
     for key, title in (("folder", "2. Folder throughput (test split)"), ("big", "3. Full-resolution X-rays (upscaled test images)")):
         f = results.get(key)

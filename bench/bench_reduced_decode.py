@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     record["wait_for_quiet"] = quiet
     print(f"load average at start: {record['loadavg_start']}", flush=True)
 
-    from edge_pneumo.preprocess import Preprocessing, jpeg_size
+    from edge_pneumo.decode import jpeg_size
+    from edge_pneumo.preprocess import Preprocessing
     from edge_pneumo.runtime import open_backend
 
     manifest = bl.load_manifest_json(models)

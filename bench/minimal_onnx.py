@@ -22,5 +22,6 @@ for arg in sys.argv[3:]:
         x = cv2.createCLAHE(float(clip), (int(tiles), int(tiles))).apply(x)
 x = np.repeat(x[None, :, :, None], 3, axis=3).astype(np.float32)
 sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-prob = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+out = [o.name for o in sess.get_outputs() if o.shape[1:] == [1]]  # the probability (the others feed the guard and Grad-CAM)
+prob = sess.run(out, {sess.get_inputs()[0].name: x})[0]
 print(f"{float(prob.reshape(-1)[-1]):.6f}")

@@ -22,7 +22,8 @@ for arg in sys.argv[3:]:
 x = np.repeat(x[None, :, :, None], 3, axis=3)
 interp = Interpreter(model_path=model)
 interp.allocate_tensors()
-inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+inp = interp.get_input_details()[0]
+out = [d for d in interp.get_output_details() if list(d["shape"]) == [1, 1]][0]  # the probability (the others feed the guard and Grad-CAM)
 scale, zero = inp["quantization"]
 if inp["dtype"] == np.float32:
     x = x.astype(np.float32)

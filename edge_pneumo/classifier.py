@@ -1,70 +1,101 @@
-"""The Python API for integrators, used by the CLI itself.
+"""The Python API for integrators, used by every front end (CLI, server, watcher, batch).
 
     from edge_pneumo import Classifier
-    clf = Classifier.load("exported/")          # the manifest's default artifact (int8 ONNX)
-    p = clf.predict("x.jpeg")                   # Prediction(label='PNEUMONIA', probability=0.97, ...)
-    for r in clf.predict_many(paths): ...       # Prediction or Failure per path, in order
+    clf = Classifier.load("exported/")          # the device's fastest artifact (see profile.py)
+    r = clf.predict("x.jpeg")                   # Result(status='classified', label='PNEUMONIA', probability=0.97, ...)
+    for r in clf.predict_many(paths): ...       # one Result per path, in order; r.to_dict() is the row
+    r = clf.explain("x.jpeg")                   # the same, plus r.heatmap (Grad-CAM, 64x64 in [0, 1])
+
+Each image: decode -> resize -> input guard (pixels) -> CLAHE -> model -> input guard (the
+model's own features) -> calibrated probability, label and confidence band.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputImageError, ModelFileError
+from .decode import GreyImage, decode_bytes, read_grey
+from .errors import InputImageError, InputRejected, ModelFileError
 from .formats import RUNTIME_BY_SUFFIX
 from .manifest import ArtifactEntry, Manifest, default_model_folder, load_manifest
+from .result import CLASSIFIED, CONFIDENT, INDETERMINATE, REJECTED, Result, failure
 from .runtime import Backend, default_threads, open_backend
 
+GUARD_OFF_WARNING = "input guard turned off (--no-guard): nothing checked that this is a frontal chest X-ray"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling and the confidence band, all chosen on validation at training time."""
+
+    threshold: float  # on the model's raw probability
+    temperature: float = 1.0
+    rule_out: float | None = None  # below: NORMAL with sensitivity >= the target on validation
+    rule_in: float | None = None  # at or above: PNEUMONIA with specificity >= the target
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> "Calibration":
+        c = manifest.raw.get("calibration") or {}
+        return cls(manifest.threshold, float(c.get("temperature", 1.0)), c.get("rule_out"), c.get("rule_in"))
+
+    def calibrate(self, p: float) -> float:
+        """sigmoid(logit(p) / T): the same ranking, probabilities that mean what they say."""
+        if self.temperature == 1.0:
+            return float(p)
+        q = min(max(float(p), 1e-7), 1 - 1e-7)
+        z = math.log(q / (1 - q)) / self.temperature
+        return 1.0 / (1.0 + math.exp(-z))
+
+    def confidence(self, p: float) -> str:
+        lo = self.threshold if self.rule_out is None else min(self.rule_out, self.threshold)
+        hi = self.threshold if self.rule_in is None else max(self.rule_in, self.threshold)
+        return INDETERMINATE if lo <= p < hi else CONFIDENT
+
 
 @dataclass
-class Prediction:
+class _Prepared:
+    """An image that passed the pixel checks, ready for the model."""
+
     path: str
-    label: str
-    probability: float  # of PNEUMONIA
-    threshold: float
-    artifact: str
-    ms: float  # decode + preprocess + this image's share of the model call
-    warnings: list[str] = field(default_factory=list)
-
-    ok = True
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["probability"] = round(self.probability, 6)
-        d["ms"] = round(self.ms, 3)
-        d["damaged"] = bool(self.warnings)
-        return d
-
-
-@dataclass
-class Failure:
-    path: str
-    error: str
-
-    ok = False
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "error": self.error}
+    x: np.ndarray
+    warnings: list[str]
+    guard: dict
+    seconds: float
+    content_sha256: str | None = None
 
 
 class Classifier:
-    """One artifact, with the preprocessing and threshold its manifest states."""
+    """One artifact, with the preprocessing, guard, calibration and threshold its manifest states."""
 
-    def __init__(self, backend: Backend, manifest: Manifest, entry: ArtifactEntry):
+    def __init__(self, backend: Backend, manifest: Manifest, entry: ArtifactEntry, guard=None, gradcam=None,
+                 use_guard: bool = True):
         self.backend = backend
         self.manifest = manifest
         self.entry = entry
         self.preprocessing = manifest.preprocessing
         self.threshold = manifest.threshold
         self.class_names = manifest.class_names
+        self.calibration = Calibration.from_manifest(manifest)
+        self.guard = guard if use_guard else None
+        self.gradcam = gradcam
+        self.model_version = str(manifest.raw.get("model_version", ""))
+        self._model_lock = threading.Lock()  # a LiteRT interpreter serves one call at a time
+        self._dicom_check = None
+        if self.guard is not None:
+            from .guard import check_dicom_header
+
+            self._dicom_check = check_dicom_header
 
     @classmethod
     def load(
@@ -74,15 +105,19 @@ class Classifier:
         artifact: str | None = None,
         threads: int | None = None,
         verify: bool = True,
+        guard: bool = True,
     ) -> "Classifier":
         """`model`: an exported/ folder, or an .onnx/.tflite file beside its manifest.json.
 
-        The artifact's sha256 is checked against the manifest first (`verify=False` skips it).
+        `artifact`: a manifest name; default: this device's fastest (its profile, else int8
+        TFLite when LiteRT is installed, else int8 ONNX). The artifact's and the parameter
+        file's sha256 are checked against the manifest first (`verify=False` skips it).
+        `guard=False` turns the input guard off (every result then says so).
         """
         path = Path(model) if model is not None else default_model_folder()
         if path.is_dir():
             manifest = load_manifest(path)
-            name = artifact or manifest.default_artifact
+            name = artifact or _preferred_artifact(manifest)
             if name not in manifest.artifacts:
                 raise ModelFileError(f"{path}: no artifact named '{name}' in the manifest; it has {', '.join(manifest.artifacts)}")
             entry = manifest.artifacts[name]
@@ -102,75 +137,177 @@ class Classifier:
             raise ModelFileError(f"{path}: no such model file or folder")
         if verify:
             manifest.verify(entry)
+        arrays = manifest.params(verify=verify) if guard else None
         backend = open_backend(entry.path(manifest.folder), threads or default_threads())
-        return cls(backend, manifest, entry)
+        guard_obj = None
+        if guard:
+            from .guard import Guard
 
-    def _result(self, path: str, p: float, ms: float, warnings: list[str]) -> Prediction:
-        label = self.class_names[1] if p >= self.threshold else self.class_names[0]
-        return Prediction(path, label, float(p), self.threshold, self.entry.file, ms, warnings)
+            try:
+                guard_obj = Guard.from_manifest(manifest.raw["guard"], arrays, entry.name)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ModelFileError(f"{manifest.folder}: the manifest's guard section is unusable ({e}); re-run "
+                                     "`edge-pneumo export`, or pass --no-guard on purpose") from None
+        return cls(backend, manifest, entry, guard_obj, None, use_guard=guard)
 
-    def predict(self, image: str | os.PathLike) -> Prediction:
-        """Classify one image file; raises InputImageError if the file cannot be used."""
-        t0 = time.perf_counter()
-        x, warnings = self.preprocessing.load(image)
-        p = float(self.backend.predict(x[None])[0])
-        return self._result(str(image), p, 1000 * (time.perf_counter() - t0), warnings)
+    # -- one image ------------------------------------------------------------------------
+
+    def predict(self, image: str | os.PathLike) -> Result:
+        """Classify one image file (never raises for a bad image: the result says `failed`)."""
+        return next(self.predict_many([image], decode_threads=1))
+
+    def predict_bytes(self, data: bytes, name: str = "upload", content_hash: bool = True) -> Result:
+        """Classify an image held in memory (an upload, a DICOM received over the network)."""
+        return self._run_batch([self._prepare_bytes(data, name, content_hash)])[0]
+
+    def explain(self, image: str | os.PathLike | bytes, name: str = "upload") -> Result:
+        """`predict`, plus `result.heatmap`: Grad-CAM from this artifact's own activations."""
+        prepared = self._prepare_bytes(image, name, True) if isinstance(image, bytes) else self._prepare(image)
+        return self._run_batch([prepared], explain=True)[0]
 
     def predict_array(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for already preprocessed uint8 images (n, size, size, channels)."""
+        """Raw probabilities for already preprocessed uint8 images (n, size, size, channels); no guard."""
         return self.backend.predict(batch)
+
+    # -- many images ----------------------------------------------------------------------
 
     def predict_many(
         self,
         paths: Iterable[str | os.PathLike],
         batch_size: int = 32,
         decode_threads: int | None = None,
-        on_result: Callable[[Prediction | Failure], None] | None = None,
-    ) -> Iterator[Prediction | Failure]:
+        on_result: Callable[[Result], None] | None = None,
+        explain: bool = False,
+    ) -> Iterator[Result]:
         """Classify many files, in order: decoding runs on a thread pool while the model runs
         batches (with `decode_threads=1`, in this thread: no pool to start for one image).
-        A file that cannot be used yields a Failure; the others still get results."""
+        A file that cannot be used gives a `failed` result; the others still get theirs."""
         threads = decode_threads or default_threads()
-
-        def decode(p):
-            t0 = time.perf_counter()
-            try:
-                x, warnings = self.preprocessing.load(p)
-                return str(p), x, warnings, time.perf_counter() - t0
-            except InputImageError as e:
-                return str(p), e, [], 0.0
-
-        def flush(pending):
-            if not pending:
-                return
-            t0 = time.perf_counter()
-            probs = self.backend.predict(np.stack([x for _, x, _, _ in pending]))
-            share = (time.perf_counter() - t0) / len(pending)
-            for (p, _, warnings, dt), prob in zip(pending, probs):
-                yield self._result(p, float(prob), 1000 * (dt + share), warnings)
-
         with _decoder_pool(threads) as pool:
-            decoded = map(decode, paths) if pool is None else _bounded_map(pool, decode, paths, window=8 * batch_size)
+            prepared = map(self._prepare, paths) if pool is None else _bounded_map(pool, self._prepare, paths, 8 * batch_size)
             pending: list = []
             # Ramp up: the first model calls take 4, 8, 16... images, so the model starts while
             # the decoders fill the pipeline instead of waiting for a whole first batch.
             target = min(batch_size, 4)
-            # Results come out in input order: a failure waits until the batch before it is out.
-            for p, x, warnings, dt in decoded:
-                if isinstance(x, InputImageError):
-                    for r in flush(pending):
-                        yield _notify(r, on_result)
-                    pending = []
-                    yield _notify(Failure(p, str(x)), on_result)
-                    continue
-                pending.append((p, x, warnings, dt))
+            for item in prepared:
+                pending.append(item)
                 if len(pending) >= target:
-                    for r in flush(pending):
+                    for r in self._run_batch(pending, explain):
                         yield _notify(r, on_result)
                     pending = []
                     target = min(batch_size, 2 * target)
-            for r in flush(pending):
+            for r in self._run_batch(pending, explain):
                 yield _notify(r, on_result)
+
+    # -- the steps ------------------------------------------------------------------------
+
+    def _prepare(self, path) -> _Prepared | Result:
+        t0 = time.perf_counter()
+        try:
+            image = read_grey(path, self.preprocessing.min_side_hint, self._dicom_check)
+        except InputRejected as e:
+            return self._rejected(str(path), e.reason, e.check, e.details, time.perf_counter() - t0)
+        except InputImageError as e:
+            return self._failed(str(path), str(e), time.perf_counter() - t0)
+        return self._check(str(path), image, t0, None)
+
+    def _prepare_bytes(self, data: bytes, name: str, content_hash: bool) -> _Prepared | Result:
+        t0 = time.perf_counter()
+        digest = hashlib.sha256(data).hexdigest() if content_hash else None
+        try:
+            image = decode_bytes(data, name, self.preprocessing.min_side_hint, self._dicom_check)
+        except InputRejected as e:
+            r = self._rejected(name, e.reason, e.check, e.details, time.perf_counter() - t0)
+            r.content_sha256 = digest
+            return r
+        except InputImageError as e:
+            r = self._failed(name, str(e), time.perf_counter() - t0)
+            r.content_sha256 = digest
+            return r
+        return self._check(name, image, t0, digest)
+
+    def _check(self, path: str, image: GreyImage, t0: float, digest: str | None) -> _Prepared | Result:
+        small = self.preprocessing.resize(image.pixels)
+        warnings = list(image.warnings)
+        scores: dict = {}
+        if image.dicom:
+            scores["dicom"] = {k: v for k, v in image.dicom.items() if k != "SOPInstanceUID"}
+        if self.guard is None:
+            warnings.append(GUARD_OFF_WARNING)
+            scores["enabled"] = False
+        else:
+            verdict = self.guard.check_pixels(image, small)
+            scores.update(verdict.scores)
+            if verdict.reason:
+                r = self._rejected(path, verdict.reason, verdict.check, scores, time.perf_counter() - t0, warnings)
+                r.content_sha256 = digest
+                return r
+            warnings += verdict.warnings
+            if verdict.inverted:
+                small = 255 - small
+        x = self.preprocessing.finish(small)
+        return _Prepared(path, x, warnings, scores, time.perf_counter() - t0, digest)
+
+    def _run_batch(self, items: list, explain: bool = False) -> list[Result]:
+        """Model + feature guard + calibration for the prepared items; rejected/failed pass through, in order."""
+        ready = [p for p in items if isinstance(p, _Prepared)]
+        results: dict[int, Result] = {}
+        if ready:
+            t0 = time.perf_counter()
+            want = ("probability", "features", "conv") if explain else ("probability", "features")
+            with self._model_lock:
+                out = self.backend.run(np.stack([p.x for p in ready]), want)
+            share = (time.perf_counter() - t0) / len(ready)
+            verdicts = self.guard.check_features(out.features) if self.guard is not None and out.features is not None \
+                else [(float("nan"), None, None)] * len(ready)
+            for i, (p, prob, (dist, reason, warning)) in enumerate(zip(ready, out.probability, verdicts)):
+                guard = dict(p.guard)
+                if not math.isnan(dist):
+                    guard["features"] = round(dist, 3)
+                ms = 1000 * (p.seconds + share)
+                if reason:
+                    results[id(p)] = self._rejected(p.path, reason, "features", guard, ms / 1000, p.warnings)
+                    results[id(p)].content_sha256 = p.content_sha256
+                    continue
+                r = self._classified(p, float(prob), guard, ms, p.warnings + ([warning] if warning else []))
+                if explain and out.conv is not None:
+                    r.heatmap = self._heatmap(out.conv[i], out.features[i])
+                results[id(p)] = r
+        return [results[id(p)] if isinstance(p, _Prepared) else p for p in items]
+
+    def _classified(self, p: _Prepared, prob: float, guard: dict, ms: float, warnings: list[str]) -> Result:
+        cal = self.calibration
+        label = self.class_names[1] if prob >= cal.threshold else self.class_names[0]
+        return Result(path=p.path, status=CLASSIFIED, label=label, probability=cal.calibrate(prob),
+                      confidence=cal.confidence(prob), warnings=warnings, raw_probability=prob,
+                      threshold=cal.calibrate(cal.threshold), guard=guard, ms=ms, content_sha256=p.content_sha256,
+                      **self._provenance())
+
+    def _rejected(self, path, reason, check, scores, seconds, warnings=None) -> Result:
+        guard = dict(scores or {})
+        if check:
+            guard["check"] = check
+        return Result(path=str(path), status=REJECTED, reason=reason, warnings=list(warnings or []), guard=guard,
+                      ms=1000 * seconds, **self._provenance())
+
+    def _failed(self, path: str, reason: str, seconds: float) -> Result:
+        return failure(path, reason, ms=1000 * seconds, **self._provenance())
+
+    def _provenance(self) -> dict:
+        return {"artifact": self.entry.name, "sha256": self.entry.sha256[:16], "model_version": self.model_version}
+
+    def _heatmap(self, conv: np.ndarray, features: np.ndarray) -> np.ndarray:
+        from .explain import gradcam_map
+
+        if self.gradcam is None:
+            self.gradcam = self.manifest.gradcam_params(self.entry.name)
+        return gradcam_map(conv, features, *self.gradcam, size=self.preprocessing.size)
+
+
+def _preferred_artifact(manifest: Manifest) -> str:
+    from .profile import preferred_artifact
+
+    return preferred_artifact(manifest)
 
 
 @contextmanager

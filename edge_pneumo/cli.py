@@ -70,6 +70,10 @@ def train(
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy targets (0 = off).", min=0.0, max=0.49)] = 0.0,
     intensity: Annotated[str, typer.Option(help="Intensity normalisation in the shared preprocessing: 'clahe' (local), 'equalize' (global) or 'none'.")] = "clahe",
     refit: Annotated[bool, typer.Option(help="Refit on all of train/ for the chosen number of epochs.")] = True,
+    teacher: Annotated[Optional[Path], typer.Option(help="Soft labels from `edge-pneumo teacher` (distillation; the student stays the seed CNN).", show_default=False)] = None,
+    distill_alpha: Annotated[float, typer.Option(help="With --teacher: target = alpha x label + (1 - alpha) x teacher probability.", min=0.0, max=1.0)] = 0.5,
+    threshold_family: Annotated[str, typer.Option(help="The harder acquisition batch of validation normals the threshold and rule-in are chosen on, with validation pneumonia ('none': all of validation).")] = "NORMAL2",
+    holdout_family: Annotated[str, typer.Option(help="Experimental: hold this batch out of the validation run's fitting entirely ('none': off).")] = "none",
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them) instead of stopping.")] = False,
 ) -> None:
     """Train the seed CNN: epochs and threshold chosen on a patient-wise validation split, then test."""
@@ -78,13 +82,39 @@ def train(
     from .training.train import TrainConfig, run_training
 
     try:
-        recipe = Recipe(max_epochs=epochs, class_weight=class_weight, augment=augment, label_smoothing=label_smoothing)
+        recipe = Recipe(max_epochs=epochs, class_weight=class_weight, augment=augment, label_smoothing=label_smoothing,
+                        distill_alpha=distill_alpha if teacher is not None else 1.0)
         Preprocessing(intensity=intensity)  # checks the name
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     cfg = TrainConfig(data=data, out=out, seed=seed, val_fraction=val_fraction, refit_full=refit,
-                      skip_bad=skip_bad, intensity=intensity, recipe=recipe)
+                      skip_bad=skip_bad, intensity=intensity, recipe=recipe, teacher=teacher,
+                      holdout_family=None if holdout_family.lower() == "none" else holdout_family,
+                      threshold_family=None if threshold_family.lower() == "none" else threshold_family)
     run_training(cfg, log=lambda m: print(m, flush=True))
+
+
+@app.command()
+@handle_errors
+def teacher(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="The soft-label file to write (JSON, with the teacher's record).")] = Path("exported/teacher_soft_labels.json"),
+    seeds: Annotated[list[int], typer.Option("--seed", help="One teacher per seed (repeatable); their probabilities are averaged.")] = [0],
+    size: Annotated[int, typer.Option(help="The teacher's input size in pixels (the student stays at 64).", min=32)] = 128,
+    width: Annotated[int, typer.Option(help="Channels of the teacher's first stage (ResNet-18 shape: x1, x2, x4, x8).", min=8)] = 32,
+    epochs: Annotated[int, typer.Option(help="Most epochs per teacher; the best by selection AUC is kept.", min=1)] = 14,
+    holdout_family: Annotated[str, typer.Option(help="Acquisition batch held out of fitting for selection ('none' for plain validation).")] = "NORMAL2",
+    save_models: Annotated[bool, typer.Option("--save-models", help="Also save each teacher as .keras beside the file.")] = False,
+) -> None:
+    """Train a larger CNN (from scratch, no downloads) once and save its soft labels for `train --teacher`."""
+    from dataclasses import replace
+
+    from .training.teacher import TEACHER_RECIPE, TeacherConfig, run_teacher
+
+    cfg = TeacherConfig(data=data, out=out, seeds=tuple(seeds), size=size, width=width,
+                        holdout_family=None if holdout_family.lower() == "none" else holdout_family,
+                        recipe=replace(TEACHER_RECIPE, max_epochs=epochs), save_models=save_models)
+    run_teacher(cfg, log=lambda m: print(m, flush=True))
 
 
 @app.command()
@@ -169,24 +199,153 @@ def infer(
     image: Annotated[Optional[list[str]], typer.Option("--image", "-i", help="An image file (repeatable); '-' reads paths from standard input.", show_default=False)] = None,
     directory: Annotated[Optional[Path], typer.Option("--dir", "-d", help="Classify every image file under this folder (recursive).", show_default=False)] = None,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="An .onnx/.tflite artifact or an exported/ folder. Default: the shipped int8 ONNX.", show_default=False)] = None,
-    artifact: Annotated[Optional[str], typer.Option(help="With a folder: the manifest's artifact name, e.g. tflite_int8.", show_default=False)] = None,
+    artifact: Annotated[Optional[str], typer.Option(help="With a folder: the manifest's artifact name, e.g. tflite_int8. Default: this device's fastest (see verify).", show_default=False)] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text, json (JSON lines) or csv.")] = "text",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results to this file instead of standard output.", show_default=False)] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for the model and decoding (default: all cores).", min=1, show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call in folder runs.", min=1)] = 32,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Run an artifact whose sha256 does not match its manifest.")] = False,
+    no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose: every image is classified, even a blank page (each result says so).")] = False,
+    heatmap: Annotated[Optional[Path], typer.Option("--heatmap", help="Write a Grad-CAM overlay PNG per classified image into this folder.", show_default=False)] = None,
 ) -> None:
     """Classify X-rays as NORMAL or PNEUMONIA with onnxruntime or LiteRT (no TensorFlow).
 
-    Exit code 0: every image classified; 1: some images failed (the others have results);
-    3: nothing could run (bad model, no images).
+    Each result has a status: classified (label, calibrated probability, confidence: confident or
+    indeterminate), rejected (the input guard says it is not a frontal chest X-ray, and why) or
+    failed (unreadable file). Exit code 0: every image classified or rejected; 1: some images
+    failed (the others have results); 3: nothing could run (bad model, no images).
     """
     from .infer_cli import FORMATS, run_infer
 
     if fmt not in FORMATS:
         raise typer.BadParameter("choose text, json or csv", param_hint="--format")
-    code = run_infer([*(paths or []), *(image or [])], directory, model, artifact, fmt, output, threads, batch_size, not no_verify)
+    code = run_infer([*(paths or []), *(image or [])], directory, model, artifact, fmt, output, threads, batch_size,
+                     not no_verify, guard=not no_guard, heatmap=heatmap)
     raise typer.Exit(code)
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.", min=1, max=65535)] = 8000,
+    token_file: Annotated[Optional[Path], typer.Option(help="A file holding the access token (or set EDGE_PNEUMO_TOKEN).", show_default=False)] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="An exported/ folder or artifact. Default: the shipped model.", show_default=False)] = None,
+    artifact: Annotated[Optional[str], typer.Option(help="The manifest's artifact name. Default: this device's fastest.", show_default=False)] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Uploads above this size get 413 without being read.", min=0.01)] = 32.0,
+    queue: Annotated[int, typer.Option(help="Requests in flight at most; more get 503 with Retry-After.", min=1)] = 8,
+    dicom_port: Annotated[Optional[int], typer.Option(help="Also run a DICOM C-STORE node on this port (CR/DX storage).", min=1, max=65535, show_default=False)] = None,
+    ae_title: Annotated[str, typer.Option(help="The DICOM node's own AE title.")] = "EDGEPNEUMO",
+    allow_aet: Annotated[Optional[list[str]], typer.Option("--allow-aet", help="A calling AE title allowed to send (repeatable); others are refused.", show_default=False)] = None,
+    results: Annotated[Path, typer.Option(help="The DICOM node's results: JSON lines with the SOPInstanceUID, each image once.")] = Path("dicom_results.jsonl"),
+) -> None:
+    """Serve a LAN page and JSON API (and optionally a DICOM node) for a clinic appliance.
+
+    GET / (a page for people), GET /healthz, GET /api/v1/info, POST /api/v1/classify (multipart
+    field 'file'; ?heatmap=1 adds the Grad-CAM overlay). Results are a screening aid, unverified
+    by a radiologist. Nothing uploaded is written to disk.
+    """
+    from .classifier import Classifier
+    from .native_output import protect_python_stderr
+    from .serve import check_exposure, read_token, run_server
+
+    protect_python_stderr()
+    token = read_token(token_file)
+    check_exposure(host, token)
+    clf = Classifier.load(model, artifact=artifact)
+    node = None
+    if dicom_port is not None:
+        from .dicom_node import DicomNode
+        from .ledger import ResultSink
+
+        if not allow_aet:
+            raise typer.BadParameter("name at least one sender with --allow-aet (e.g. --allow-aet XRAY01)", param_hint="--allow-aet")
+        node = DicomNode(clf, ResultSink(results, key_field="sop_instance_uid"), dicom_port, ae_title, allow_aet)
+    run_server(clf, host, port, token, max_upload_mb, queue, node)
+
+
+@app.command()
+@handle_errors
+def watch(
+    folder: Annotated[Path, typer.Argument(help="The folder to watch (recursive); images already there are classified first.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results, one JSON line per image (appended; each image exactly once).")] = Path("results.jsonl"),
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="An exported/ folder or artifact. Default: the shipped model.", show_default=False)] = None,
+    artifact: Annotated[Optional[str], typer.Option(help="The manifest's artifact name. Default: this device's fastest.", show_default=False)] = None,
+    poll: Annotated[bool, typer.Option("--poll", help="Poll the folder instead of inotify (network shares: SMB/NFS send no events).")] = False,
+    move_done: Annotated[Optional[Path], typer.Option("--move-done", help="Move each image here once its result is recorded.", show_default=False)] = None,
+    ledger: Annotated[Optional[Path], typer.Option(help="The SQLite ledger (default: OUTPUT.ledger.sqlite).", show_default=False)] = None,
+    stable_seconds: Annotated[float, typer.Option(help="A file is read once its size and mtime have not changed for this long.", min=0.0)] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Classify what is there now, then exit (for cron).")] = False,
+    no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose.")] = False,
+) -> None:
+    """Classify every image in a folder, then each new one as it arrives: nothing lost, nothing twice.
+
+    A SQLite ledger keyed by each file's content hash makes results survive kill -9 and restart.
+    """
+    import signal
+
+    from .classifier import Classifier
+    from .ledger import ResultSink
+    from .native_output import protect_python_stderr
+    from .watch import Watcher
+
+    protect_python_stderr()
+    if not folder.is_dir():
+        raise EdgePneumoError(f"{folder}: no such folder to watch")
+    clf = Classifier.load(model, artifact=artifact, guard=not no_guard)
+    sink = ResultSink(output, ledger)
+    w = Watcher(clf, folder, sink, poll=poll, move_done=move_done, stable_seconds=stable_seconds,
+                log=lambda m: print(m, flush=True))
+    signal.signal(signal.SIGTERM, lambda *_: w.stop())
+    try:
+        counts = w.run(once=once)
+    except KeyboardInterrupt:
+        counts = w.counts
+    finally:
+        sink.close()
+    print(f"{counts['classified']} classified, {counts['rejected']} rejected, {counts['failed']} failed, "
+          f"{counts['already']} already recorded; results in {output}", flush=True)
+
+
+@app.command()
+@handle_errors
+def batch(
+    source: Annotated[str, typer.Argument(help="A folder (recursive), a text file listing paths/URLs, or an fsspec URL (s3://bucket/prefix, file:///data/*.dcm).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="results.jsonl, results.csv or results.parquet (infer's rows).")],
+    cluster: Annotated[str, typer.Option(help="local (all cores), local:N (an embedded cluster of N processes) or a scheduler address tcp://HOST:8786.")] = "local",
+    resume: Annotated[bool, typer.Option("--resume", help="Keep the results already in OUTPUT and classify only the rest.")] = False,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="An exported/ folder readable by every worker. Default: the model inside the package.", show_default=False)] = None,
+    artifact: Annotated[Optional[str], typer.Option(help="The manifest's artifact name. Default: each worker's fastest.", show_default=False)] = None,
+    partition_size: Annotated[int, typer.Option(help="Inputs per Dask task.", min=1)] = 128,
+    no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose.")] = False,
+) -> None:
+    """Score a whole archive on a Dask cluster: the same rows as infer, streamed, resumable, each input once."""
+    import sys
+
+    from .batch import run_batch
+    from .native_output import protect_python_stderr
+
+    protect_python_stderr()
+    bar = None
+    if sys.stderr.isatty():
+        bar = typer.progressbar(length=1, label="classifying", file=sys.stderr)
+        bar.__enter__()
+
+    def progress(done, total):
+        if bar is not None:
+            bar.length = total
+            bar.update(done - bar.pos)
+
+    try:
+        summary = run_batch(source, output, cluster, resume, model, artifact, partition_size, not no_guard, progress,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    rate = f" ({summary['images_per_s']:.0f} images/s once the cluster was up)" if summary["images_per_s"] else ""
+    print(f"{summary['classified']} classified, {summary['rejected']} rejected, {summary['failed']} failed, "
+          f"{summary['skipped']} already done{rate}; results in {output}", file=sys.stderr)
+    raise typer.Exit(1 if summary["failed"] else 0)
 
 
 @app.command()
@@ -195,12 +354,17 @@ def verify(
     folder: Annotated[Optional[Path], typer.Argument(help="The exported/ folder. Default: the shipped one.", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     runs: Annotated[int, typer.Option(help="Timed runs per artifact for the latency figure.", min=1)] = 20,
+    no_profile: Annotated[bool, typer.Option("--no-profile", help="Do not record the fastest artifact in this device's profile.")] = False,
 ) -> None:
-    """Device self-check: hashes, loading, agreement on fixed inputs, and a short device report. No dataset needed."""
+    """Device self-check: hashes, loading, agreement on fixed inputs, the guard's parameters, and a device report.
+
+    Records the fastest artifact on this device in its profile (~/.config/edge-pneumo/device_profile.json,
+    or $EDGE_PNEUMO_PROFILE); infer and serve then use it by default. No dataset needed.
+    """
     from . import jsonout
     from .verify import format_verify_report, verify_folder
 
-    report = verify_folder(folder, runs=runs)
+    report = verify_folder(folder, runs=runs, write_profile=not no_profile)
     print(jsonout.dumps(report, indent=2) if json_out else format_verify_report(report))
     raise typer.Exit(EXIT_OK if report["passed"] else EXIT_FAILED)
 

@@ -134,6 +134,7 @@ def run_compare(data: Path, models: Path, out: Path, keras_model: Path | None, t
         "rows": [r.to_dict() for r in rows],
         "checks": target_checks(rows, ref),
     }
+    report.update(trust_sections(manifest, models, images, rows, log))
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(jsonout.dumps(report, indent=2) + "\n")
     md = markdown_report(report, manifest, figure_name="report.png" if figure else None)
@@ -150,6 +151,69 @@ def run_compare(data: Path, models: Path, out: Path, keras_model: Path | None, t
     if not ok:
         raise EdgePneumoError("no artifact could be compared; see the rows above")
     return EXIT_OK if len(ok) == len(rows) else EXIT_PARTIAL
+
+
+def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -> dict:
+    """Calibration and confidence band, the input guard and the explanation, on this labelled set."""
+    from .classifier import Classifier
+    from .explain_checks import deletion_test, heat_location, map_agreement, maps_for, randomised_head_agreement
+    from .metrics import apply_temperature, band_report, expected_calibration_error
+    from .runtime import open_backend
+
+    out: dict = {}
+    cal = manifest.raw.get("calibration") or {}
+    y = images.y
+    per_artifact = {}
+    for r in rows:
+        if r.probabilities is None:
+            continue
+        p = r.probabilities
+        per_artifact[r.name] = {
+            "ece": expected_calibration_error(y, p),
+            "ece_calibrated": expected_calibration_error(y, apply_temperature(p, float(cal.get("temperature", 1.0)))),
+            "band": band_report(y, p, manifest.threshold, cal.get("rule_out", manifest.threshold),
+                                cal.get("rule_in", manifest.threshold)),
+        }
+    out["calibration"] = {"temperature": cal.get("temperature"), "rule_out": cal.get("rule_out"), "rule_in": cal.get("rule_in"),
+                          "rule": cal.get("rule"), "selection": {k: cal.get(k) for k in ("ece_selection", "ece_selection_calibrated", "band_selection")},
+                          "this_set": per_artifact}
+    # The guard, through the whole pipeline on the files, with the device's default artifact
+    # (or the first artifact that ran, when that one could not).
+    ran = [r.name for r in rows if r.probabilities is not None and r.name in manifest.artifacts]
+    if not ran:
+        return out
+    from .profile import preferred_artifact
+
+    name = preferred_artifact(manifest)
+    clf = Classifier.load(models, artifact=name if name in ran else ran[0])
+    results = list(clf.predict_many([str(s.path) for s in images.samples]))
+    rejected = [{"path": r.path, "reason": r.reason} for r in results if r.status == "rejected"]
+    warned = [r.path for r in results if r.status == "classified" and any("unlike the training" in w for w in r.warnings)]
+    out["guard"] = {"artifact": clf.entry.name, "images": len(results), "rejected": rejected, "warned": len(warned)}
+    log(f"guard ({clf.entry.name}): {len(rejected)} of {len(results)} rejected, {len(warned)} classified with a warning")
+    # The explanation, per int8 artifact, against the float32 reference's maps.
+    pos = np.flatnonzero(y == 1)
+    x = images.x[pos]
+    expl: dict = {}
+    ref_name = next((n for n in ran if manifest.artifacts[n].precision == "float32" and manifest.artifacts[n].runtime == "onnx"), None)
+    ref_maps = None
+    if ref_name:
+        ref_backend = open_backend(models / manifest.artifacts[ref_name].file, threads=2)
+        ref_maps, _ = maps_for(ref_backend, x, *manifest.gradcam_params(ref_name))
+    for name in ran:
+        e = manifest.artifacts[name]
+        backend = open_backend(models / e.file, threads=2)
+        weights = manifest.gradcam_params(name)
+        maps, _ = maps_for(backend, x, *weights)
+        run = backend.run(x[:200], ("probability", "features", "conv"))
+        expl[name] = {"deletion": deletion_test(backend.predict, x, maps), "location": heat_location(maps),
+                      "randomised_head": randomised_head_agreement(run.conv, run.features, *weights)}
+        if ref_maps is not None and name != ref_name:
+            expl[name]["vs_float32"] = map_agreement(maps, ref_maps)
+        log(f"explanation ({name}): deletion ratio {expl[name]['deletion']['ratio']:.2f}, "
+            f"heat in lung boxes {expl[name]['location']['heat_in_lung_boxes']:.2f}")
+    out["explanation"] = {"images": int(len(x)), "reference": ref_name, "artifacts": expl}
+    return out
 
 
 def _litert_available() -> bool:
@@ -244,7 +308,59 @@ def markdown_report(report: dict, manifest, figure_name: str | None) -> str:
     ]
     if figure_name:
         lines += [f"![ROC curves and confusion matrices]({figure_name})", ""]
+    lines += _trust_markdown(report)
     return "\n".join(lines)
+
+
+def _trust_markdown(report: dict) -> list[str]:
+    lines: list[str] = []
+    cal = report.get("calibration")
+    if cal and cal.get("temperature") is not None:
+        sel = cal["selection"]
+        lines += ["## Calibration and confidence band", "",
+                  f"Temperature {cal['temperature']:.3f}, rule-out below {cal['rule_out']:.4f}, rule-in from "
+                  f"{cal['rule_in']:.4f} (raw probabilities), all chosen at training time: {cal.get('rule', '')}.", "",
+                  "| set | artifact | ECE raw | ECE calibrated | decided automatically | rule-out sensitivity | "
+                  "rule-in specificity | PNEUMONIA among ruled-out | NORMAL among ruled-in | accuracy of decided |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        b = sel.get("band_selection") or {}
+        if b:
+            lines.append(f"| validation (selection) | training run | {_f(sel.get('ece_selection'), 3)} | "
+                         f"{_f(sel.get('ece_selection_calibrated'), 3)} | {_f(b.get('decided_share'), 3)} | "
+                         f"{_f(b.get('rule_out_sensitivity'), 4)} | {_f(b.get('rule_in_specificity'), 4)} | "
+                         f"{b.get('pneumonia_among_ruled_out')} | {b.get('normal_among_ruled_in')} | {_f(b.get('accuracy_of_decided'), 4)} |")
+        for name, m in cal["this_set"].items():
+            b = m["band"]
+            lines.append(f"| this set ({report['images']}) | {name} | {_f(m['ece'], 3)} | {_f(m['ece_calibrated'], 3)} | "
+                         f"{_f(b['decided_share'], 3)} | {_f(b['rule_out_sensitivity'], 4)} | {_f(b['rule_in_specificity'], 4)} | "
+                         f"{b['pneumonia_among_ruled_out']} | {b['normal_among_ruled_in']} | {_f(b['accuracy_of_decided'], 4)} |")
+        lines.append("")
+    g = report.get("guard")
+    if g:
+        lines += ["## Input guard on this set", "",
+                  f"With `{g['artifact']}`: {len(g['rejected'])} of {g['images']} images rejected, {g['warned']} "
+                  "classified with a warning that they are unlike the training population.", ""]
+        lines += [f"- `{r['path']}`: {r['reason']}" for r in g["rejected"][:20]]
+        lines.append("")
+    e = report.get("explanation")
+    if e and e.get("artifacts"):
+        lines += ["## Explanation (Grad-CAM from each artifact's own activations)", "",
+                  f"On the {e['images']} PNEUMONIA images of this set. Deletion: mean drop of P(PNEUMONIA) when the "
+                  "top 15% of the map is hidden, against the same mask moved elsewhere. Randomised head: rank "
+                  "correlation with maps from random head weights (low is right). Agreement: rank correlation "
+                  f"with `{e['reference']}`'s maps.", "",
+                  "| artifact | deletion drop | moved drop | ratio | vs float32 (Spearman, mean / 5th pct) | "
+                  "randomised head (Spearman) | heat in lung boxes (area share) | heat in border (area share) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, m in e["artifacts"].items():
+            d, loc, rnd = m["deletion"], m["location"], m["randomised_head"]
+            vs = m.get("vs_float32")
+            lines.append(f"| {name} | {d['drop_salient']:.3f} | {d['drop_moved']:.3f} | {d['ratio']:.2f} | "
+                         f"{(_f(vs['spearman_mean'], 3) + ' / ' + _f(vs['spearman_p05'], 3)) if vs else '-'} | "
+                         f"{rnd['spearman_mean']:.3f} | {loc['heat_in_lung_boxes']:.2f} ({loc['lung_box_share_of_area']:.2f}) | "
+                         f"{loc['heat_in_border']:.2f} ({loc['border_share_of_area']:.2f}) |")
+        lines.append("")
+    return lines
 
 
 def write_figure(rows: list[Row], labels: np.ndarray, threshold: float, path: Path) -> None:

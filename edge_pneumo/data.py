@@ -110,6 +110,37 @@ def patient_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> 
     return train, val
 
 
+def image_family(filename: str) -> str:
+    """The acquisition batch a Kermany file name belongs to: normals come as `IM-*` and
+    `NORMAL2-IM-*` (two batches of the original collection); pneumonia as bacteria/virus."""
+    name = Path(filename).name
+    if name.startswith("NORMAL2-"):
+        return "NORMAL2"
+    if name.startswith("IM-"):
+        return "IM"
+    return "virus" if "_virus_" in name else "bacteria"
+
+
+def selection_split(samples: Sequence[Sample], val_fraction: float, seed: int,
+                    holdout_family: str | None = "NORMAL2") -> tuple[list[Sample], list[Sample]]:
+    """(fit, selection): the patient-wise validation split, plus every image of one acquisition
+    batch held out of fitting.
+
+    Validation normals are easier than test normals (another batch), so a threshold chosen on
+    plain validation over-calls PNEUMONIA on test. Holding out a whole batch of normals imitates
+    an unseen batch inside train/: epochs, thresholds and calibration chosen on `selection`
+    have seen a shift like the one they will meet. `holdout_family=None` gives the plain split.
+    """
+    train, val = patient_split(samples, val_fraction, seed)
+    if holdout_family is None:
+        return train, val
+    held = [s for s in train if image_family(s.path.name) == holdout_family]
+    if not held and not any(image_family(s.path.name) == holdout_family for s in val):
+        return train, val  # a dataset without that batch (e.g. synthetic): plain validation
+    held_set = set(held)
+    return [s for s in train if s not in held_set], val + held
+
+
 def stratified_sample(samples: Sequence[Sample], n: int, seed: int) -> list[Sample]:
     """About n samples with the class proportions of `samples`, deterministic for a seed."""
     if n >= len(samples):

@@ -23,8 +23,9 @@ _VALUE_OPTIONS = {
     "--output": "output", "-o": "output",
     "--threads": "threads",
     "--batch-size": "batch_size",
+    "--heatmap": "heatmap",
 }
-_FLAG_OPTIONS = {"--no-verify": "no_verify"}
+_FLAG_OPTIONS = {"--no-verify": "no_verify", "--no-guard": "no_guard"}
 
 
 def parse_infer_args(args: list[str]) -> dict | None:
@@ -80,6 +81,8 @@ def parse_infer_args(args: list[str]) -> dict | None:
         "threads": threads,
         "batch_size": batch_size,
         "verify": "no_verify" not in flags,
+        "guard": "no_guard" not in flags,
+        "heatmap": path("heatmap"),
     }
 
 

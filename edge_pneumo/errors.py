@@ -28,6 +28,19 @@ class InputImageError(EdgePneumoError):
     """One input image cannot be used (missing, not an image, corrupt, too small...)."""
 
 
+class InputRejected(EdgePneumoError):
+    """The guard refused an input: readable, but not what the model reads (not a frontal chest X-ray).
+
+    Not a failure: the result says `status: rejected` with this reason, and a batch goes on.
+    """
+
+    def __init__(self, reason: str, check: str = "", details: dict | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.check = check
+        self.details = details or {}
+
+
 class DatasetError(EdgePneumoError):
     """The data folder does not have the expected layout or content."""
 

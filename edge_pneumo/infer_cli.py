@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import jsonout
+from .decode import IMAGE_SUFFIXES
 from .errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -18,11 +19,10 @@ from .errors import (
     EdgePneumoError,
     InputImageError,
 )
-from .preprocess import IMAGE_SUFFIXES
+from .result import CLASSIFIED, FAILED, FIELDS, REJECTED
 from .runtime import default_threads
 
 FORMATS = ("text", "json", "csv")
-CSV_FIELDS = ["path", "label", "probability", "threshold", "artifact", "ms", "warnings", "error"]
 
 
 def split_threads(total: int, n_images: int) -> tuple[int, int]:
@@ -53,37 +53,40 @@ def gather_paths(items: list[str], directory: Path | None, stdin=None) -> list[s
     return paths
 
 
-class _Writer:
+class ResultWriter:
+    """One result row per line: JSON lines, CSV (with a header) or text. Shared by every front end."""
+
     def __init__(self, fmt: str, stream):
         self.fmt, self.stream = fmt, stream
         if fmt == "csv":
-            self.csv = csv.DictWriter(stream, fieldnames=CSV_FIELDS, lineterminator="\n")
+            self.csv = csv.DictWriter(stream, fieldnames=list(FIELDS), lineterminator="\n")
             self.csv.writeheader()
 
     def write(self, result) -> None:
-        d = result.to_dict()
         if self.fmt == "json":
-            self.stream.write(jsonout.dumps(d) + "\n")
+            self.stream.write(jsonout.dumps(result.to_dict()) + "\n")
         elif self.fmt == "csv":
-            row = {k: d.get(k, "") for k in CSV_FIELDS}
-            row["warnings"] = "; ".join(d.get("warnings", []))
-            self.csv.writerow(row)
-        elif result.ok:  # text: failures go to stderr only, as one line each
-            self.stream.write(
-                f"{d['path']}  {d['label']:<9}  p={d['probability']:.4f}  threshold={d['threshold']:.4f}  "
-                f"{d['artifact']}  {d['ms']:.1f} ms\n"
-            )
+            self.csv.writerow(result.csv_row())
+        elif result.status != FAILED:  # text: failures go to stderr only, as one line each
+            self.stream.write(result.text_line() + "\n")
 
 
-def run_infer(items, directory, model, artifact, fmt, output, threads, batch_size, verify) -> int:
+def run_infer(items, directory, model, artifact, fmt, output, threads, batch_size, verify, guard=True, heatmap=None) -> int:
     from .classifier import Classifier
+    from .native_output import protect_python_stderr
 
+    protect_python_stderr()  # our messages never go through fd 2, so a decoder's redirect cannot swallow them
     paths = gather_paths(items, directory)
     model_threads, decode_threads = split_threads(threads or default_threads(), len(paths))
-    clf = Classifier.load(model, artifact=artifact, threads=model_threads, verify=verify)
+    clf = Classifier.load(model, artifact=artifact, threads=model_threads, verify=verify, guard=guard)
+    if heatmap is not None:
+        try:
+            heatmap.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EdgePneumoError(f"{heatmap}: cannot create the heatmap folder ({e.strerror or e})") from None
     try:
         with _open_output(output) as out:
-            return _classify(clf, paths, _Writer(fmt, out), batch_size, decode_threads)
+            return _classify(clf, paths, ResultWriter(fmt, out), batch_size, decode_threads, heatmap)
     except BrokenPipeError:
         # `infer ... | head`: the reader has what it wanted. Stop quietly; stdout goes to
         # /dev/null so Python's final flush does not complain either.
@@ -120,8 +123,8 @@ def _open_output(output: Path | None):
         tmp.unlink(missing_ok=True)
 
 
-def _classify(clf, paths, writer, batch_size, decode_threads) -> int:
-    ok = failed = 0
+def _classify(clf, paths, writer, batch_size, decode_threads, heatmap=None) -> int:
+    counts = {CLASSIFIED: 0, REJECTED: 0, FAILED: 0}
     started = time.perf_counter()
     show_progress = len(paths) >= 50 and sys.stderr.isatty()
     bar = None
@@ -131,23 +134,51 @@ def _classify(clf, paths, writer, batch_size, decode_threads) -> int:
         bar = typer.progressbar(length=len(paths), label="classifying", file=sys.stderr)
         bar.__enter__()
     try:
-        for r in clf.predict_many(paths, batch_size=batch_size, decode_threads=decode_threads):
+        for r in clf.predict_many(paths, batch_size=batch_size, decode_threads=decode_threads, explain=heatmap is not None):
             writer.write(r)
             if bar:
                 bar.update(1)
-            if r.ok:
-                ok += 1
-                for w in r.warnings:
-                    print(f"warning: {r.path}: {w}", file=sys.stderr)
-            else:
-                failed += 1
-                print(f"error: {r.error}", file=sys.stderr)
+            counts[r.status] += 1
+            if r.status == FAILED:
+                print(f"error: {r.reason}", file=sys.stderr)
+                continue
+            for w in r.warnings:
+                print(f"warning: {r.path}: {w}", file=sys.stderr)
+            if r.status == REJECTED and writer.fmt != "text":
+                print(f"rejected: {r.path}: {r.reason}", file=sys.stderr)
+            if heatmap is not None and r.heatmap is not None:
+                _write_heatmap(clf, r, heatmap)
     finally:
         if bar:
             bar.__exit__(None, None, None)
     seconds = time.perf_counter() - started
+    summary = f"{counts[CLASSIFIED]} classified, {counts[REJECTED]} rejected, {counts[FAILED]} failed"
     if len(paths) > 1:
-        print(f"{ok} classified, {failed} failed in {seconds:.2f} s ({len(paths) / seconds:.0f} images/s)", file=sys.stderr)
-    elif failed:
-        print(f"{ok} classified, {failed} failed", file=sys.stderr)
-    return EXIT_OK if not failed else (EXIT_PARTIAL if ok else EXIT_FAILED)
+        print(f"{summary} in {seconds:.2f} s ({len(paths) / seconds:.0f} images/s)", file=sys.stderr)
+    elif counts[FAILED]:
+        print(summary, file=sys.stderr)
+    if not counts[FAILED]:
+        return EXIT_OK
+    return EXIT_PARTIAL if counts[CLASSIFIED] + counts[REJECTED] else EXIT_FAILED
+
+
+def _write_heatmap(clf, r, folder: Path) -> None:
+    """The X-ray with its Grad-CAM map over it, named after the input, written atomically."""
+    import cv2
+
+    from .decode import read_grey
+    from .explain import overlay
+
+    try:
+        grey = read_grey(r.path).pixels
+    except EdgePneumoError as e:
+        print(f"warning: {r.path}: no heatmap ({e})", file=sys.stderr)
+        return
+    caption = f"{r.label} p={r.probability:.2f}" + ("" if r.confidence == "confident" else f" ({r.confidence})")
+    image = overlay(grey, r.heatmap * r.probability, caption)  # weighted by P(PNEUMONIA): a confident NORMAL stays cool
+    target = folder / f"{Path(r.path).stem}.heatmap.png"
+    tmp = target.with_name(f".{target.name}.partial.png")
+    if not cv2.imwrite(str(tmp), image):
+        print(f"warning: {r.path}: could not write {target}", file=sys.stderr)
+        return
+    os.replace(tmp, target)

@@ -19,7 +19,7 @@ from .errors import IntegrityError, ModelFileError
 from .preprocess import Preprocessing
 
 MANIFEST_NAME = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: guard, calibration, model_version, parameter file, three outputs
 MODEL_ENV = "EDGE_PNEUMO_MODEL"
 
 
@@ -61,6 +61,32 @@ class Manifest:
                 return entry
         return None
 
+    def params(self, verify: bool = True):
+        """The parameter file's arrays (guard statistics, Grad-CAM weights), checked against its sha256."""
+        info = self.raw.get("params_file")
+        if not info:
+            raise ModelFileError(f"{self.folder / MANIFEST_NAME}: no parameter file (guard, explanation); re-run `edge-pneumo export`")
+        path = self.folder / info["file"]
+        if not path.is_file():
+            raise ModelFileError(f"{path}: parameter file listed in the manifest is missing; run `edge-pneumo export` again")
+        if verify and sha256_of(path) != info["sha256"]:
+            raise IntegrityError(f"{path}: sha256 does not match the manifest; the file was changed after export")
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise ModelFileError(f"{path}: not a readable parameter file ({e})") from None
+
+    def gradcam_params(self, artifact: str) -> tuple:
+        """(channel weights (c, 128), output weights (128,)) of one artifact's head, for Grad-CAM."""
+        arrays = self.params(verify=False)
+        try:
+            return arrays[f"{artifact}/gradcam_channel_weights"], arrays[f"{artifact}/head_w2"]
+        except KeyError:
+            raise ModelFileError(f"{self.folder}: no Grad-CAM weights for {artifact}; re-run `edge-pneumo export`") from None
+
     def verify(self, entry: ArtifactEntry) -> None:
         """Raise unless the artifact exists and its bytes hash to the manifest's sha256."""
         path = entry.path(self.folder)
@@ -86,7 +112,8 @@ def load_manifest(folder: str | os.PathLike) -> Manifest:
         raise ModelFileError(f"{path}: not a readable manifest ({e})") from None
     try:
         if raw.get("schema_version") != SCHEMA_VERSION:
-            raise ModelFileError(f"{path}: schema_version {raw.get('schema_version')!r}, this edge-pneumo reads {SCHEMA_VERSION}")
+            raise ModelFileError(f"{path}: schema_version {raw.get('schema_version')!r}, this edge-pneumo reads "
+                                 f"{SCHEMA_VERSION}; re-export the model with this version (`edge-pneumo export`)")
         artifacts = {
             a["name"]: ArtifactEntry(a["name"], a["file"], a["runtime"], a["precision"], a["sha256"], int(a["size_bytes"]), a)
             for a in raw["artifacts"]

@@ -90,3 +90,90 @@ def best_threshold(y_true: np.ndarray, probabilities: np.ndarray, tolerance: flo
     j = pred[:, y].mean(axis=1) + (~pred[:, ~y]).mean(axis=1) - 1.0
     near_best = np.flatnonzero(j >= j.max() - tolerance - 1e-12)
     return float(candidates[near_best[np.argmin(np.abs(candidates[near_best] - 0.5))]])
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(q / (1 - q))
+
+
+def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
+    """sigmoid(logit(p) / T): T > 1 softens overconfident probabilities; the ranking is unchanged."""
+    return 1.0 / (1.0 + np.exp(-_logit(p) / temperature))
+
+
+def fit_temperature(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood (Guo et al. 2017), by a
+    golden-section search over log T in [-3, 3]."""
+    y = np.asarray(y_true, np.float64)
+    z = _logit(probabilities)
+
+    def nll(log_t: float) -> float:
+        q = np.clip(1.0 / (1.0 + np.exp(-z / np.exp(log_t))), 1e-12, 1 - 1e-12)
+        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+    lo, hi = -3.0, 3.0
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(80):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(b)
+    return float(np.exp((lo + hi) / 2))
+
+
+def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
+    """ECE: the mean |observed rate - mean predicted probability| over equal-width bins, weighted by bin size."""
+    y = np.asarray(y_true, np.float64)
+    p = np.asarray(probabilities, np.float64)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(y[m].mean() - p[m].mean())
+    return float(ece)
+
+
+def band_thresholds(y_true: np.ndarray, probabilities: np.ndarray, sensitivity: float = 0.97,
+                    specificity: float = 0.95) -> tuple[float, float]:
+    """(rule_out, rule_in): below rule_out the model rules PNEUMONIA out with at least `sensitivity`
+    (the largest such threshold); at or above rule_in it rules PNEUMONIA in with at least
+    `specificity` (the smallest such threshold). Between them: indeterminate."""
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(probabilities, np.float64)
+    pos, neg = np.sort(p[y]), np.sort(p[~y])
+    # sensitivity of (p >= t) is the share of positives at or above t: keep at least ceil(sens * n) of them
+    k = int(np.ceil(sensitivity * len(pos) - 1e-9))
+    rule_out = float(pos[len(pos) - k]) if 0 < k <= len(pos) else 0.0
+    # specificity of (p >= t) is the share of negatives below t: need at least ceil(spec * n) of them below
+    m = int(np.ceil(specificity * len(neg) - 1e-9))
+    rule_in = float(np.nextafter(neg[m - 1], 1.0)) if 0 < m <= len(neg) else 1.0
+    return rule_out, rule_in
+
+
+def band_report(y_true: np.ndarray, probabilities: np.ndarray, threshold: float, rule_out: float, rule_in: float) -> dict:
+    """How the confidence band splits a labelled set: the share decided automatically, and how
+    right those automatic decisions are."""
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(probabilities, np.float64)
+    lo, hi = min(rule_out, threshold), max(rule_in, threshold)
+    out_m, in_m = p < lo, p >= hi
+    decided = out_m | in_m
+    return {
+        "decided_share": float(decided.mean()),
+        "ruled_out": int(out_m.sum()), "ruled_in": int(in_m.sum()), "indeterminate": int((~decided).sum()),
+        # of the PNEUMONIA cases, the share the rule-out did not wrongly dismiss
+        "rule_out_sensitivity": _ratio(float((y & ~out_m).sum()), float(y.sum())),
+        # of the NORMAL cases, the share the rule-in did not wrongly call PNEUMONIA
+        "rule_in_specificity": _ratio(float((~y & ~in_m).sum()), float((~y).sum())),
+        "pneumonia_among_ruled_out": int((y & out_m).sum()),
+        "normal_among_ruled_in": int((~y & in_m).sum()),
+        "accuracy_of_decided": _ratio(float(((p >= threshold) == y)[decided].sum()), float(decided.sum())),
+    }

@@ -3,11 +3,16 @@
 A backend takes a batch of preprocessed uint8 images (n, h, w, c) and returns the
 probability of PNEUMONIA for each; it converts to the artifact's own input type
 (float32, or uint8/int8 with the scale and zero point read from the model).
+
+Every exported artifact has three outputs, told apart by shape: the probability (n, 1),
+the Dense(128) features the input guard measures (n, 128), and the pooled conv-2
+activations Grad-CAM weighs (n, 14, 14, 64). `run` returns the ones asked for.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -16,12 +21,36 @@ import numpy as np
 from .errors import MissingRuntimeError, ModelFileError
 from .formats import RUNTIME_BY_SUFFIX
 
+OUTPUT_KINDS = ("probability", "features", "conv")
+
+
+def output_kind(shape) -> str | None:
+    """Which output a tensor is, from its shape without the batch dimension."""
+    dims = [d for d in list(shape)[1:]]
+    if len(dims) == 1 and dims[0] == 1:
+        return "probability"
+    if len(dims) == 1:
+        return "features"
+    if len(dims) == 3:
+        return "conv"
+    return None
+
+
+@dataclass
+class Outputs:
+    probability: np.ndarray  # (n,)
+    features: np.ndarray | None = None  # (n, 128)
+    conv: np.ndarray | None = None  # (n, h, w, c)
+
 
 class Backend(Protocol):
     runtime: str
     path: Path
+    outputs: tuple[str, ...]  # the output kinds this artifact has
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def run(self, batch: np.ndarray, want: tuple[str, ...] = ("probability", "features")) -> Outputs: ...
 
     def describe_input(self) -> dict: ...
 
@@ -71,22 +100,35 @@ class OnnxBackend:
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelFileError(f"{path}: not a valid ONNX model ({first[:160]})") from None
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelFileError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
-        self._input, self._output = inputs[0], outputs[0]
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelFileError(f"{path}: expected one input, found {len(inputs)}")
+        self._input = inputs[0]
+        self._outputs = {output_kind(o.shape): o for o in self.session.get_outputs()}
+        if "probability" not in self._outputs:
+            raise ModelFileError(f"{path}: no (batch, 1) probability output; not an edge-pneumo model")
+        self.outputs = tuple(k for k in OUTPUT_KINDS if k in self._outputs)
         self._dtype = np.uint8 if self._input.type == "tensor(uint8)" else np.float32
 
     def describe_input(self) -> dict:
         return {"name": self._input.name, "shape": list(self._input.shape), "dtype": self._input.type}
 
     def describe_output(self) -> dict:
-        return {"name": self._output.name, "shape": list(self._output.shape), "dtype": self._output.type}
+        o = self._outputs["probability"]
+        return {"name": o.name, "shape": list(o.shape), "dtype": o.type, "outputs": list(self.outputs)}
+
+    def run(self, batch: np.ndarray, want: tuple[str, ...] = ("probability", "features")) -> Outputs:
+        kinds = [k for k in OUTPUT_KINDS if k in want and k in self._outputs]
+        if "probability" not in kinds:
+            kinds.insert(0, "probability")
+        x = batch.astype(self._dtype, copy=False)
+        got = self.session.run([self._outputs[k].name for k in kinds], {self._input.name: x})
+        out = dict(zip(kinds, got))
+        return Outputs(np.asarray(out["probability"], np.float32).reshape(len(batch), -1)[:, -1],
+                       out.get("features"), out.get("conv"))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        x = batch.astype(self._dtype, copy=False)
-        out = self.session.run([self._output.name], {self._input.name: x})[0]
-        return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)[:, -1]
+        return self.run(batch, ("probability",)).probability
 
 
 class TfliteBackend:
@@ -101,26 +143,33 @@ class TfliteBackend:
                 "(or use an .onnx artifact)"
             ) from None
         self.path = path
-        from .preprocess import silenced_stderr
+        from .native_output import capture
 
         try:
-            with silenced_stderr():  # LiteRT announces its XNNPACK delegate on fd 2
+            with capture():  # LiteRT announces its XNNPACK delegate on fd 2
                 self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelFileError(f"{path}: not a valid TFLite model ({first[:160]})") from None
-        ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
-        if len(ins) != 1 or len(outs) != 1:
-            raise ModelFileError(f"{path}: expected one input and one output, found {len(ins)} and {len(outs)}")
-        self._in, self._out = ins[0], outs[0]
+        ins = self.interpreter.get_input_details()
+        if len(ins) != 1:
+            raise ModelFileError(f"{path}: expected one input, found {len(ins)}")
+        self._in = ins[0]
+        self._read_outputs()
+        if "probability" not in self._outs:
+            raise ModelFileError(f"{path}: no (batch, 1) probability output; not an edge-pneumo model")
+        self.outputs = tuple(k for k in OUTPUT_KINDS if k in self._outs)
         self._batch = int(self._in["shape"][0])
+
+    def _read_outputs(self) -> None:
+        self._outs = {output_kind(d["shape_signature"]): d for d in self.interpreter.get_output_details()}
 
     def describe_input(self) -> dict:
         return _tensor_info(self._in)
 
     def describe_output(self) -> dict:
-        return _tensor_info(self._out)
+        return {**_tensor_info(self._outs["probability"]), "outputs": list(self.outputs)}
 
     def _resize(self, n: int) -> None:
         if n != self._batch:
@@ -128,10 +177,13 @@ class TfliteBackend:
             self.interpreter.resize_tensor_input(self._in["index"], shape)
             self.interpreter.allocate_tensors()
             self._in = self.interpreter.get_input_details()[0]
-            self._out = self.interpreter.get_output_details()[0]
+            self._read_outputs()
             self._batch = n
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch, ("probability",)).probability
+
+    def run(self, batch: np.ndarray, want: tuple[str, ...] = ("probability", "features")) -> Outputs:
         self._resize(len(batch))
         dtype = np.dtype(self._in["dtype"])
         if dtype == np.float32:
@@ -141,11 +193,15 @@ class TfliteBackend:
             x = _quantize(batch, dtype, scale, zero_point)
         self.interpreter.set_tensor(self._in["index"], x)
         self.interpreter.invoke()
-        y = self.interpreter.get_tensor(self._out["index"])
-        if np.dtype(self._out["dtype"]) != np.float32:
-            scale, zero_point = self._out["quantization"]
+        out = {k: self._read(self._outs[k]) for k in OUTPUT_KINDS if k in self._outs and (k in want or k == "probability")}
+        return Outputs(out["probability"].reshape(len(batch), -1)[:, -1], out.get("features"), out.get("conv"))
+
+    def _read(self, detail: dict) -> np.ndarray:
+        y = self.interpreter.get_tensor(detail["index"])
+        if np.dtype(detail["dtype"]) != np.float32:
+            scale, zero_point = detail["quantization"]
             y = (y.astype(np.float32) - zero_point) * scale
-        return np.asarray(y, dtype=np.float32).reshape(len(batch), -1)[:, -1]
+        return np.asarray(y, dtype=np.float32)
 
 
 def _tensor_info(d: dict) -> dict:

@@ -25,6 +25,7 @@ VERIFY_SEED = 20181
 VERIFY_IMAGES = 24
 # How far an artifact may drift from the outputs recorded at export, on another CPU/runtime build.
 REPRODUCE_TOLERANCE = {"float32": 1e-4, "float16": 1e-3, "dynamic_int8": 2 / 255, "int8": 2 / 255}
+GUARD_TOLERANCE = 0.05  # relative drift of the guard's feature distances from export
 
 
 def verify_inputs(pre: Preprocessing, n: int = VERIFY_IMAGES, seed: int = VERIFY_SEED) -> np.ndarray:
@@ -84,12 +85,29 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20) -> dict:
-    """Check every artifact of an exported folder; the report says what passed and why not."""
+def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write_profile: bool = True) -> dict:
+    """Check every artifact of an exported folder, and the guard's parameters; record this
+    device's fastest artifact in its profile. The report says what passed and why not."""
     manifest = load_manifest(Path(folder) if folder else default_model_folder())
     x = verify_inputs(manifest.preprocessing)
     ref_name = reference_artifact(manifest)
-    rows, outputs = [], {}
+    rows, outputs, features = [], {}, {}
+    guard_row = {"name": "guard parameters", "file": manifest.raw.get("params_file", {}).get("file", "-"),
+                 "runtime": "-", "precision": "-", "status": "ok", "notes": []}
+    arrays = None
+    try:
+        arrays = manifest.params(verify=True)
+        from .guard import Guard
+
+        for name in manifest.artifacts:
+            Guard.from_manifest(manifest.raw["guard"], arrays, name)
+            manifest.gradcam_params(name)
+    except EdgePneumoError as e:
+        guard_row["status"], arrays = "FAILED", None
+        guard_row["notes"].append(str(e))
+    except (KeyError, TypeError, ValueError) as e:
+        guard_row["status"], arrays = "FAILED", None
+        guard_row["notes"].append(f"guard section or parameters incomplete ({type(e).__name__}: {e}); re-export")
     for name, entry in manifest.artifacts.items():
         row = {"name": name, "file": entry.file, "runtime": entry.runtime, "precision": entry.precision, "status": "ok", "notes": []}
         rows.append(row)
@@ -98,8 +116,9 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20) -> di
             t0 = time.perf_counter()
             backend = open_backend(entry.path(manifest.folder), threads=1)
             row["load_ms"] = round(1000 * (time.perf_counter() - t0), 2)
-            probs = backend.predict(x)
-            outputs[name] = probs
+            run = backend.run(x)
+            probs = run.probability
+            outputs[name], features[name] = probs, run.features
             times = []
             for i in range(runs):
                 t0 = time.perf_counter()
@@ -122,6 +141,16 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20) -> di
             if drift > tol:
                 row["status"] = "FAILED"
                 row["notes"].append(f"outputs differ from those recorded at export by {drift:.2e} (> {tol:.1e}): broken runtime build?")
+        recorded_d = entry.raw.get("verify_feature_distances")
+        if arrays is not None and recorded_d is not None and features.get(name) is not None:
+            from .guard import feature_distance
+
+            d = feature_distance(features[name], arrays[f"{name}/feature_mean"], arrays[f"{name}/feature_whitening"])
+            gap = float(np.max(np.abs(d - np.asarray(recorded_d)) / (1.0 + np.abs(np.asarray(recorded_d)))))
+            row["guard_drift"] = gap
+            if gap > GUARD_TOLERANCE:
+                row["status"] = "FAILED"
+                row["notes"].append(f"guard feature distances differ from export by {gap:.1%} (> {GUARD_TOLERANCE:.0%})")
     ref = outputs.get(ref_name) if ref_name else None
     for row in rows:
         if row["status"] != "ok" or ref is None or row["name"] == ref_name:
@@ -134,9 +163,20 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20) -> di
         if budget.get("max_abs_dp") is not None and dp > budget["max_abs_dp"] * 10:
             row["status"] = "FAILED"
             row["notes"].append(f"max|dp| {dp:.2e} vs {ref_name} exceeds 10x its export budget")
-    passed = all(r["status"] != "FAILED" for r in rows) and any(r["status"] == "ok" for r in rows)
-    return {"folder": str(manifest.folder), "reference": ref_name, "inputs": len(x), "device": device_info(),
-            "artifacts": rows, "passed": passed}
+    passed = all(r["status"] != "FAILED" for r in rows) and any(r["status"] == "ok" for r in rows) \
+        and guard_row["status"] == "ok"
+    ok = [r for r in rows if r["status"] == "ok"]
+    fastest = min(ok, key=lambda r: r["load_ms"] + r["latency_ms_p50"])["name"] if ok else None
+    report = {"folder": str(manifest.folder), "reference": ref_name, "inputs": len(x), "device": device_info(),
+              "artifacts": rows + [guard_row], "passed": passed, "fastest": fastest, "profile": None}
+    if passed and fastest and write_profile:
+        from .profile import write_profile as save
+
+        try:
+            report["profile"] = str(save(manifest, fastest, {r["name"]: r["latency_ms_p50"] for r in ok}))
+        except OSError as e:
+            report["profile_error"] = f"could not write the device profile ({e.strerror or e})"
+    return report
 
 
 def format_verify_report(report: dict) -> str:
@@ -154,5 +194,9 @@ def format_verify_report(report: dict) -> str:
         dp = f"{r['max_abs_dp_vs_reference']:.1e}" if "max_abs_dp_vs_reference" in r else "-"
         lines.append(f"{r['name']:<20} {r['status']:<8} {r.get('load_ms', '-'):>8} {r.get('latency_ms_p50', '-'):>8} "
                      f"{drift:>9} {dp:>9}  {'; '.join(r['notes'])}")
-    lines += ["", "PASSED: this device runs the shipped model as exported." if report["passed"] else "FAILED: see the notes above."]
+    if report.get("fastest"):
+        lines += ["", f"fastest here: {report['fastest']} (load + one image)" +
+                  (f"; recorded in {report['profile']}, the default for infer and serve" if report.get("profile") else "")]
+    lines += ["", "PASSED: this device runs the shipped model as exported, guard included." if report["passed"]
+              else "FAILED: see the notes above."]
     return "\n".join(lines)

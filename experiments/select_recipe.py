@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from shifted_val import shifted_sets
 
-from edge_pneumo.data import discover, find_split, load_images, patient_split
+from edge_pneumo.data import discover, find_split, image_family, load_images, patient_split
 from edge_pneumo.metrics import binary_report
 from edge_pneumo.preprocess import Preprocessing
 from edge_pneumo.training.fit import Recipe, fit, predict
@@ -46,13 +46,8 @@ CANDIDATES = {
 
 
 def name_group(path) -> str:
-    """Train's image families by file name: IM-* and NORMAL2-IM-* normals, bacterial and viral pneumonia."""
-    name = Path(path).name
-    if name.startswith("NORMAL2-"):
-        return "NORMAL2"
-    if name.startswith("IM-"):
-        return "IM"
-    return "virus" if "_virus_" in name else "bacteria"
+    """Train's image families by file name (one definition: edge_pneumo.data.image_family)."""
+    return image_family(Path(path).name)
 
 
 def group_scores(model, x: np.ndarray, y: np.ndarray, groups: list[str], threshold: float) -> dict:

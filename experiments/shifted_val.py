@@ -13,7 +13,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge_pneumo.preprocess import Preprocessing, read_grey
+from edge_pneumo.decode import read_grey
+from edge_pneumo.preprocess import Preprocessing
 
 
 def _gamma(g: float):

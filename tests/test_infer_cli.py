@@ -9,28 +9,32 @@ import json
 import cv2
 import numpy as np
 import pytest
+from conftest import synthetic_xray
 from typer.testing import CliRunner
 
 from edge_pneumo import Classifier
 from edge_pneumo.cli import app
 from edge_pneumo.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+from edge_pneumo.manifest import load_manifest
 
 runner = CliRunner()
 
 
 @pytest.fixture()
 def images(tmp_path):
-    """Valid images of several sizes, bit depths and channel counts, plus bad ones."""
+    """X-ray-like images (like the tiny model's training images) of several sizes, bit depths
+    and channel counts: grey stored as 3-channel JPEG, grey + alpha, 16-bit, full resolution."""
     rng = np.random.default_rng(1)
     d = tmp_path / "imgs"
     d.mkdir()
-    g = cv2.resize(rng.integers(0, 256, (16, 16), dtype=np.uint8), (300, 260), interpolation=cv2.INTER_CUBIC)
+    g = cv2.resize(synthetic_xray(rng, 1, 96), (300, 260), interpolation=cv2.INTER_CUBIC)
+    g[0, :2] = (0, 255)  # full range: the 16-bit copy's min-max stretch then gives the same grey image
     good = {
-        "grey.jpeg": g,
-        "colour.png": cv2.merge([g, g // 2, g]),
+        "grey.jpeg": cv2.merge([g, g, g]),
         "alpha.png": cv2.merge([g, g, g, np.full_like(g, 200)]),
         "deep.png": g.astype(np.uint16) * 257,
         "big.jpg": cv2.resize(g, (1800, 2100)),
+        "single.png": g,
     }
     for name, img in good.items():
         cv2.imwrite(str(d / name), img)
@@ -49,10 +53,15 @@ def test_json_output_has_one_object_per_image(tiny_export, images):
     rows = _json_lines(r.stdout)
     assert sorted(row["path"].rsplit("/", 1)[1] for row in rows) == names
     clf = Classifier.load(tiny_export)
+    manifest = load_manifest(tiny_export)
     for row in rows:
+        assert row["status"] == "classified" and row["reason"] is None
         assert row["label"] in ("NORMAL", "PNEUMONIA")
         assert row["label"] == ("PNEUMONIA" if row["probability"] >= row["threshold"] else "NORMAL")
-        assert row["artifact"] == "pneumonia_int8.onnx" and row["ms"] > 0
+        assert row["artifact"] == clf.entry.name and row["ms"] > 0
+        assert row["sha256"] == manifest.artifacts[row["artifact"]].sha256[:16]
+        assert row["model_version"] == manifest.raw["model_version"] and row["model_version"]
+        assert row["confidence"] in ("confident", "indeterminate")
         assert row["probability"] == pytest.approx(clf.predict(row["path"]).probability, abs=1e-6)
 
 
@@ -61,12 +70,14 @@ def test_text_and_csv_and_output_file(tiny_export, images, tmp_path):
     r = runner.invoke(app, ["infer", "--model", str(tiny_export), "--image", str(d / "grey.jpeg")])
     assert r.exit_code == EXIT_OK
     line = r.stdout.strip()
-    assert line.startswith(str(d / "grey.jpeg")) and "threshold=" in line and "pneumonia_int8.onnx" in line and line.endswith("ms")
+    assert line.startswith(str(d / "grey.jpeg")) and "threshold=" in line and line.endswith("ms")
+    assert Classifier.load(tiny_export).entry.name in line
     out = tmp_path / "res.csv"
     r = runner.invoke(app, ["infer", "--model", str(tiny_export), "--dir", str(d), "-f", "csv", "-o", str(out)])
     assert r.exit_code == EXIT_OK and r.stdout == ""
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert len(rows) == len(names) and all(0 <= float(row["probability"]) <= 1 for row in rows)
+    assert {row["status"] for row in rows} == {"classified"} and all(len(row["sha256"]) == 16 for row in rows)
 
 
 def test_output_through_a_symlink_writes_its_target_and_keeps_the_link(tiny_export, images, tmp_path):
@@ -91,7 +102,7 @@ def test_serial_and_threaded_decoding_give_the_same_results(tiny_export, images)
     threaded = [r.to_dict() for r in clf.predict_many(paths, batch_size=2, decode_threads=2)]
     for row in serial + threaded:
         row.pop("ms", None)
-    assert serial == threaded and serial[-1]["error"].endswith("no such file")
+    assert serial == threaded and serial[-1]["status"] == "failed" and serial[-1]["reason"].endswith("no such file")
 
 
 def test_paths_from_stdin(tiny_export, images):
@@ -116,12 +127,12 @@ def test_a_bad_file_in_a_batch_is_reported_and_the_rest_classified(tiny_export, 
     rows = {row["path"].rsplit("/", 1)[1]: row for row in _json_lines(r.stdout)}
     for name in names:
         assert rows[name]["label"] in ("NORMAL", "PNEUMONIA")
-    assert "text file" in rows["fake.jpeg"]["error"]
-    assert "empty" in rows["empty.jpeg"]["error"]
-    assert "too small" in rows["dot.png"]["error"]
-    assert "no such file" in rows["missing.jpeg"]["error"]
-    assert "is a directory" in rows["imgs"]["error"]
-    assert rows["damaged.jpeg"]["damaged"] is True and rows["damaged.jpeg"]["label"] in ("NORMAL", "PNEUMONIA")
+    for name, says in (("fake.jpeg", "text file"), ("empty.jpeg", "empty"), ("dot.png", "too small"),
+                       ("missing.jpeg", "no such file"), ("imgs", "is a directory")):
+        assert rows[name]["status"] == "failed" and says in rows[name]["reason"] and rows[name]["label"] is None
+    damaged = rows["damaged.jpeg"]
+    assert damaged["status"] == "classified" and damaged["label"] in ("NORMAL", "PNEUMONIA")
+    assert any("damaged JPEG" in w for w in damaged["warnings"])
     assert "Traceback" not in r.output
     assert "5 failed" in r.stderr
 
@@ -144,9 +155,9 @@ def test_wrong_model_files_are_refused(exported_copy, images, tmp_path):
     img = str(d / "grey.jpeg")
     fake = exported_copy / "pneumonia_int8.onnx"
     fake.write_text("not a model")
-    r = runner.invoke(app, ["infer", "--model", str(exported_copy), img])
+    r = runner.invoke(app, ["infer", "--model", str(exported_copy), "--artifact", "onnx_int8", img])
     assert r.exit_code == EXIT_FAILED and "sha256" in r.stderr and "does not match the manifest" in r.stderr
-    r = runner.invoke(app, ["infer", "--model", str(exported_copy), "--no-verify", img])
+    r = runner.invoke(app, ["infer", "--model", str(exported_copy), "--artifact", "onnx_int8", "--no-verify", img])
     assert r.exit_code == EXIT_FAILED and "not a valid ONNX model" in r.stderr
     r = runner.invoke(app, ["infer", "--model", str(d / "grey.jpeg"), img])
     assert r.exit_code == EXIT_FAILED and "not a model file" in r.stderr

@@ -41,3 +41,34 @@ def test_best_threshold_separates_when_possible():
     t = best_threshold(y, p)
     assert 0.3 < t <= 0.35
     assert binary_report(y, p, t)["accuracy"] == 1.0
+
+
+def test_temperature_undoes_overconfidence_and_keeps_the_ranking():
+    from edge_pneumo.metrics import apply_temperature, expected_calibration_error, fit_temperature
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 4000)
+    z = rng.normal(0, 1, 4000) + (2 * y - 1) * 1.2
+    calibrated = 1 / (1 + np.exp(-2.4 * z))  # the true posterior for these two Gaussians
+    overconfident = 1 / (1 + np.exp(-3 * 2.4 * z))  # logits x3
+    t = fit_temperature(y, overconfident)
+    assert 2.5 < t < 3.5
+    fixed = apply_temperature(overconfident, t)
+    assert expected_calibration_error(y, fixed) < expected_calibration_error(y, overconfident) / 2
+    order = np.argsort(overconfident, kind="stable")
+    assert np.all(np.diff(fixed[order]) >= 0)  # a monotone map: the ranking (and AUC) is unchanged
+    assert abs(fit_temperature(y, calibrated) - 1) < 0.15
+
+
+def test_band_thresholds_meet_their_targets():
+    from edge_pneumo.metrics import band_report, band_thresholds
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 3000)
+    p = 1 / (1 + np.exp(-(rng.normal(0, 1, 3000) + (2 * y - 1) * 1.5)))
+    lo, hi = band_thresholds(y, p, 0.97, 0.95)
+    assert ((p >= lo)[y == 1]).mean() >= 0.97 and ((p < hi)[y == 0]).mean() >= 0.95
+    assert ((p >= np.nextafter(lo, 1))[y == 1]).mean() < 0.97 + 1e-3  # the largest such threshold
+    r = band_report(y, p, 0.5, lo, hi)
+    assert r["rule_out_sensitivity"] >= 0.97 and r["rule_in_specificity"] >= 0.95
+    assert r["ruled_out"] + r["ruled_in"] + r["indeterminate"] == 3000 and 0 < r["decided_share"] < 1

@@ -9,6 +9,7 @@ import textwrap
 
 import cv2
 import numpy as np
+from conftest import synthetic_xray
 
 BLOCKER = textwrap.dedent(
     """
@@ -31,7 +32,7 @@ def _run(code: str, cwd) -> subprocess.CompletedProcess:
 
 def test_infer_end_to_end_with_tensorflow_blocked(tiny_export, tmp_path):
     img = tmp_path / "x.jpeg"
-    cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 256, (200, 180), dtype=np.uint8))
+    cv2.imwrite(str(img), cv2.resize(synthetic_xray(np.random.default_rng(0), 1, 96), (180, 200)))
     code = f"""
     import sys
     from typer.testing import CliRunner
@@ -66,7 +67,7 @@ def test_cli_help_does_not_import_heavy_libraries(tmp_path):
 
 def test_one_image_fast_path_imports_neither_tensorflow_nor_typer(tiny_export, tmp_path):
     img = tmp_path / "x.jpeg"
-    cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 256, (200, 180), dtype=np.uint8))
+    cv2.imwrite(str(img), cv2.resize(synthetic_xray(np.random.default_rng(0), 1, 96), (180, 200)))
     code = f"""
     import sys
     from edge_pneumo.entry import main
@@ -89,7 +90,7 @@ def test_output_cut_short_by_head_is_quiet(tiny_export, tmp_path):
     d.mkdir()
     rng = np.random.default_rng(3)
     for i in range(300):
-        cv2.imwrite(str(d / f"x{i:03d}.png"), rng.integers(0, 256, (40, 40), dtype=np.uint8))
+        cv2.imwrite(str(d / f"x{i:03d}.png"), synthetic_xray(rng, i % 2, 96))
     for entry_args in (["-m", "edge_pneumo"], ["-c", "from edge_pneumo.cli import app; app()"]):
         cmd = [sys.executable, *entry_args, "infer", "--model", str(tiny_export), "--dir", str(d), "--format", "json", "--batch-size", "4"]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)

@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_pneumo.decode import jpeg_size, read_grey
 from edge_pneumo.errors import InputImageError
-from edge_pneumo.preprocess import Preprocessing, jpeg_size, read_grey
+from edge_pneumo.preprocess import Preprocessing
 
 PRE = Preprocessing()
 

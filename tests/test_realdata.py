@@ -7,9 +7,9 @@ import random
 
 import numpy as np
 import pytest
+from conftest import REPO
 from typer.testing import CliRunner
 
-from conftest import REPO
 from edge_pneumo.cli import app
 from edge_pneumo.errors import EXIT_OK
 from edge_pneumo.manifest import load_manifest
@@ -25,10 +25,12 @@ def _accuracy(rows):
 
 def test_shipped_int8_onnx_through_infer_matches_the_manifest(real_data):
     manifest = load_manifest(SHIPPED)
-    r = runner.invoke(app, ["infer", "--model", str(SHIPPED), "--dir", str(real_data / "test"), "--format", "json"])
+    r = runner.invoke(app, ["infer", "--model", str(SHIPPED), "--artifact", "onnx_int8", "--dir", str(real_data / "test"),
+                            "--format", "json"])
     assert r.exit_code == EXIT_OK, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(rows) == 624 and {row["artifact"] for row in rows} == {"pneumonia_int8.onnx"}
+    assert len(rows) == 624 and {row["artifact"] for row in rows} == {"onnx_int8"}
+    assert {row["sha256"] for row in rows} == {manifest.artifacts["onnx_int8"].sha256[:16]}
     recorded = manifest.raw["source_model"]["test_metrics"]["accuracy"]
     assert abs(_accuracy(rows) - recorded) <= 0.01
 

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from edge_pneumo.cli import app
 from edge_pneumo.compare import Row, target_checks
-from edge_pneumo.metrics import agreement_stats
 from edge_pneumo.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+from edge_pneumo.metrics import agreement_stats
 from edge_pneumo.preprocess import Preprocessing
 from edge_pneumo.verify import verify_folder, verify_inputs
 
@@ -112,3 +112,38 @@ def test_the_shipped_model_is_found_from_any_folder(tmp_path, monkeypatch):
     folder = default_model_folder()
     assert (folder / MANIFEST_NAME).is_file()
     assert load_manifest(folder).default_artifact in load_manifest(folder).artifacts
+
+
+def test_verify_checks_the_guard_and_records_the_fastest_artifact(exported_copy, tmp_path, monkeypatch):
+    from edge_pneumo.manifest import load_manifest
+    from edge_pneumo.profile import preferred_artifact, read_profile
+
+    monkeypatch.setenv("EDGE_PNEUMO_PROFILE", str(tmp_path / "profile.json"))
+    report = verify_folder(exported_copy, runs=3)
+    assert report["passed"] and report["fastest"] in {r["name"] for r in report["artifacts"]}
+    guard = [r for r in report["artifacts"] if r["name"] == "guard parameters"][0]
+    assert guard["status"] == "ok"
+    assert all(r["guard_drift"] <= 0.05 for r in report["artifacts"] if "guard_drift" in r)
+    manifest = load_manifest(exported_copy)
+    assert read_profile()["models"][manifest.raw["model_version"]]["fastest"] == report["fastest"]
+    assert preferred_artifact(manifest) == report["fastest"]  # infer's default from now on
+    # a changed parameter file fails the check (and the classifier refuses it)
+    params = exported_copy / manifest.raw["params_file"]["file"]
+    params.write_bytes(params.read_bytes()[:-10] + b"0123456789")
+    report = verify_folder(exported_copy, runs=3, write_profile=False)
+    assert not report["passed"]
+    guard = [r for r in report["artifacts"] if r["name"] == "guard parameters"][0]
+    assert guard["status"] == "FAILED" and "sha256" in guard["notes"][0]
+    r = runner.invoke(app, ["infer", "--model", str(exported_copy), str(params)])
+    assert r.exit_code == EXIT_FAILED and "sha256" in r.stderr
+
+
+def test_without_a_profile_litert_is_preferred_when_installed(exported_copy, tmp_path, monkeypatch):
+    from importlib.util import find_spec
+
+    from edge_pneumo.manifest import load_manifest
+    from edge_pneumo.profile import preferred_artifact
+
+    monkeypatch.setenv("EDGE_PNEUMO_PROFILE", str(tmp_path / "none.json"))
+    expected = "tflite_int8" if find_spec("ai_edge_litert") is not None else "onnx_int8"
+    assert preferred_artifact(load_manifest(exported_copy)) == expected

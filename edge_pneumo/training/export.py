@@ -20,18 +20,21 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..data import discover, find_split, load_images, patient_split, stratified_sample
+from ..data import discover, find_split, load_images, patient_split, selection_split, stratified_sample
 from ..errors import EdgePneumoError, ValidationError
 from ..formats import DEFAULT_ARTIFACT, ExportFormat
+from ..guard import feature_distance
 from ..manifest import SCHEMA_VERSION, sha256_of, write_manifest
 from ..metrics import agreement_stats
 from ..runtime import open_backend
 from ..verify import verify_inputs
 from .calibration import CalibrationImages
 from .fit import predict
+from .guard_fit import fit_feature_guard, fit_pixel_guard, pixel_stats
 from .keras_io import KerasModel
 
 ONNX_OPSET = 17
+PARAMS_FILE = "pneumonia_params.npz"
 
 
 @dataclass(frozen=True)
@@ -46,14 +49,25 @@ class ExportConfig:
     budget_scale: float = 1.0  # < 1 tightens every budget (tests use it to prove enforcement)
 
 
+def device_model(model):
+    """The deployed graph: the trained model with two more outputs, the Dense(128) features
+    (for the input guard) and the pooled conv-2 activations (for Grad-CAM). The probability
+    is unchanged; the extra outputs are tensors the model computes anyway."""
+    import keras
+
+    return keras.Model(model.input, [model.output, model.get_layer("dense").output, model.get_layer("pool2").output],
+                       name="seed_cnn_device")
+
+
 def _serving_function(model, input_shape):
     import tensorflow as tf
 
     spec = [tf.TensorSpec([None, *input_shape], tf.float32, name="image")]
+    deployed = device_model(model)
 
     @tf.function(input_signature=spec)
     def serve(image):
-        return model(image, training=False)
+        return tuple(deployed(image, training=False))
 
     return serve, spec
 
@@ -93,21 +107,29 @@ def _export_onnx_float(km: KerasModel, path: Path) -> None:
     _name_onnx_io(path)
 
 
+ONNX_OUTPUT_NAMES = {"probability": "pneumonia", "features": "features", "conv": "conv_features"}
+
+
 def _name_onnx_io(path: Path) -> None:
-    """Stable, readable input/output names ("image", "pneumonia") and no producer timestamp noise."""
+    """Stable, readable input/output names ("image", "pneumonia", "features", "conv_features")
+    and no producer timestamp noise."""
     import onnx
 
+    from ..runtime import output_kind
+
     m = onnx.load(str(path))
-    renames = {m.graph.input[0].name: "image", m.graph.output[0].name: "pneumonia"}
+    renames = {m.graph.input[0].name: "image"}
+    for out in m.graph.output:
+        dims = [d.dim_value or d.dim_param for d in out.type.tensor_type.shape.dim]
+        renames[out.name] = ONNX_OUTPUT_NAMES[output_kind(dims)]
     for node in m.graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
-    m.graph.input[0].name = "image"
-    m.graph.output[0].name = "pneumonia"
-    for io in (m.graph.input[0], m.graph.output[0]):  # tf2onnx numbers unknown dims from a global counter
-        io.type.tensor_type.shape.dim[0].dim_param = "batch"
+    for io in (m.graph.input[0], *m.graph.output):
+        io.name = renames[io.name]
+        io.type.tensor_type.shape.dim[0].dim_param = "batch"  # tf2onnx numbers unknown dims from a global counter
     _canonical_names(m.graph)
-    m.doc_string = f"edge-pneumo {__version__}: seed CNN, P(PNEUMONIA)"
+    m.doc_string = f"edge-pneumo {__version__}: seed CNN, P(PNEUMONIA), Dense(128) features, pooled conv-2 activations"
     m.graph.doc_string = ""  # tf2onnx puts per-conversion details here
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
@@ -201,12 +223,17 @@ def validate_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.nd
 
 
 def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
-    """Export, validate, then publish atomically. Raises ValidationError if any artifact misses its budget."""
+    """Export, validate, fit the guard, then publish atomically. Raises ValidationError if any
+    artifact misses its budget."""
     import onnxruntime
     import tensorflow as tf
     import tf2onnx
 
     pre = km.preprocessing
+    calibration = km.record.get("calibration")
+    if not calibration:
+        raise EdgePneumoError(f"{km.path}: its run record has no calibration (temperature, confidence band); "
+                              "retrain with this version of `edge-pneumo train`")
     samples = discover(find_split(cfg.data, "train"))
     train_s, val_s = patient_split(samples, cfg.val_fraction, cfg.seed)
     calib_s = stratified_sample(train_s, cfg.calibration_images, cfg.seed)
@@ -215,6 +242,18 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
     check = load_images(check_s, pre)
     log(f"calibration: {len(calib)} training images; validation: {len(check.y)} held-out images (patient-wise)")
     reference = predict(km.model, check.x)
+    # The guard: pixel statistics of every training image, fitted on the `fit` part of the
+    # training run's own selection split, thresholds on its held-out part.
+    family = km.record.get("split", {}).get("holdout_family")
+    fit_s, _ = selection_split(samples, cfg.val_fraction, cfg.seed, family)
+    fit_set = set(fit_s)
+    everything = load_images(samples, pre, skip_bad=True)
+    fit_part = np.array([s in fit_set for s in everything.samples])
+    pixel_section, arrays = fit_pixel_guard(pixel_stats(everything.samples, pre), fit_part)
+    log(f"guard: {int(fit_part.sum())} fit / {int((~fit_part).sum())} held-out training images; layout refuse > "
+        f"{pixel_section['layout']['refuse']:.3f}, warn > {pixel_section['layout']['warn']:.3f}")
+    weights = km.model.get_layer("dense").get_weights()[0], km.model.get_layer("pneumonia").get_weights()[0][:, 0]
+    x_verify = verify_inputs(pre)
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     if not os.access(cfg.out, os.W_OK):
@@ -237,25 +276,51 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
                 _export_onnx_quantized(fmt, src, calib, path, scratch)
             backend = open_backend(path, threads=2)
             v = validate_outputs(reference, backend.predict(check.x), check.y, km.threshold, fmt, cfg.budget_scale)
-            status = "ok" if v.passed else "FAILED"
-            log(f"{fmt.name:<20} {path.stat().st_size / 1e6:6.2f} MB  {v.summary()}  [{status}] ({time.time() - t0:.1f} s)")
-            if not v.passed:
-                failures.append(f"{fmt.name} (budget {v.budget}, got agreement {v.agreement:.4f}, max|dp| {v.max_abs_dp:.2e})")
-            entries.append(_artifact_entry(fmt, path, backend, v, pre))
+            problems = [] if v.passed else [f"{fmt.name} (budget {v.budget}, got agreement {v.agreement:.4f}, "
+                                                 f"max|dp| {v.max_abs_dp:.2e})"]
+            if backend.outputs != ("probability", "features", "conv"):
+                problems.append(f"{fmt.name} (outputs {backend.outputs}, expected probability, features, conv)")
+            failures += problems
+            log(f"{fmt.name:<20} {path.stat().st_size / 1e6:6.2f} MB  {v.summary()}  [{'FAILED' if problems else 'ok'}] "
+                f"({time.time() - t0:.1f} s)")
+            feats = _features(backend, everything.x)
+            limits, farrays = fit_feature_guard(feats, fit_part)
+            pixel_section["features"][fmt.name] = limits
+            w1, w2 = _head_weights(fmt, path, weights)
+            arrays.update({f"{fmt.name}/{k}": a for k, a in farrays.items()})
+            arrays[f"{fmt.name}/gradcam_channel_weights"] = gradcam_channel_weights(w1)
+            arrays[f"{fmt.name}/head_w2"] = w2.astype(np.float32)
+            entry = _artifact_entry(fmt, path, backend, v, pre)
+            out_v = backend.run(x_verify)
+            entry["verify_feature_distances"] = [
+                round(float(d), 4) for d in feature_distance(out_v.features, farrays["feature_mean"], farrays["feature_whitening"])]
+            entries.append(entry)
         if failures:
             raise ValidationError("export refused, nothing was written: " + "; ".join(failures))
 
+        params_path = scratch / PARAMS_FILE
+        with open(params_path, "wb") as f:
+            np.savez(f, **{k: arrays[k] for k in sorted(arrays)})
+        source_sha = sha256_of(km.path)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "task": "chest X-ray classification: NORMAL vs PNEUMONIA",
+            "model_version": f"seed-cnn-{str(km.record.get('created', ''))[:10]}-{source_sha[:12]}",
             "class_names": list(km.record.get("class_names", ["NORMAL", "PNEUMONIA"])),
             "output": "probability of class_names[1] (PNEUMONIA); PNEUMONIA when >= threshold",
+            "outputs": {"probability": "(batch, 1)", "features": "(batch, 128): Dense(128) activations, for the guard",
+                        "conv": "(batch, 14, 14, 64): pooled conv-2 activations, for Grad-CAM"},
             "threshold": km.threshold,
             "threshold_rule": km.record.get("threshold_rule", ""),
+            "calibration": calibration,
             "preprocessing": pre.to_dict(),
+            "guard": pixel_section,
+            "params_file": {"file": PARAMS_FILE, "sha256": sha256_of(params_path),
+                            "holds": "guard statistics (layout model, feature mean and whitening per artifact) and "
+                                     "Grad-CAM head weights per artifact"},
             "default_artifact": DEFAULT_ARTIFACT if any(e["name"] == DEFAULT_ARTIFACT for e in entries) else entries[0]["name"],
-            "source_model": {"file": km.path.name, "sha256": sha256_of(km.path),
+            "source_model": {"file": km.path.name, "sha256": source_sha,
                              "test_metrics": km.record.get("test"), "validation_metrics": km.record.get("validation")},
             "validation_data": {"images": int(len(check.y)), "calibration_images": len(calib),
                                 "source": "patient-wise validation split of train/ (never calibration images)",
@@ -266,10 +331,92 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
         }
         for e in entries:
             os.replace(scratch / e["file"], cfg.out / e["file"])
+        os.replace(params_path, cfg.out / PARAMS_FILE)
         write_manifest(cfg.out, manifest)
         return manifest
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _features(backend, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate([backend.run(x[i:i + batch]).features for i in range(0, len(x), batch)])
+
+
+def gradcam_channel_weights(w1: np.ndarray, grid: tuple[int, int, int] = (14, 14, 64)) -> np.ndarray:
+    """Dense(128) kernel (h*w*c, 128), flattened channels-last -> (c, 128): its spatial mean per
+    channel, which is what Grad-CAM's channel weights need (see edge_pneumo.explain)."""
+    h, w, c = grid
+    return (w1.reshape(h, w, c, -1).sum(axis=(0, 1)) / (h * w)).astype(np.float32)
+
+
+def _head_weights(fmt: ExportFormat, path: Path, float_weights: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The head's weights as this artifact holds them: dequantised int8 for the int8 artifacts,
+    so the explanation comes from the weights that made the decision."""
+    if fmt.precision != "int8":
+        return float_weights
+    if fmt.runtime == "onnx":
+        return _onnx_int8_head(path, float_weights)
+    return _tflite_int8_head(path, float_weights)
+
+
+def _onnx_int8_head(path: Path, float_weights: tuple) -> tuple[np.ndarray, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    found = {}
+    for node in m.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        q = inits[node.input[0]]
+        if q.ndim != 2:
+            continue
+        scale = inits[node.input[1]]
+        zero = inits[node.input[2]] if len(node.input) > 2 and node.input[2] in inits else np.zeros_like(scale)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * q.ndim
+        if scale.ndim:
+            shape[axis] = -1
+        w = (q.astype(np.float32) - zero.reshape(shape).astype(np.float32)) * scale.reshape(shape).astype(np.float32)
+        for target, want in (("w1", float_weights[0].shape), ("w2", (float_weights[1].shape[0], 1))):
+            if tuple(w.shape) == tuple(want):
+                found[target] = w
+    if "w1" not in found or "w2" not in found:
+        raise EdgePneumoError(f"{path}: cannot find the quantised Dense weights for Grad-CAM")
+    return found["w1"], found["w2"][:, 0]
+
+
+def _tflite_int8_head(path: Path, float_weights: tuple) -> tuple[np.ndarray, np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    # Without XNNPACK (it repacks weights and frees the originals); two runs on different
+    # inputs tell the constant weights from the activations of the same shape.
+    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    n_in, n_hidden = float_weights[0].shape
+    inp = it.get_input_details()[0]
+    wanted = [d for d in it.get_tensor_details()
+              if d["dtype"] == np.int8 and tuple(int(v) for v in d["shape"]) in ((n_hidden, n_in), (1, n_hidden))]
+    runs = []
+    for fill in (0, 200):
+        it.set_tensor(inp["index"], np.full(inp["shape"], fill, inp["dtype"]))
+        it.invoke()
+        runs.append({d["index"]: it.get_tensor(d["index"]).copy() for d in wanted})
+    found = {}
+    for d in wanted:
+        q = runs[0][d["index"]]
+        if not np.array_equal(q, runs[1][d["index"]]):
+            continue  # an activation
+        qp = d["quantization_parameters"]
+        scales, zeros = np.asarray(qp["scales"], np.float32), np.asarray(qp["zero_points"], np.float32)
+        q = q.astype(np.float32)
+        w = (q - zeros[:, None]) * scales[:, None] if scales.size > 1 else (q - float(zeros.ravel()[0] if zeros.size else 0)) * float(scales.ravel()[0])
+        found["w1" if tuple(q.shape) == (n_hidden, n_in) else "w2"] = w
+    if "w1" not in found or "w2" not in found:
+        raise EdgePneumoError(f"{path}: cannot find the quantised Dense weights for Grad-CAM")
+    return found["w1"].T, found["w2"][0]
 
 
 def _onnx_version() -> str:

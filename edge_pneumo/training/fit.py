@@ -25,6 +25,7 @@ class Recipe:
     label_smoothing: float = 0.0  # targets 0/1 -> eps/2, 1-eps/2: less extreme probabilities
     average_last: int = 0  # average the weights of the best epoch and the N-1 before it (0 or 1: off)
     threshold_tolerance: float = 0.01  # balanced-accuracy slack when picking the threshold (see metrics)
+    distill_alpha: float = 1.0  # target = alpha * label + (1 - alpha) * teacher probability (1 = no teacher)
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -35,6 +36,8 @@ class Recipe:
             raise ValueError("augment must be 'seed', 'strong', 'robust', 'photometric' or 'aspect'")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must be in [0, 0.5)")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError("distill_alpha must be in [0, 1]")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,14 +57,25 @@ def class_weights(y: np.ndarray) -> dict[int, float]:
     return {c: float(len(y) / (2.0 * counts[c])) for c in range(2)}
 
 
-def _dataset(x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int, weights: dict[int, float] | None):
+def targets(y: np.ndarray, recipe: Recipe, teacher: np.ndarray | None) -> np.ndarray:
+    """Training targets: the labels, or (distillation) labels mixed with the teacher's
+    probabilities. For a sigmoid output the cross-entropy is linear in its target, so this
+    mix is exactly alpha * BCE(label) + (1 - alpha) * BCE(teacher)."""
+    y = y.astype(np.float32)
+    if teacher is None or recipe.distill_alpha >= 1.0:
+        return y
+    return recipe.distill_alpha * y + (1.0 - recipe.distill_alpha) * np.asarray(teacher, np.float32)
+
+
+def _dataset(x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int, weights: dict[int, float] | None,
+             teacher: np.ndarray | None = None):
     import tensorflow as tf
 
     from .model import build_augmenter
 
     augment = build_augmenter(recipe.augment, seed)
     sw = np.array([weights[int(c)] for c in y], np.float32) if weights else np.ones(len(y), np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.float32), sw))
+    ds = tf.data.Dataset.from_tensor_slices((x, targets(y, recipe, teacher), sw))
     ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(recipe.batch_size)
 
     def aug(xb, yb, wb):
@@ -79,7 +93,16 @@ def _compile(model, recipe: Recipe, steps_per_epoch: int, epochs: int) -> None:
     else:
         lr = recipe.learning_rate
     loss = keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=loss, metrics=["accuracy"])
+    # Accuracy against the rounded target: with soft (distillation) targets plain "accuracy" compares
+    # probabilities with 0.6 or 0.3 and reads 0.
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=loss, metrics=[_hard_accuracy])
+
+
+def _hard_accuracy(y_true, y_pred):
+    from keras import ops
+
+    y_true = ops.reshape(y_true, ops.shape(y_pred))
+    return ops.mean(ops.cast(ops.equal(y_true >= 0.5, y_pred >= 0.5), "float32"))
 
 
 def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -109,22 +132,28 @@ def fit(
     epochs: int | None = None,
     threshold: float | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    teacher: np.ndarray | None = None,
+    build: Callable | None = None,
+    threshold_on: np.ndarray | None = None,
 ) -> FitResult:
     """Train the seed CNN.
 
     With validation data: train up to `recipe.max_epochs`, keep the epoch with the best
     validation AUC (early stopping with `recipe.patience`), and choose the decision
-    threshold on validation. Without: train exactly `epochs` (chosen earlier on
-    validation) and keep the given `threshold`.
+    threshold on validation (only on the images `threshold_on` marks, when given). Without:
+    train exactly `epochs` (chosen earlier on validation) and keep the given `threshold`.
+    `teacher`: the teacher's probability for each training image (distillation);
+    `build`: the model builder (default: the seed CNN).
     """
     from .model import build_seed_model
 
+    build = build or build_seed_model
     set_determinism(seed)
     has_val = x_val is not None and y_val is not None
     n_epochs = recipe.max_epochs if has_val else int(epochs or recipe.max_epochs)
     weights = class_weights(y_train) if recipe.class_weight else None
-    ds = _dataset(x_train, y_train, recipe, seed, weights)
-    model = build_seed_model(tuple(x_train.shape[1:]))
+    ds = _dataset(x_train, y_train, recipe, seed, weights, teacher)
+    model = build(tuple(x_train.shape[1:]))
     _compile(model, recipe, math.ceil(len(x_train) / recipe.batch_size), n_epochs)
 
     history: list[dict] = []
@@ -132,7 +161,7 @@ def fit(
     best_auc, best_epoch, stale = -1.0, n_epochs, 0
     for epoch in range(1, n_epochs + 1):
         h = model.fit(ds, epochs=1, verbose=0)
-        row = {"epoch": epoch, "loss": float(h.history["loss"][0]), "accuracy": float(h.history["accuracy"][0])}
+        row = {"epoch": epoch, "loss": float(h.history["loss"][0]), "accuracy": float(h.history["_hard_accuracy"][0])}
         snapshots.append([w.copy() for w in model.get_weights()])
         if len(snapshots) > max(1, recipe.average_last) + recipe.patience + 1:
             snapshots.pop(0)
@@ -160,7 +189,8 @@ def fit(
     val_metrics = None
     if has_val:
         p = predict(model, x_val)
-        threshold = best_threshold(y_val, p, recipe.threshold_tolerance)
+        on = np.ones(len(y_val), bool) if threshold_on is None else np.asarray(threshold_on, bool)
+        threshold = best_threshold(y_val[on], p[on], recipe.threshold_tolerance)
         val_metrics = binary_report(y_val, p, threshold)
     return FitResult(model, history, keep, float(threshold if threshold is not None else 0.5), val_metrics)
 

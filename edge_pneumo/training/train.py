@@ -15,9 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from .. import jsonout
-from ..data import CLASS_NAMES, discover, find_split, load_images, patient_split
+from ..data import CLASS_NAMES, discover, find_split, image_family, load_images, selection_split
 from ..errors import DatasetError
-from ..metrics import binary_report
+from ..metrics import (
+    apply_temperature,
+    band_report,
+    band_thresholds,
+    binary_report,
+    expected_calibration_error,
+    fit_temperature,
+)
 from ..preprocess import Preprocessing
 from .fit import Recipe, fit, predict
 from .keras_io import MODEL_NAME, record_path, save_model
@@ -36,6 +43,11 @@ class TrainConfig:
     intensity: str = "clahe"
     recipe: Recipe = Recipe()
     evaluate_test: bool = True
+    holdout_family: str | None = None  # an acquisition batch held out of the validation run (see data.selection_split)
+    threshold_family: str | None = "NORMAL2"  # the harder batch of validation normals the operating point is chosen on
+    teacher: Path | None = None  # soft labels from `edge-pneumo teacher` (distillation)
+    rule_out_sensitivity: float = 0.97
+    rule_in_specificity: float = 0.95
 
 
 def versions() -> dict:
@@ -59,10 +71,13 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Train, evaluate and save; returns the run record (also written beside the model)."""
     started = time.time()
     preprocessing = Preprocessing(intensity=cfg.intensity)
-    samples = discover(find_split(cfg.data, "train"))
-    train_s, val_s = patient_split(samples, cfg.val_fraction, cfg.seed)
-    log(f"train/: {len(samples)} images; patient-wise split (seed {cfg.seed}): "
-        f"{len(train_s)} train, {len(val_s)} validation images")
+    split_dir = find_split(cfg.data, "train")
+    samples = discover(split_dir)
+    train_s, val_s = selection_split(samples, cfg.val_fraction, cfg.seed, cfg.holdout_family)
+    held = [s for s in val_s if cfg.holdout_family and image_family(s.path.name) == cfg.holdout_family]
+    log(f"train/: {len(samples)} images; patient-wise split (seed {cfg.seed}): {len(train_s)} fit, "
+        f"{len(val_s)} selection images" + (f" (incl. all {len(held)} {cfg.holdout_family} images, held out as an "
+                                            "unseen acquisition batch)" if held else ""))
     full = load_images(samples, preprocessing, skip_bad=cfg.skip_bad)
     if full.skipped:
         log(f"skipped {len(full.skipped)} unusable file(s): {full.skipped[0]}" + (" ..." if len(full.skipped) > 1 else ""))
@@ -71,6 +86,22 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     if in_val.all() or not in_val.any():
         raise DatasetError("the validation split is empty or takes everything; add images or change --val-fraction")
     x_tr, y_tr, x_va, y_va = full.x[~in_val], full.y[~in_val], full.x[in_val], full.y[in_val]
+    # The shift-aware operating point: PNEUMONIA from validation, NORMAL from the harder acquisition
+    # batch only (the test split's normals are mostly that batch; validation's other normals are easy).
+    family = np.array([image_family(s.path.name) for s in full.samples])[in_val]
+    shift_family = cfg.threshold_family or cfg.holdout_family
+    has_family = bool(shift_family) and bool(((family == shift_family) & (y_va == 0)).any())
+    shift_set = ((family == shift_family) & (y_va == 0)) | (y_va == 1) if has_family else np.ones(len(y_va), bool)
+    plain_val = (family != cfg.holdout_family) if cfg.holdout_family and has_family else np.ones(len(y_va), bool)
+    teacher_p = None
+    if cfg.teacher is not None:
+        from .teacher import load_soft_labels
+
+        soft = load_soft_labels(cfg.teacher)
+        teacher_p = soft.for_samples(full.samples, split_dir)
+        log(f"teacher: {cfg.teacher} ({soft.record.get('model', '')}; selection AUC "
+            f"{soft.record.get('selection', {}).get('auc', float('nan')):.4f}); targets = {cfg.recipe.distill_alpha} x label "
+            f"+ {1 - cfg.recipe.distill_alpha:.2f} x teacher")
 
     def epoch_line(stage):
         def show(r):
@@ -78,14 +109,25 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             log(f"[{stage}] epoch {r['epoch']:>2}  loss {r['loss']:.4f}  acc {r['accuracy']:.4f}{extra}")
         return show
 
-    chosen = fit(x_tr, y_tr, cfg.recipe, cfg.seed, x_va, y_va, on_epoch=epoch_line("validation run"))
+    chosen = fit(x_tr, y_tr, cfg.recipe, cfg.seed, x_va, y_va, on_epoch=epoch_line("validation run"),
+                 teacher=None if teacher_p is None else teacher_p[~in_val], threshold_on=shift_set)
     vm = chosen.val_metrics
-    log(f"validation: best epoch {chosen.best_epoch}, threshold {chosen.threshold:.4f} "
-        f"(balanced accuracy), accuracy {vm['accuracy']:.4f}, AUC {vm['auc']:.4f}")
+    p_va = predict(chosen.model, x_va)
+    calibration = _calibration(y_va, p_va, shift_set, chosen.threshold, cfg)
+    selection_figures = {
+        "validation": binary_report(y_va[plain_val], p_va[plain_val], chosen.threshold),
+        "shift_set": (binary_report(y_va[shift_set], p_va[shift_set], chosen.threshold) if has_family else None),
+        "shift_set_is": f"{shift_family} normals ({'held out of fitting' if cfg.holdout_family else 'validation patients'}) + validation pneumonia",
+    }
+    where = (f"{'held-out' if cfg.holdout_family else 'validation'} {shift_family} normals + validation pneumonia"
+             if has_family else "validation")
+    log(f"validation run: best epoch {chosen.best_epoch}, threshold {chosen.threshold:.4f} (max balanced accuracy on {where}); "
+        f"selection accuracy {vm['accuracy']:.4f}, AUC {vm['auc']:.4f}; temperature {calibration['temperature']:.3f}, "
+        f"band [{calibration['rule_out']:.4f}, {calibration['rule_in']:.4f})")
     final, final_history = chosen, None
     if cfg.refit_full:
         final = fit(full.x, full.y, cfg.recipe, cfg.seed, epochs=chosen.best_epoch, threshold=chosen.threshold,
-                    on_epoch=epoch_line("full-train refit"))
+                    on_epoch=epoch_line("full-train refit"), teacher=teacher_p)
         final_history = final.history
 
     record: dict = {
@@ -95,11 +137,17 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "model_file": MODEL_NAME,
         "class_names": list(CLASS_NAMES),
         "threshold": chosen.threshold,
-        "threshold_rule": f"max balanced accuracy on the validation split, ties within {cfg.recipe.threshold_tolerance} broken toward 0.5",
+        "threshold_rule": f"max balanced accuracy on {where} (validation run), ties within "
+                          f"{cfg.recipe.threshold_tolerance} broken toward 0.5",
+        "calibration": calibration,
+        "selection_figures": selection_figures,
+        "teacher": None if cfg.teacher is None else {"file": str(cfg.teacher), "record": soft.record},
         "preprocessing": preprocessing.to_dict(),
         "recipe": cfg.recipe.to_dict(),
         "split": {
             "val_fraction": cfg.val_fraction,
+            "holdout_family": cfg.holdout_family,
+            "threshold_family": shift_family if has_family else None,
             "train_images": int((~in_val).sum()),
             "val_images": int(in_val.sum()),
             "train_patients": len({s.patient for s in train_s}),
@@ -121,9 +169,14 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             test_dir = None
         if test_dir is not None and test_dir != Path(cfg.data) / "train":
             test = load_images(discover(test_dir), preprocessing, skip_bad=cfg.skip_bad)
-            tm = binary_report(test.y, predict(final.model, test.x), final.threshold)
+            p_test = predict(final.model, test.x)
+            tm = binary_report(test.y, p_test, final.threshold)
+            tm["ece"] = expected_calibration_error(test.y, p_test)
+            tm["ece_calibrated"] = expected_calibration_error(test.y, apply_temperature(p_test, calibration["temperature"]))
+            tm["band"] = band_report(test.y, p_test, final.threshold, calibration["rule_out"], calibration["rule_in"])
             log(f"test ({tm['n']} images, threshold {tm['threshold']:.4f}): accuracy {tm['accuracy']:.4f}  "
-                f"AUC {tm['auc']:.4f}  sensitivity {tm['sensitivity']:.4f}  specificity {tm['specificity']:.4f}")
+                f"AUC {tm['auc']:.4f}  sensitivity {tm['sensitivity']:.4f}  specificity {tm['specificity']:.4f}  "
+                f"ECE {tm['ece']:.3f} -> {tm['ece_calibrated']:.3f}  decided {tm['band']['decided_share']:.3f}")
             record["test"] = tm
             record["test_evaluations"] = _log_test_look(cfg.out, record, tm)
     record["seconds"] = round(time.time() - started, 1)
@@ -136,11 +189,29 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     return record
 
 
+def _calibration(y: np.ndarray, p: np.ndarray, shift_set: np.ndarray, threshold: float, cfg: TrainConfig) -> dict:
+    """Temperature and confidence band, chosen on the validation run's selection images (which
+    the validation-run model never trained on), applied unchanged to the refit model, like the threshold."""
+    temperature = fit_temperature(y, p)
+    rule_out, rule_in = band_thresholds(y[shift_set], p[shift_set], cfg.rule_out_sensitivity, cfg.rule_in_specificity)
+    return {
+        "temperature": temperature,
+        "rule_out": rule_out, "rule_in": rule_in,
+        "rule": (f"temperature: min NLL on the {len(y)} selection images; rule-out: sensitivity >= "
+                 f"{cfg.rule_out_sensitivity}, rule-in: specificity >= {cfg.rule_in_specificity} on the images the "
+                 "threshold was chosen on"),
+        "ece_selection": expected_calibration_error(y, p),
+        "ece_selection_calibrated": expected_calibration_error(y, apply_temperature(p, temperature)),
+        "band_selection": band_report(y[shift_set], p[shift_set], threshold, rule_out, rule_in),
+    }
+
+
 def _log_test_look(out: Path, record: dict, tm: dict) -> list[dict]:
     """Every look at the test split is logged, so the reported number says how often test was seen."""
     path = out / TEST_LOG
     entry = {"created": record["created"], "command": record["command"], "seed": record["seed"],
              "recipe": record["recipe"], "intensity": record["preprocessing"]["intensity"],
+             "teacher": (record.get("teacher") or {}).get("file"), "threshold": tm["threshold"],
              "accuracy": tm["accuracy"], "auc": tm["auc"]}
     with path.open("a") as f:
         f.write(jsonout.dumps(entry) + "\n")

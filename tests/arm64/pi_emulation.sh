@@ -9,12 +9,15 @@
 #   3. python3 + python3-venv + ca-certificates inside it
 #   4. QEMU_CPU=cortex-a72 (the Pi 4's core) and a matching fake /proc/cpuinfo
 #   5. the project's wheel, built from this checkout, installed with the
-#      [tflite] extra into a fresh arm64 venv; TensorFlow must be absent
+#      [tflite,serve] extras into a fresh arm64 venv; TensorFlow must be absent
 #   6. `edge-pneumo verify` (the package's self-check), then `edge-pneumo infer`
 #      on N real test X-rays for the int8 ONNX, float32 ONNX
 #      and int8 TFLite artifacts, inside the emulated system
 #   7. the same command on the host
-#   8. per image: same label; |dp| <= 1e-4 (float32) or <= 1/255 (int8)
+#   8. per image: same status and label; |dp| of the raw probability <= 1e-4 (float32)
+#      or <= 1/255 (int8)
+#   9. one Grad-CAM heatmap per int8 artifact on the emulated Pi and on the host: the same map
+#      within int8 tolerance; `edge-pneumo serve` (the serve extra) answers /healthz on the Pi
 #
 # Usage:  sudo tests/arm64/pi_emulation.sh [--summary FILE.json]
 #         sudo tests/arm64/pi_emulation.sh --prepare   # only build/refresh the cached rootfs
@@ -278,7 +281,7 @@ fetch_wheels() {
   mkdir -p "$SCRATCH/work/wheels"
   "$HOST_PY" -m pip download -q --cache-dir "$CACHE/pip" --only-binary=:all: "${plat[@]}" \
     --python-version "$py" --implementation cp --abi "cp${py/./}" \
-    -d "$SCRATCH/work/wheels" "$SCRATCH/work/dist/${WHEEL}[tflite]"
+    -d "$SCRATCH/work/wheels" "$SCRATCH/work/dist/${WHEEL}[tflite,serve]"
   echo "$(find "$SCRATCH/work/wheels" -name "*.whl" | wc -l) wheels, $(du -sh "$SCRATCH/work/wheels" | cut -f1)"
 }
 
@@ -295,9 +298,9 @@ pi_pip_install() {
   local whls=("$ROOTFS"/usr/share/python-wheels/pip-*.whl)
   [[ -f ${whls[-1]} ]] || die "no pip wheel in the rootfs (python3-venv missing?)"
   local pip=("$ARM_VENV/bin/python" "${whls[-1]#"$ROOTFS"}/pip" install --no-compile --only-binary=:all:)
-  if ! in_pi "${pip[@]}" --no-index --find-links /work/wheels "/work/dist/${WHEEL}[tflite]"; then
+  if ! in_pi "${pip[@]}" --no-index --find-links /work/wheels "/work/dist/${WHEEL}[tflite,serve]"; then
     echo "offline install from the host-fetched wheels failed; retrying against the index"
-    in_pi "${pip[@]}" --find-links /work/wheels "/work/dist/${WHEEL}[tflite]"
+    in_pi "${pip[@]}" --find-links /work/wheels "/work/dist/${WHEEL}[tflite,serve]"
   fi
 }
 
@@ -307,7 +310,8 @@ pi_check() {
 import importlib.metadata as md, json, platform, sys
 info = {"machine": platform.machine(), "python": platform.python_version(),
         "versions": {}, "packages": sorted(f"{d.metadata['Name']}=={d.version}" for d in md.distributions())}
-for dist in ("edge-pneumo", "numpy", "opencv-python-headless", "onnxruntime", "ai-edge-litert", "typer"):
+for dist in ("edge-pneumo", "numpy", "opencv-python-headless", "onnxruntime", "ai-edge-litert", "typer", "simplejpeg",
+             "starlette", "uvicorn"):
     try:
         info["versions"][dist] = md.version(dist)
     except md.PackageNotFoundError:
@@ -422,6 +426,45 @@ infer_host() {  # infer_host NAME FILE
     --format json --output "$SCRATCH/host/out_$1.jsonl"
 }
 
+heatmaps() {  # the Grad-CAM map of one image, per int8 artifact, on the Pi and on the host
+  cat > "$SCRATCH/work/heatmap.py" <<'EOF'
+import sys
+import numpy as np
+from edge_pneumo import Classifier
+folder, artifact, image, out = sys.argv[1:5]
+r = Classifier.load(folder, artifact=artifact).explain(image)
+np.save(out, r.heatmap)
+print(f"{artifact}: {r.status} {r.label} heatmap {r.heatmap.shape} max {float(r.heatmap.max()):.3f}")
+EOF
+  local img name file prec
+  img=$(find "$SCRATCH/work/images" -type f -name '*.jpeg' | LC_ALL=C sort | tail -n1)
+  mkdir -p "$SCRATCH/host"
+  while IFS=$'\t' read -r name file _ prec _; do
+    [[ $prec == int8 ]] || continue
+    in_pi "$ARM_VENV/bin/python" /work/heatmap.py "$PI_EXPORTED" "$name" "/work/images/${img##*/}" "/work/heatmap_$name.npy"
+    "$HOST_PY" "$SCRATCH/work/heatmap.py" "$REPO/exported" "$name" "$img" "$SCRATCH/host/heatmap_$name.npy"
+  done < "$SCRATCH/artifacts.tsv"
+  # and the CLI's PNG overlay, on the Pi
+  in_pi "$ARM_VENV/bin/edge-pneumo" infer --model "$PI_EXPORTED" --heatmap /work/heatmap_png "/work/images/${img##*/}" > /dev/null
+  ls "$SCRATCH/work/heatmap_png"
+}
+
+serve_check() {  # the serve extra on the Pi: start it, ask /healthz from the host (same network namespace)
+  local port=18765 rc=1 i pid
+  in_pi "$ARM_VENV/bin/edge-pneumo" serve --model "$PI_EXPORTED" --port "$port" > "$SCRATCH/work/pi_serve.log" 2>&1 &
+  pid=$!
+  for ((i = 0; i < 300; i++)); do
+    if "$HOST_PY" -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$port/healthz', timeout=2).read().decode())" \
+        > "$SCRATCH/work/pi_healthz.json" 2>/dev/null; then rc=0; break; fi
+    sleep 1
+  done
+  pkill -f "serve --model $PI_EXPORTED --port $port" 2>/dev/null || true
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  echo "$rc" > "$SCRATCH/serve_rc"
+  echo "serve on arm64: /healthz $([[ $rc == 0 ]] && cat "$SCRATCH/work/pi_healthz.json" || echo 'did not answer')"
+}
+
 # ------------------------------------------------------------------ 8. compare + summary
 compare() {
   local summary=${SUMMARY:-$CACHE/last-run.json}
@@ -462,15 +505,18 @@ for line in (scratch / "artifacts.tsv").read_text().splitlines():
         for side, recs, dest in (("arm64", pi, pi_path), ("host", host, host_path)):
             shutil.copy(dest, results_dir / f"{side}_{name}.jsonl")
             row[f"results_{side}"] = str(results_dir / f"{side}_{name}.jsonl")
-        failed = [Path(r["path"]).name for r in pi + host if r.get("error") or r.get("probability") is None]
+        failed = [Path(r["path"]).name for r in pi + host if r.get("status") == "failed"]
         if failed: problems.append(f"{len(failed)} images failed: {failed[:5]}")
-        pi_by = {Path(r["path"]).name: r for r in pi if r.get("probability") is not None}
-        host_by = {Path(r["path"]).name: r for r in host if r.get("probability") is not None}
+        pi_by = {Path(r["path"]).name: r for r in pi}
+        host_by = {Path(r["path"]).name: r for r in host}
         common = sorted(pi_by.keys() & host_by.keys())
-        dps = [abs(float(pi_by[k]["probability"]) - float(host_by[k]["probability"])) for k in common]
+        # the model's own output: calibration rescales differences, the raw probability is what the artifact computed
+        dps = [abs(float(pi_by[k]["raw_probability"]) - float(host_by[k]["raw_probability"])) for k in common
+               if pi_by[k].get("raw_probability") is not None and host_by[k].get("raw_probability") is not None]
         row.update(n_images=n_expected, n_arm64=len(pi), n_host=len(host), n_matched=len(common),
                    max_abs_dp=max(dps) if dps else None,
-                   label_mismatches=[k for k in common if pi_by[k]["label"] != host_by[k]["label"]],
+                   label_mismatches=[k for k in common
+                                     if (pi_by[k]["status"], pi_by[k]["label"]) != (host_by[k]["status"], host_by[k]["label"])],
                    unmatched=sorted(pi_by.keys() ^ host_by.keys()))
         if not (len(pi) == len(host) == len(common) == n_expected):
             problems.append(f"record counts: arm64 {len(pi)}, host {len(host)}, matched {len(common)}, expected {n_expected}")
@@ -479,6 +525,29 @@ for line in (scratch / "artifacts.tsv").read_text().splitlines():
     row["problems"], row["ok"] = problems, not problems
     ok &= row["ok"]
     rows.append(row)
+
+for r in rows:  # the Grad-CAM map of one image, Pi against host
+    if r["precision"] != "int8":
+        continue
+    pi_map, host_map = scratch / "work" / f"heatmap_{r['name']}.npy", scratch / "host" / f"heatmap_{r['name']}.npy"
+    if not (pi_map.exists() and host_map.exists()):
+        r["problems"].append("no heatmap")
+    else:
+        import numpy as np
+
+        d = float(np.abs(np.load(pi_map) - np.load(host_map)).max())
+        r["heatmap_max_abs_diff"] = d
+        if d > 0.02:
+            r["problems"].append(f"heatmap differs from the host's by {d:.3f} (> 0.02)")
+    r["ok"] = not r["problems"]
+    ok &= r["ok"]
+serve = {"rc": int((scratch / "serve_rc").read_text()) if (scratch / "serve_rc").exists() else None}
+try:
+    serve["healthz"] = json.loads((scratch / "work" / "pi_healthz.json").read_text())
+except (OSError, ValueError):
+    serve["healthz"] = None
+serve["ok"] = serve["rc"] == 0 and (serve["healthz"] or {}).get("status") == "ok"
+ok &= serve["ok"]
 
 verify = {"rc": int((scratch / "verify_rc").read_text()), "report": None, "problems": []}
 try:
@@ -502,7 +571,7 @@ for line in (scratch / "timings.tsv").read_text().splitlines():
     timings[k] = float(v)
 pi_info = json.loads((scratch / "work" / "pi_info.json").read_text())
 doc = {"ok": ok, "qemu_cpu": qemu_cpu, "n_images": n_expected, "arm64": pi_info,
-       "verify": verify, "artifacts": rows, "timings_s": timings, "total_s": round(elapsed, 1)}
+       "verify": verify, "serve": serve, "artifacts": rows, "timings_s": timings, "total_s": round(elapsed, 1)}
 summary.parent.mkdir(parents=True, exist_ok=True)
 summary.write_text(json.dumps(doc, indent=1))
 
@@ -515,6 +584,10 @@ for r in rows:
     print(f"{r['name']:14s} {r['file']:26s} {r.get('n_matched', 0):3d} {mdp:>9s} {r['tolerance']:8.2e} {nl:>8s} "
           f"{r.get('verify_status', '-'):>7s}  " + ("ok" if r["ok"] else "FAIL: " + "; ".join(r["problems"])))
 print("edge-pneumo verify on arm64: " + ("ok" if verify["ok"] else "FAIL: " + "; ".join(verify["problems"])))
+print("edge-pneumo serve on arm64: " + ("ok " + json.dumps(serve["healthz"]) if serve["ok"] else f"FAIL (rc {serve['rc']})"))
+for r in rows:
+    if "heatmap_max_abs_diff" in r:
+        print(f"heatmap {r['name']}: max |diff| arm64 vs host {r['heatmap_max_abs_diff']:.4f}")
 print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f"; total {elapsed:.1f}")
 print(f"summary: {summary}")
 sys.exit(0 if ok else 1)
@@ -556,6 +629,8 @@ while IFS=$'\t' read -r name file _; do
   phase "infer_arm64_$name" record_rc arm64 "$name" infer_pi "$name" "$file"
   phase "infer_host_$name"  record_rc host  "$name" infer_host "$name" "$file"
 done < "$SCRATCH/artifacts.tsv"
+phase heatmaps heatmaps
+phase serve serve_check
 
 log "[compare]"
 echo "cache: $(du -shx "$CACHE" | cut -f1) in $CACHE"

@@ -1,0 +1,153 @@
+"""`edge-pneumo teacher`: train a larger CNN once and save its soft labels for distillation.
+
+The deployed model stays the seed CNN (64 px, same layers, same artifacts). A larger CNN at
+a higher resolution ranks images better; its probabilities on every training image, mixed
+with the labels, are the seed CNN's training targets (`edge-pneumo train --teacher FILE`).
+
+The teacher is fitted on the same `fit` part as the student's validation run
+(`data.selection_split`) and chooses its epoch on the same `selection` part, so nothing the
+student later selects on has been seen by its teacher. The file it writes holds one
+probability per training image, keyed by path and content hash, with the teacher's own
+record (command, seeds, recipe, selection metrics): the student run is reproducible
+without retraining the teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .. import jsonout
+from ..data import Sample, discover, find_split, load_images, selection_split
+from ..errors import DatasetError
+from ..metrics import binary_report
+from ..preprocess import Preprocessing
+from .fit import Recipe, fit, predict
+
+SOFT_LABELS_SCHEMA = 1
+TEACHER_RECIPE = Recipe(max_epochs=14, patience=5, augment="strong")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    data: Path
+    out: Path  # the soft-label file (JSON)
+    seeds: tuple[int, ...] = (0,)
+    size: int = 128
+    width: int = 32
+    intensity: str = "clahe"
+    split_seed: int = 0
+    val_fraction: float = 0.15
+    holdout_family: str | None = "NORMAL2"
+    recipe: Recipe = TEACHER_RECIPE
+    save_models: bool = False
+
+
+def sample_key(s: Sample, split_dir: Path) -> str:
+    """A training image's key in the soft-label file: its path inside train/, with '/'."""
+    return s.path.relative_to(split_dir).as_posix()
+
+
+def content_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
+    """Train the teacher (one model per seed, probabilities averaged) and write the soft labels."""
+    from .model import build_teacher_model
+    from .train import versions
+
+    started = time.time()
+    split_dir = find_split(cfg.data, "train")
+    samples = discover(split_dir)
+    fit_s, sel_s = selection_split(samples, cfg.val_fraction, cfg.split_seed, cfg.holdout_family)
+    pre = Preprocessing(size=cfg.size, intensity=cfg.intensity)
+    log(f"teacher: {len(fit_s)} fit / {len(sel_s)} selection images at {cfg.size} px (held-out family: {cfg.holdout_family})")
+    full = load_images(samples, pre)
+    sel_set = set(sel_s)
+    in_sel = np.array([s in sel_set for s in full.samples])
+    x_fit, y_fit, x_sel, y_sel = full.x[~in_sel], full.y[~in_sel], full.x[in_sel], full.y[in_sel]
+
+    members, probs = [], []
+    for seed in cfg.seeds:
+        t0 = time.time()
+
+        def show(r, seed=seed):
+            log(f"[teacher seed {seed}] epoch {r['epoch']:>2}  loss {r['loss']:.4f}  "
+                f"selection AUC {r.get('val_auc', float('nan')):.4f}  ({time.time() - t0:.0f} s)")
+
+        res = fit(x_fit, y_fit, cfg.recipe, seed, x_sel, y_sel, on_epoch=show,
+                  build=lambda shape: build_teacher_model(shape, cfg.width))
+        p = predict(res.model, full.x, batch_size=64)
+        probs.append(p)
+        members.append({"seed": seed, "best_epoch": res.best_epoch, "seconds": round(time.time() - t0, 1),
+                        "selection": binary_report(y_sel, p[in_sel], 0.5)})
+        log(f"[teacher seed {seed}] best epoch {res.best_epoch}, selection AUC {members[-1]['selection']['auc']:.4f}")
+        if cfg.save_models:
+            res.model.save(cfg.out.with_name(f"{cfg.out.stem}.seed{seed}.keras"))
+    mean = np.mean(probs, axis=0)
+    record = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["edge-pneumo", *sys.argv[1:]]) if sys.argv else "",
+        "model": f"ResNet-18-shaped CNN, width {cfg.width}, {cfg.size} px (edge_pneumo.training.model.build_teacher_model)",
+        "seeds": list(cfg.seeds),
+        "preprocessing": pre.to_dict(),
+        "recipe": cfg.recipe.to_dict(),
+        "split": {"split_seed": cfg.split_seed, "val_fraction": cfg.val_fraction, "holdout_family": cfg.holdout_family,
+                  "fit_images": int((~in_sel).sum()), "selection_images": int(in_sel.sum())},
+        "members": members,
+        "selection": binary_report(y_sel, mean[in_sel], 0.5),
+        "test_looked_at": False,
+        "versions": versions(),
+        "seconds": round(time.time() - started, 1),
+    }
+    labels = {sample_key(s, split_dir): {"p": round(float(q), 6), "sha256": content_hash(s.path)}
+              for s, q in zip(full.samples, mean)}
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cfg.out.with_name(f".{cfg.out.name}.tmp")
+    tmp.write_text(jsonout.dumps({"schema": SOFT_LABELS_SCHEMA, "record": record, "labels": labels}) + "\n")
+    tmp.replace(cfg.out)
+    log(f"teacher: selection AUC {record['selection']['auc']:.4f} ({len(cfg.seeds)} seed(s)); wrote {cfg.out} "
+        f"({record['seconds']:.0f} s)")
+    return record
+
+
+@dataclass
+class SoftLabels:
+    path: Path
+    record: dict
+    labels: dict[str, dict]
+
+    def for_samples(self, samples: list[Sample], split_dir: Path, check_hashes: bool = True) -> np.ndarray:
+        """The teacher's probability for each sample, in order; DatasetError if any is missing or changed."""
+        out = np.empty(len(samples), np.float32)
+        for i, s in enumerate(samples):
+            key = sample_key(s, split_dir)
+            entry = self.labels.get(key)
+            if entry is None:
+                raise DatasetError(f"{self.path}: no soft label for {key}; the teacher was trained on another copy of the data")
+            if check_hashes and content_hash(s.path) != entry["sha256"]:
+                raise DatasetError(f"{self.path}: {key} has changed since the teacher labelled it (sha256 differs)")
+            out[i] = entry["p"]
+        return out
+
+
+def load_soft_labels(path: str | Path) -> SoftLabels:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("schema") != SOFT_LABELS_SCHEMA:
+            raise ValueError(f"schema {raw.get('schema')!r}, expected {SOFT_LABELS_SCHEMA}")
+        return SoftLabels(path, raw["record"], raw["labels"])
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: soft-label file not found; make one with `edge-pneumo teacher`") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"{path}: not a soft-label file ({e})") from None
