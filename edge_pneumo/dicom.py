@@ -21,7 +21,8 @@ from collections.abc import Callable
 import numpy as np
 
 from .errors import InputImageError, InputRejected, MissingRuntimeError
-from .pixels import stretch_to_uint8, to_grey_uint8
+from .jpeg import decode_jpeg
+from .pixels import GreyImage, stretch_to_uint8, to_grey_uint8
 
 # Header fields the guard's rules read, and that a result reports (never patient data).
 HEADER_FIELDS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation", "NumberOfFrames",
@@ -88,9 +89,7 @@ def _jpeg_frame_fast(ds, min_side_hint: int | None):
         from pydicom.encaps import generate_frames
 
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-        from .decode import GreyImage, _decode_jpeg  # noqa: F401
-
-        image = _decode_jpeg("dicom frame", bytes(frame), min_side_hint)
+        image = decode_jpeg("dicom frame", bytes(frame), min_side_hint)
     except Exception:  # anything unusual: the full pydicom path decides
         return None
     if image.warnings:
@@ -108,8 +107,6 @@ def _display_ready(ds, arr) -> bool:
 
 def read_dicom(data: bytes, name: str, dicom_check: Callable[[dict], str | None] | None = None,
                min_side_hint: int | None = None):
-    from .decode import GreyImage
-
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut

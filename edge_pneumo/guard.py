@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .decode import GreyImage
+from .pixels import GreyImage
 
 LAYOUT_SIZE = 16  # thumbnail side for the layout check
 TEXTURE_SIGMA = 2.0  # the "fine detail" removed by a Gaussian blur of this sigma (at the model's input size)

@@ -1,14 +1,27 @@
-"""Pixel conversions shared by every decoder: any image array -> 2-D uint8 grey.
-
-Only numpy and OpenCV; nothing here knows about files or formats.
+"""What every decoder returns (`GreyImage`) and the pixel conversions they share: any image
+array -> 2-D uint8 grey, and how colourful it was. Only numpy and OpenCV; nothing here knows
+about files or formats, and it imports no other module of the package but its errors.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from .errors import InputImageError
+
+
+@dataclass
+class GreyImage:
+    pixels: np.ndarray  # 2-D uint8
+    warnings: list[str]
+    colour: float = 0.0  # pixels.colourfulness of the decoded image before it became grey
+    size: tuple[int, int] = (0, 0)  # (width, height) of the file's image, before any reduced decoding
+    format: str = ""
+    dicom: dict | None = field(default=None)  # header fields the guard looked at
+
 
 
 def to_grey_uint8(img: np.ndarray, name: str = "image") -> np.ndarray:

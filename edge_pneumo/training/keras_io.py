@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import ModelFileError
 from ..preprocess import Preprocessing
@@ -66,3 +69,21 @@ def load_keras(path: str | os.PathLike) -> KerasModel:
     if shape != pre.input_shape or model.output_shape[-1] != 1:
         raise ModelFileError(f"{path}: input {shape} / output {model.output_shape} do not fit the record's contract {pre.input_shape} -> 1")
     return KerasModel(model, path, record, pre, threshold)
+
+
+def versions() -> dict:
+    """The versions a run record states (training side: imports TensorFlow)."""
+    import cv2
+    import keras
+    import tensorflow as tf
+
+    from .. import __version__
+
+    return {
+        "edge_pneumo": __version__,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }

@@ -62,8 +62,8 @@ def content_hash(path: Path) -> str:
 
 def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
     """Train the teacher (one model per seed, probabilities averaged) and write the soft labels."""
+    from .keras_io import versions
     from .model import build_teacher_model
-    from .train import versions
 
     started = time.time()
     split_dir = find_split(cfg.data, "train")

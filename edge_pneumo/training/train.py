@@ -4,7 +4,6 @@ refit on the whole train split, evaluate on test, save the model and its run rec
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from ..metrics import (
 )
 from ..preprocess import Preprocessing
 from .fit import Recipe, fit, predict
-from .keras_io import MODEL_NAME, record_path, save_model
+from .keras_io import MODEL_NAME, record_path, save_model, versions
 
 TEST_LOG = "test_evaluations.jsonl"
 
@@ -48,23 +47,6 @@ class TrainConfig:
     teacher: Path | None = None  # soft labels from `edge-pneumo teacher` (distillation)
     rule_out_sensitivity: float = 0.97
     rule_in_specificity: float = 0.95
-
-
-def versions() -> dict:
-    import cv2
-    import keras
-    import tensorflow as tf
-
-    from .. import __version__
-
-    return {
-        "edge_pneumo": __version__,
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-    }
 
 
 def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
