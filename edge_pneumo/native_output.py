@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import threading
 from contextlib import contextmanager
 
@@ -64,6 +63,8 @@ def capture():
             sys.stderr.flush()
         except (AttributeError, ValueError, OSError):
             pass
+        import tempfile  # here, not at the top: its imports cost ~1 MB on every `infer` start
+
         with tempfile.TemporaryFile() as tmp:
             os.dup2(tmp.fileno(), 2)
             try:

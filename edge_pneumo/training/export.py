@@ -24,7 +24,7 @@ from ..data import discover, find_split, load_images, patient_split, selection_s
 from ..errors import EdgePneumoError, ValidationError
 from ..formats import DEFAULT_ARTIFACT, ExportFormat
 from ..guard import feature_distance
-from ..manifest import SCHEMA_VERSION, sha256_of, write_manifest
+from ..manifest import SCHEMA_VERSION, sha256_of, write_manifest, write_params
 from ..metrics import agreement_stats
 from ..runtime import open_backend
 from ..verify import verify_inputs
@@ -34,7 +34,7 @@ from .guard_fit import fit_feature_guard, fit_pixel_guard, pixel_stats
 from .keras_io import KerasModel
 
 ONNX_OPSET = 17
-PARAMS_FILE = "pneumonia_params.npz"
+PARAMS_FILE = "pneumonia_params.f32"
 
 
 @dataclass(frozen=True)
@@ -299,8 +299,7 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
             raise ValidationError("export refused, nothing was written: " + "; ".join(failures))
 
         params_path = scratch / PARAMS_FILE
-        with open(params_path, "wb") as f:
-            np.savez(f, **{k: arrays[k] for k in sorted(arrays)})
+        params_index = write_params(params_path, arrays)
         source_sha = sha256_of(km.path)
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -316,7 +315,7 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
             "calibration": calibration,
             "preprocessing": pre.to_dict(),
             "guard": pixel_section,
-            "params_file": {"file": PARAMS_FILE, "sha256": sha256_of(params_path),
+            "params_file": {"file": PARAMS_FILE, "sha256": sha256_of(params_path), "arrays": params_index,
                             "holds": "guard statistics (layout model, feature mean and whitening per artifact) and "
                                      "Grad-CAM head weights per artifact"},
             "default_artifact": DEFAULT_ARTIFACT if any(e["name"] == DEFAULT_ARTIFACT for e in entries) else entries[0]["name"],
