@@ -68,6 +68,9 @@ def parse_args(argv):
     ap.add_argument("--big-size", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--sections", default="single,folder,big", help="comma list of single,folder,big")
+    ap.add_argument("--tflite-bin", type=Path, default=None,
+                    help="edge-pneumo of a regular (not editable) install with [tflite], for the 'infer' row "
+                         "(an editable install adds its import hook's cost to every start)")
     ap.add_argument("--base-bin", type=Path, default=None,
                     help="edge-pneumo of a base install (pip install ., no extras): adds the 'infer_base' row")
     ap.add_argument("--no-keras", action="store_true", help="skip the TensorFlow/Keras row")
@@ -92,7 +95,7 @@ def single_rows(args, manifest, intensity: list[str]) -> list[dict]:
     b = str(bl.BENCH_DIR)
     rows = [
         {"name": "infer", "role": "subject", "desc": "edge-pneumo infer --image X -f json (default artifact: this device's fastest; int8 TFLite with LiteRT installed)",
-         "cmd": [cli, "infer", "--image", img, "--model", models, "-f", "json"], "parse": "infer"},
+         "cmd": [str(args.tflite_bin or cli), "infer", "--image", img, "--model", models, "-f", "json"], "parse": "infer"},
         {"name": "infer_onnx", "role": "subject", "desc": "edge-pneumo infer --image X -f json --artifact onnx_int8",
          "cmd": [cli, "infer", "--image", img, "--model", models, "-f", "json", "--artifact", "onnx_int8"], "parse": "infer"},
         {"name": "minimal_onnx", "role": "baseline", "desc": "bench/minimal_onnx.py: cv2 + onnxruntime, int8 ONNX",

@@ -20,29 +20,30 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .decode import GreyImage, decode_bytes, read_grey
 from .errors import InputImageError, InputRejected, ModelFileError
-from .formats import RUNTIME_BY_SUFFIX
 from .manifest import ArtifactEntry, Manifest, default_model_folder, load_manifest
 from .result import CLASSIFIED, CONFIDENT, INDETERMINATE, REJECTED, Result, failure
-from .runtime import Backend, default_threads, open_backend
+from .runtime import RUNTIME_BY_SUFFIX, Backend, default_threads, open_backend
 
 GUARD_OFF_WARNING = "input guard turned off (--no-guard): nothing checked that this is a frontal chest X-ray"
 
 
-@dataclass(frozen=True)
 class Calibration:
-    """Temperature scaling and the confidence band, all chosen on validation at training time."""
+    """Temperature scaling and the confidence band, all chosen on validation at training time.
 
-    threshold: float  # on the model's raw probability
-    temperature: float = 1.0
-    rule_out: float | None = None  # below: NORMAL with sensitivity >= the target on validation
-    rule_in: float | None = None  # at or above: PNEUMONIA with specificity >= the target
+    `threshold` is on the model's raw probability; below `rule_out`: NORMAL with sensitivity >=
+    the target on validation; at or above `rule_in`: PNEUMONIA with specificity >= the target."""
+
+    __slots__ = ("threshold", "temperature", "rule_out", "rule_in")
+
+    def __init__(self, threshold: float, temperature: float = 1.0, rule_out: float | None = None,
+                 rule_in: float | None = None):
+        self.threshold, self.temperature, self.rule_out, self.rule_in = threshold, temperature, rule_out, rule_in
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> "Calibration":
@@ -63,16 +64,16 @@ class Calibration:
         return INDETERMINATE if lo <= p < hi else CONFIDENT
 
 
-@dataclass
 class _Prepared:
-    """An image that passed the pixel checks, ready for the model."""
+    """An image that passed the pixel checks, ready for the model (a plain class: no dataclass
+    machinery at import, on every `infer` start)."""
 
-    path: str
-    x: np.ndarray
-    warnings: list[str]
-    guard: dict
-    seconds: float
-    content_sha256: str | None = None
+    __slots__ = ("path", "x", "warnings", "guard", "seconds", "content_sha256")
+
+    def __init__(self, path: str, x: np.ndarray, warnings: list[str], guard: dict, seconds: float,
+                 content_sha256: str | None = None):
+        self.path, self.x, self.warnings, self.guard = path, x, warnings, guard
+        self.seconds, self.content_sha256 = seconds, content_sha256
 
 
 class Classifier:

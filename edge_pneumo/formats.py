@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .runtime import RUNTIME_BY_SUFFIX  # noqa: F401  (re-exported; the runtime owns it and never imports this module)
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -61,7 +63,6 @@ FORMATS: dict[str, ExportFormat] = {
 }
 DEFAULT_ARTIFACT = "onnx_int8"
 PRESETS = {"all": tuple(FORMATS), "device": tuple(n for n, f in FORMATS.items() if f.device)}
-RUNTIME_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite"}
 
 
 def resolve_formats(names: list[str] | tuple[str, ...]) -> list[ExportFormat]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 
 from . import jsonout
@@ -31,29 +29,27 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True)
 class ArtifactEntry:
-    name: str
-    file: str
-    runtime: str
-    precision: str
-    sha256: str
-    size_bytes: int
-    raw: dict  # the whole entry, as written
+    """One artifact of the manifest; `raw` is the whole entry as written. (Plain classes here and in
+    the rest of the runtime path: each @dataclass costs ~0.5-1 ms at import, on every `infer` start.)"""
+
+    __slots__ = ("name", "file", "runtime", "precision", "sha256", "size_bytes", "raw")
+
+    def __init__(self, name: str, file: str, runtime: str, precision: str, sha256: str, size_bytes: int, raw: dict):
+        self.name, self.file, self.runtime, self.precision = name, file, runtime, precision
+        self.sha256, self.size_bytes, self.raw = sha256, size_bytes, raw
 
     def path(self, folder: Path) -> Path:
         return folder / self.file
 
 
-@dataclass(frozen=True)
 class Manifest:
-    folder: Path
-    class_names: tuple[str, str]
-    threshold: float
-    preprocessing: Preprocessing
-    artifacts: dict[str, ArtifactEntry]
-    default_artifact: str
-    raw: dict
+    """The parsed manifest of an exported folder (`raw`: the JSON as written)."""
+
+    def __init__(self, folder: Path, class_names: tuple[str, str], threshold: float, preprocessing: Preprocessing,
+                 artifacts: dict[str, ArtifactEntry], default_artifact: str, raw: dict):
+        self.folder, self.class_names, self.threshold = folder, class_names, threshold
+        self.preprocessing, self.artifacts, self.default_artifact, self.raw = preprocessing, artifacts, default_artifact, raw
 
     def entry_for_file(self, path: Path) -> ArtifactEntry | None:
         for entry in self.artifacts.values():
@@ -178,6 +174,11 @@ def default_model_folder() -> Path:
     local = Path("exported")
     if (local / MANIFEST_NAME).is_file():
         return local
+    inside = Path(__file__).parent / "exported"  # the wheel's copy
+    if (inside / MANIFEST_NAME).is_file():
+        return inside
+    from importlib.util import find_spec  # an editable install maps the package elsewhere
+
     spec = find_spec("edge_pneumo.exported")
     for location in (spec.submodule_search_locations or []) if spec else []:
         if (Path(location) / MANIFEST_NAME).is_file():

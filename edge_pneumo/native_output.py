@@ -51,7 +51,7 @@ class Captured:
 
 @contextmanager
 def capture():
-    """Run the body with fd 2 redirected to a temporary file; `.text` holds what was written."""
+    """Run the body with fd 2 redirected to a private in-memory file; `.text` holds what was written."""
     out = Captured()
     with _LOCK:
         try:
@@ -63,14 +63,29 @@ def capture():
             sys.stderr.flush()
         except (AttributeError, ValueError, OSError):
             pass
-        import tempfile  # here, not at the top: its imports cost ~1 MB on every `infer` start
-
-        with tempfile.TemporaryFile() as tmp:
-            os.dup2(tmp.fileno(), 2)
+        fd = _scratch_fd()
+        try:
+            os.dup2(fd, 2)
             try:
                 yield out
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
-                tmp.seek(0)
-                out.text = tmp.read(64 * 1024).decode("utf-8", "replace").strip()
+                os.lseek(fd, 0, os.SEEK_SET)
+                out.text = os.read(fd, 64 * 1024).decode("utf-8", "replace").strip()
+        finally:
+            os.close(fd)
+
+
+def _scratch_fd() -> int:
+    """An anonymous file: memfd on Linux (no disk, nothing to import), else a temporary file."""
+    if hasattr(os, "memfd_create"):
+        try:
+            return os.memfd_create("edge-pneumo-stderr")
+        except OSError:
+            pass
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="edge-pneumo-stderr-")
+    os.unlink(path)
+    return fd

@@ -5,22 +5,22 @@ about files or formats, and it imports no other module of the package but its er
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import cv2
 import numpy as np
 
 from .errors import InputImageError
 
 
-@dataclass
 class GreyImage:
-    pixels: np.ndarray  # 2-D uint8
-    warnings: list[str]
-    colour: float = 0.0  # pixels.colourfulness of the decoded image before it became grey
-    size: tuple[int, int] = (0, 0)  # (width, height) of the file's image, before any reduced decoding
-    format: str = ""
-    dicom: dict | None = field(default=None)  # header fields the guard looked at
+    """A decoded image: 2-D uint8 `pixels`, per-file `warnings`, how colourful it was before it
+    became grey, the file's (width, height) before any reduced decoding, its format, and the
+    DICOM header fields the guard looked at (or None)."""
+
+    __slots__ = ("pixels", "warnings", "colour", "size", "format", "dicom")
+
+    def __init__(self, pixels: np.ndarray, warnings: list[str], colour: float = 0.0, size: tuple[int, int] = (0, 0),
+                 format: str = "", dicom: dict | None = None):
+        self.pixels, self.warnings, self.colour, self.size, self.format, self.dicom = pixels, warnings, colour, size, format, dicom
 
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from importlib.util import find_spec
 from pathlib import Path
 
 PROFILE_ENV = "EDGE_PNEUMO_PROFILE"
@@ -38,9 +37,18 @@ def preferred_artifact(manifest) -> str:
     name = prof.get("fastest")
     if name in manifest.artifacts:
         return name
-    if "tflite_int8" in manifest.artifacts and find_spec("ai_edge_litert") is not None:
+    if "tflite_int8" in manifest.artifacts and _litert_importable():
         return "tflite_int8"
     return manifest.default_artifact
+
+
+def _litert_importable() -> bool:
+    """Import it rather than look it up: when it is there, the backend needs the module anyway."""
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def write_profile(manifest, fastest: str, timings: dict) -> Path:

@@ -12,15 +12,14 @@ activations Grad-CAM weighs (n, 14, 14, 64). `run` returns the ones asked for.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from .errors import MissingRuntimeError, ModelFileError
-from .formats import RUNTIME_BY_SUFFIX
 
+RUNTIME_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite"}
 OUTPUT_KINDS = ("probability", "features", "conv")
 
 
@@ -36,17 +35,20 @@ def output_kind(shape) -> str | None:
     return None
 
 
-@dataclass
 class Outputs:
-    probability: np.ndarray  # (n,)
-    features: np.ndarray | None = None  # (n, 128)
-    conv: np.ndarray | None = None  # (n, h, w, c)
+    """probability (n,), features (n, 128) or None, conv (n, h, w, c) or None."""
+
+    __slots__ = ("probability", "features", "conv")
+
+    def __init__(self, probability: np.ndarray, features: np.ndarray | None = None, conv: np.ndarray | None = None):
+        self.probability, self.features, self.conv = probability, features, conv
 
 
 class Backend(Protocol):
     runtime: str
     path: Path
     outputs: tuple[str, ...]  # the output kinds this artifact has
+    messages: list[str]  # what the runtime said while loading, for the caller to report
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -83,6 +85,7 @@ def _quantize(batch: np.ndarray, dtype: np.dtype, scale: float, zero_point: int)
 
 class OnnxBackend:
     runtime = "onnx"
+    messages: list[str] = []  # what the runtime said while loading (onnxruntime logs through its own API)
 
     def __init__(self, path: Path, threads: int):
         import onnxruntime as ort
@@ -133,6 +136,7 @@ class OnnxBackend:
 
 class TfliteBackend:
     runtime = "tflite"
+    messages: list[str] = []
 
     def __init__(self, path: Path, threads: int):
         try:
@@ -146,9 +150,11 @@ class TfliteBackend:
         from .native_output import capture
 
         try:
-            with capture():  # LiteRT announces its XNNPACK delegate on fd 2
+            with capture() as said:  # LiteRT announces its XNNPACK delegate on fd 2
                 self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
                 self.interpreter.allocate_tensors()
+            # Its INFO line is noise; anything else it said is kept for the caller to report.
+            self.messages = [line for line in said.lines if not line.startswith("INFO:")]
         except (ValueError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelFileError(f"{path}: not a valid TFLite model ({first[:160]})") from None
