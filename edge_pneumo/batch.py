@@ -158,8 +158,8 @@ def run_batch(source: str, output: Path, cluster: str = "local", resume: bool = 
             done = 0
             for fut in as_completed(futures):
                 rows = fut.result()
-                for row in rows:
-                    if sink.record(row["path"], row):
+                for row, new in zip(rows, sink.record_many([(row["path"], row) for row in rows])):
+                    if new:
                         counts[row["status"]] += 1
                 done += len(rows)
                 fut.release()

@@ -119,3 +119,13 @@ def test_move_done_and_polling(tiny_export, tmp_path):
         proc.send_signal(signal.SIGTERM)
         log, _ = proc.communicate(timeout=20)
     assert not (inbox / "sub" / "a.png").exists() and len(_rows(out)) == 1, log
+
+
+def test_sink_records_a_batch_once(tmp_path):
+    out = tmp_path / "b.jsonl"
+    sink = ResultSink(out, key_field="path")
+    assert sink.record_many([("x", {"status": "classified"}), ("y", {"status": "failed"})]) == [True, True]
+    assert sink.record_many([("y", {"status": "failed"}), ("z", {"status": "rejected"})]) == [False, True]
+    sink.close()
+    assert [r["path"] for r in _rows(out)] == ["x", "y", "z"]
+    assert ResultSink(out, key_field="path").ledger.unwritten() == []
