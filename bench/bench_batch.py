@@ -162,8 +162,8 @@ def markdown(r: dict) -> str:
               f"({per_core:.0f} images/s/core here; decode {d['ms_reduced_frame']:.1f} ms of it with the reduced frame, "
               f"{d['ms_pydicom_full']:.1f} ms without). The model is a small part: the decode is the cost.",
               f"- MIMIC-CXR (377,000 DICOMs, 4.7 TB: {mb:.1f} MB each on average) on N machines of C cores: "
-              f"CPU-bound time ~ 377,000 / ({per_core:.0f} x N x C) s, e.g. {mimic / per_core / 3600 / 2:.1f} h on one "
-              f"2-core machine and {mimic / per_core / 60 / 64:.0f} min on 8 machines of 8 cores, if decoding stays this cheap.",
+              f"CPU-bound time ~ 377,000 / ({per_core:.0f} x N x C) s, e.g. {mimic / per_core / 60 / 2:.0f} min on one "
+              f"2-core machine and {mimic / per_core / 64:.0f} s on 8 machines of 8 cores, if decoding stayed this cheap.",
               f"- Storage bounds it first: at {mb:.1f} MB per image, a 1 GB/s share delivers ~{1e9 / (mb * 1e6):.0f} images/s "
               f"whatever the cores; so ~{1e9 / (mb * 1e6) / per_core:.1f} cores per GB/s of storage bandwidth are enough, and "
               "more machines only help when each reads its own storage (sharded object store, local copies).",
