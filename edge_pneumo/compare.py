@@ -360,6 +360,17 @@ def _trust_markdown(report: dict) -> list[str]:
                          f"{rnd['spearman_mean']:.3f} | {loc['heat_in_lung_boxes']:.2f} ({loc['lung_box_share_of_area']:.2f}) | "
                          f"{loc['heat_in_border']:.2f} ({loc['border_share_of_area']:.2f}) |")
         lines.append("")
+        first = next(iter(e["artifacts"].values()))["location"]
+        lungs, border = first["heat_in_lung_boxes"], first["heat_in_border"]
+        if lungs < first["lung_box_share_of_area"] or border > first["border_share_of_area"]:
+            lines += [f"**Where the maps fall:** {lungs:.0%} of the heat lies inside rough lung boxes that cover "
+                      f"{first['lung_box_share_of_area']:.0%} of the image, and {border:.0%} in the outer border that covers "
+                      f"{first['border_share_of_area']:.0%}. The model leans on the body outline and the image borders, "
+                      "not only on the lungs (as CNNs trained on this dataset are known to): read its answers as a "
+                      "screening aid, and look at the heatmap.", ""]
+        else:
+            lines += [f"**Where the maps fall:** {lungs:.0%} of the heat lies inside rough lung boxes that cover "
+                      f"{first['lung_box_share_of_area']:.0%} of the image; {border:.0%} in the outer border.", ""]
     return lines
 
 
