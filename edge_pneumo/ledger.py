@@ -70,10 +70,6 @@ class Ledger:
             rows = self._db.execute("SELECT key, row FROM results WHERE written = 0 ORDER BY created").fetchall()
         return [(k, json.loads(r)) for k, r in rows]
 
-    def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
-
     def close(self) -> None:
         with self._lock:
             self._db.close()

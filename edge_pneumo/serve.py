@@ -199,7 +199,6 @@ def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLO
         Route("/", page), Route("/healthz", healthz), Route("/api/v1/info", info),
         Route("/api/v1/classify", classify, methods=["POST"]),
     ], exception_handlers={Exception: crash})
-    app.state.model_executor = model
     return app
 
 
