@@ -27,6 +27,7 @@ import numpy as np
 from .decode import GreyImage, decode_bytes, read_grey
 from .errors import InputImageError, InputRejected, ModelFileError
 from .manifest import ArtifactEntry, Manifest, default_model_folder, load_manifest
+from .metrics import apply_temperature
 from .result import CLASSIFIED, CONFIDENT, INDETERMINATE, REJECTED, Result, failure
 from .runtime import RUNTIME_BY_SUFFIX, Backend, default_threads, open_backend
 
@@ -52,11 +53,7 @@ class Calibration:
 
     def calibrate(self, p: float) -> float:
         """sigmoid(logit(p) / T): the same ranking, probabilities that mean what they say."""
-        if self.temperature == 1.0:
-            return float(p)
-        q = min(max(float(p), 1e-7), 1 - 1e-7)
-        z = math.log(q / (1 - q)) / self.temperature
-        return 1.0 / (1.0 + math.exp(-z))
+        return float(p) if self.temperature == 1.0 else float(apply_temperature(p, self.temperature))
 
     def confidence(self, p: float) -> str:
         lo = self.threshold if self.rule_out is None else min(self.rule_out, self.threshold)
@@ -203,29 +200,24 @@ class Classifier:
     # -- the steps ------------------------------------------------------------------------
 
     def _prepare(self, path) -> _Prepared | Result:
-        t0 = time.perf_counter()
-        try:
-            image = read_grey(path, self.preprocessing.min_side_hint, self._dicom_check)
-        except InputRejected as e:
-            return self._rejected(str(path), e.reason, e.check, e.details, time.perf_counter() - t0)
-        except InputImageError as e:
-            return self._failed(str(path), str(e), time.perf_counter() - t0)
-        return self._check(str(path), image, t0, None)
+        hint = self.preprocessing.min_side_hint
+        return self._decoded(str(path), lambda: read_grey(path, hint, self._dicom_check))
 
     def _prepare_bytes(self, data: bytes, name: str, content_hash: bool) -> _Prepared | Result:
-        t0 = time.perf_counter()
         digest = hashlib.sha256(data).hexdigest() if content_hash else None
+        hint = self.preprocessing.min_side_hint
+        return self._decoded(name, lambda: decode_bytes(data, name, hint, self._dicom_check), digest)
+
+    def _decoded(self, path: str, decode, digest: str | None = None) -> _Prepared | Result:
+        """Decode (a file or bytes), then the pixel checks: a prepared image, or its rejected/failed result."""
+        t0 = time.perf_counter()
         try:
-            image = decode_bytes(data, name, self.preprocessing.min_side_hint, self._dicom_check)
+            image = decode()
         except InputRejected as e:
-            r = self._rejected(name, e.reason, e.check, e.details, time.perf_counter() - t0)
-            r.content_sha256 = digest
-            return r
+            return self._rejected(path, e.reason, e.check, e.details, time.perf_counter() - t0, digest=digest)
         except InputImageError as e:
-            r = self._failed(name, str(e), time.perf_counter() - t0)
-            r.content_sha256 = digest
-            return r
-        return self._check(name, image, t0, digest)
+            return failure(path, str(e), ms=1000 * (time.perf_counter() - t0), content_sha256=digest, **self._provenance())
+        return self._check(path, image, t0, digest)
 
     def _check(self, path: str, image: GreyImage, t0: float, digest: str | None) -> _Prepared | Result:
         small = self.preprocessing.resize(image.pixels)
@@ -240,9 +232,7 @@ class Classifier:
             verdict = self.guard.check_pixels(image, small)
             scores.update(verdict.scores)
             if verdict.reason:
-                r = self._rejected(path, verdict.reason, verdict.check, scores, time.perf_counter() - t0, warnings)
-                r.content_sha256 = digest
-                return r
+                return self._rejected(path, verdict.reason, verdict.check, scores, time.perf_counter() - t0, warnings, digest)
             warnings += verdict.warnings
             if verdict.inverted:
                 small = 255 - small
@@ -267,8 +257,7 @@ class Classifier:
                     guard["features"] = round(dist, 3)
                 ms = 1000 * (p.seconds + share)
                 if reason:
-                    results[id(p)] = self._rejected(p.path, reason, "features", guard, ms / 1000, p.warnings)
-                    results[id(p)].content_sha256 = p.content_sha256
+                    results[id(p)] = self._rejected(p.path, reason, "features", guard, ms / 1000, p.warnings, p.content_sha256)
                     continue
                 r = self._classified(p, float(prob), guard, ms, p.warnings + ([warning] if warning else []))
                 if explain and out.conv is not None:
@@ -284,15 +273,12 @@ class Classifier:
                       threshold=cal.calibrate(cal.threshold), guard=guard, ms=ms, content_sha256=p.content_sha256,
                       **self._provenance())
 
-    def _rejected(self, path, reason, check, scores, seconds, warnings=None) -> Result:
+    def _rejected(self, path, reason, check, scores, seconds, warnings=None, digest=None) -> Result:
         guard = dict(scores or {})
         if check:
             guard["check"] = check
         return Result(path=str(path), status=REJECTED, reason=reason, warnings=list(warnings or []), guard=guard,
-                      ms=1000 * seconds, **self._provenance())
-
-    def _failed(self, path: str, reason: str, seconds: float) -> Result:
-        return failure(path, reason, ms=1000 * seconds, **self._provenance())
+                      ms=1000 * seconds, content_sha256=digest, **self._provenance())
 
     def _provenance(self) -> dict:
         return {"artifact": self.entry.name, "sha256": self.entry.sha256[:16], "model_version": self.model_version}

@@ -157,6 +157,7 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
     """Calibration and confidence band, the input guard and the explanation, on this labelled set."""
     from .classifier import Classifier
     from .explain_checks import deletion_test, heat_location, map_agreement, maps_for, randomised_head_agreement
+    from .guard import OUT_OF_POPULATION
     from .metrics import apply_temperature, band_report, expected_calibration_error
     from .runtime import open_backend
 
@@ -188,7 +189,8 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
     clf = Classifier.load(models, artifact=name if name in ran else ran[0])
     results = list(clf.predict_many([str(s.path) for s in images.samples]))
     rejected = [{"path": r.path, "reason": r.reason} for r in results if r.status == "rejected"]
-    warned = [r.path for r in results if r.status == "classified" and any("unlike the training" in w for w in r.warnings)]
+    unlike = OUT_OF_POPULATION.split("{")[0]
+    warned = [r.path for r in results if r.status == "classified" and any(w.startswith(unlike) for w in r.warnings)]
     out["guard"] = {"artifact": clf.entry.name, "images": len(results), "rejected": rejected, "warned": len(warned)}
     log(f"guard ({clf.entry.name}): {len(rejected)} of {len(results)} rejected, {len(warned)} classified with a warning")
     # The explanation, per int8 artifact, against the float32 reference's maps.
@@ -196,22 +198,19 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
     x = images.x[pos]
     expl: dict = {}
     ref_name = next((n for n in ran if manifest.artifacts[n].precision == "float32" and manifest.artifacts[n].runtime == "onnx"), None)
-    ref_maps = None
-    if ref_name:
-        ref_backend = open_backend(models / manifest.artifacts[ref_name].file, threads=2)
-        ref_maps, _ = maps_for(ref_backend, x, *manifest.gradcam_params(ref_name))
+    maps = {}
     for name in ran:
-        e = manifest.artifacts[name]
-        backend = open_backend(models / e.file, threads=2)
+        backend = open_backend(models / manifest.artifacts[name].file, threads=2)
         weights = manifest.gradcam_params(name)
-        maps, _ = maps_for(backend, x, *weights)
+        maps[name], _ = maps_for(backend, x, *weights)
         run = backend.run(x[:200], ("probability", "features", "conv"))
-        expl[name] = {"deletion": deletion_test(backend.predict, x, maps), "location": heat_location(maps),
+        expl[name] = {"deletion": deletion_test(backend.predict, x, maps[name]), "location": heat_location(maps[name]),
                       "randomised_head": randomised_head_agreement(run.conv, run.features, *weights)}
-        if ref_maps is not None and name != ref_name:
-            expl[name]["vs_float32"] = map_agreement(maps, ref_maps)
         log(f"explanation ({name}): deletion ratio {expl[name]['deletion']['ratio']:.2f}, "
             f"heat in lung boxes {expl[name]['location']['heat_in_lung_boxes']:.2f}")
+    for name in ran:
+        if ref_name and name != ref_name:
+            expl[name]["vs_float32"] = map_agreement(maps[name], maps[ref_name])
     out["explanation"] = {"images": int(len(x)), "reference": ref_name, "artifacts": expl}
     return out
 

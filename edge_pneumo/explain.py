@@ -66,3 +66,12 @@ def overlay(grey: np.ndarray, heatmap: np.ndarray, caption: str = "", alpha: flo
     if caption:
         text(caption, margin, margin + th)
     return out
+
+
+def result_overlay(grey: np.ndarray, result) -> np.ndarray:
+    """The picture a person sees for a classified result (the CLI's PNG, the page's image): the map
+    weighted by P(PNEUMONIA), so a confident NORMAL stays cool, and the answer in a corner."""
+    caption = f"{result.label} p={result.probability:.2f}"
+    if result.confidence != "confident":
+        caption += f" ({result.confidence})"
+    return overlay(grey, result.heatmap * result.probability, caption)

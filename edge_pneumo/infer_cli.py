@@ -150,7 +150,7 @@ def _classify(clf, paths, writer, batch_size, decode_threads, heatmap=None) -> i
             if r.status == REJECTED and writer.fmt != "text":
                 print(f"rejected: {r.path}: {r.reason}", file=sys.stderr)
             if heatmap is not None and r.heatmap is not None:
-                _write_heatmap(clf, r, heatmap)
+                _write_heatmap(r, heatmap)
     finally:
         if bar:
             bar.__exit__(None, None, None)
@@ -165,20 +165,19 @@ def _classify(clf, paths, writer, batch_size, decode_threads, heatmap=None) -> i
     return EXIT_PARTIAL if counts[CLASSIFIED] + counts[REJECTED] else EXIT_FAILED
 
 
-def _write_heatmap(clf, r, folder: Path) -> None:
+def _write_heatmap(r, folder: Path) -> None:
     """The X-ray with its Grad-CAM map over it, named after the input, written atomically."""
     import cv2
 
     from .decode import read_grey
-    from .explain import overlay
+    from .explain import result_overlay
 
     try:
         grey = read_grey(r.path).pixels
     except EdgePneumoError as e:
         print(f"warning: {r.path}: no heatmap ({e})", file=sys.stderr)
         return
-    caption = f"{r.label} p={r.probability:.2f}" + ("" if r.confidence == "confident" else f" ({r.confidence})")
-    image = overlay(grey, r.heatmap * r.probability, caption)  # weighted by P(PNEUMONIA): a confident NORMAL stays cool
+    image = result_overlay(grey, r)
     target = folder / f"{Path(r.path).stem}.heatmap.png"
     tmp = target.with_name(f".{target.name}.partial.png")
     if not cv2.imwrite(str(tmp), image):

@@ -207,14 +207,13 @@ def _overlay_png(data: bytes, r) -> str:
     import cv2
 
     from .decode import decode_bytes
-    from .explain import overlay
+    from .explain import result_overlay
 
     grey = decode_bytes(data, "upload").pixels
     scale = 1024 / max(grey.shape)
     if scale < 1:
         grey = cv2.resize(grey, (int(grey.shape[1] * scale), int(grey.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    caption = f"{r.label} p={r.probability:.2f}"
-    ok, png = cv2.imencode(".png", overlay(grey, r.heatmap * r.probability, caption))
+    ok, png = cv2.imencode(".png", result_overlay(grey, r))
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
 
 
