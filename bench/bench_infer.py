@@ -515,7 +515,7 @@ def markdown(results) -> str:
 
     s = results.get("single")
     if s:
-        L.append(f"## 1. One image, whole process (spawn to exit)\n")
+        L.append("## 1. One image, whole process (spawn to exit)\n")
         L.append(f"Image `{s['image']}`; {s['rounds']['timed']} timed rounds after {s['rounds']['warmup']} warm-up, rows run round-robin. "
                  f"Load {s['loadavg_start']} -> {s['loadavg_end']}. Peak RSS = wait4 ru_maxrss.\n")
         L.append("| row | what | wall median (min-max) s | peak RSS median (min-max) MB | CPU s (user+sys) | prob | status |")
@@ -587,7 +587,6 @@ def main(argv=None) -> int:
         return 3
     if args.image is None:
         args.image = Path(images[0][0])
-    onnx_file = args.models / (bl.artifact_file(manifest, "onnx_int8") or "pneumonia_int8.onnx")
     results = {
         "record": record,
         "model": {

@@ -149,7 +149,7 @@ def main(argv=None) -> int:
          f"- date (UTC): {record['date_utc']}; command: `{record['command']}`",
          f"- machine: {record['machine']['cpu_model']}, {record['machine']['cores_logical']} cores; "
          f"load average start {record['loadavg_start']}, end {results['loadavg_end']}",
-         f"- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v),
+         "- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v),
          f"- {args.runs} rounds after 1 warm-up, rows round-robin; medians. CPU = user+sys of the process (less sensitive to load than wall).\n",
          "## A. Fresh processes, growing imports\n",
          "| process | wall s (min-max) | CPU s | peak RSS MB | status |", "|---|---|---|---|---|"]

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import tta as flip_tta
 from .decode import GreyImage, decode_bytes, read_grey
 from .errors import InputImageError, InputRejected, ModelFileError
 from .manifest import ArtifactEntry, Manifest, default_model_folder, load_manifest
 from .metrics import apply_temperature
 from .result import CLASSIFIED, CONFIDENT, INDETERMINATE, REJECTED, Result, failure
-from .runtime import RUNTIME_BY_SUFFIX, Backend, default_threads, open_backend
+from .runtime import RUNTIME_BY_SUFFIX, Backend, Outputs, default_threads, open_backend
 
 GUARD_OFF_WARNING = "input guard turned off (--no-guard): nothing checked that this is a frontal chest X-ray"
 
@@ -47,9 +48,16 @@ class Calibration:
         self.threshold, self.temperature, self.rule_out, self.rule_in = threshold, temperature, rule_out, rule_in
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest) -> "Calibration":
-        c = manifest.raw.get("calibration") or {}
-        return cls(manifest.threshold, float(c.get("temperature", 1.0)), c.get("rule_out"), c.get("rule_in"))
+    def from_manifest(cls, manifest: Manifest, tta: bool = False) -> "Calibration":
+        """The plain operating point, or (tta=True) the one chosen on validation with flip TTA."""
+        if not tta:
+            c = manifest.raw.get("calibration") or {}
+            return cls(manifest.threshold, float(c.get("temperature", 1.0)), c.get("rule_out"), c.get("rule_in"))
+        c = manifest.raw.get("tta") or {}
+        if "threshold" not in c:
+            raise ModelFileError(f"{manifest.folder}: this export has no operating point for flip TTA (its manifest "
+                                 "has no 'tta' section); re-export with this version, or run without --tta")
+        return cls(float(c["threshold"]), float(c.get("temperature", 1.0)), c.get("rule_out"), c.get("rule_in"))
 
     def calibrate(self, p: float) -> float:
         """sigmoid(logit(p) / T): the same ranking, probabilities that mean what they say."""
@@ -77,14 +85,15 @@ class Classifier:
     """One artifact, with the preprocessing, guard, calibration and threshold its manifest states."""
 
     def __init__(self, backend: Backend, manifest: Manifest, entry: ArtifactEntry, guard=None, gradcam=None,
-                 use_guard: bool = True):
+                 use_guard: bool = True, tta: bool = False):
         self.backend = backend
         self.manifest = manifest
         self.entry = entry
         self.preprocessing = manifest.preprocessing
-        self.threshold = manifest.threshold
         self.class_names = manifest.class_names
-        self.calibration = Calibration.from_manifest(manifest)
+        self.tta = tta
+        self.calibration = Calibration.from_manifest(manifest, tta)
+        self.threshold = self.calibration.threshold
         self.guard = guard if use_guard else None
         self.gradcam = gradcam
         self.model_version = str(manifest.raw.get("model_version", ""))
@@ -104,13 +113,16 @@ class Classifier:
         threads: int | None = None,
         verify: bool = True,
         guard: bool = True,
+        tta: bool = False,
     ) -> "Classifier":
         """`model`: an exported/ folder, or an .onnx/.tflite file beside its manifest.json.
 
         `artifact`: a manifest name; default: this device's fastest (its profile, else int8
         TFLite when LiteRT is installed, else int8 ONNX). The artifact's and the parameter
         file's sha256 are checked against the manifest first (`verify=False` skips it).
-        `guard=False` turns the input guard off (every result then says so).
+        `guard=False` turns the input guard off (every result then says so). `tta=True` runs
+        each image and its mirror image and averages them (flip TTA: twice the model time), with
+        the operating point the manifest states for it.
         """
         path = Path(model) if model is not None else default_model_folder()
         if path.is_dir():
@@ -146,7 +158,7 @@ class Classifier:
             except (KeyError, TypeError, ValueError) as e:
                 raise ModelFileError(f"{manifest.folder}: the manifest's guard section is unusable ({e}); re-run "
                                      "`edge-pneumo export`, or pass --no-guard on purpose") from None
-        return cls(backend, manifest, entry, guard_obj, None, use_guard=guard)
+        return cls(backend, manifest, entry, guard_obj, None, use_guard=guard, tta=tta)
 
     # -- one image ------------------------------------------------------------------------
 
@@ -246,8 +258,13 @@ class Classifier:
         if ready:
             t0 = time.perf_counter()
             want = ("probability", "features", "conv") if explain else ("probability", "features")
+            batch = np.stack([p.x for p in ready])
             with self._model_lock:
-                out = self.backend.run(np.stack([p.x for p in ready]), want)
+                out = self.backend.run(flip_tta.with_mirrors(batch) if self.tta else batch, want)
+            if self.tta:  # the guard and the heatmap look at the image as it came
+                n = len(ready)
+                out = Outputs(flip_tta.combine(out.probability, n), None if out.features is None else out.features[:n],
+                              None if out.conv is None else out.conv[:n])
             share = (time.perf_counter() - t0) / len(ready)
             verdicts = self.guard.check_features(out.features) if self.guard is not None and out.features is not None \
                 else [(float("nan"), None, None)] * len(ready)
@@ -281,7 +298,8 @@ class Classifier:
                       ms=1000 * seconds, content_sha256=digest, **self._provenance())
 
     def _provenance(self) -> dict:
-        return {"artifact": self.entry.name, "sha256": self.entry.sha256[:16], "model_version": self.model_version}
+        return {"artifact": self.entry.name, "sha256": self.entry.sha256[:16], "model_version": self.model_version,
+                "tta": flip_tta.NAME if self.tta else None}
 
     def _heatmap(self, conv: np.ndarray, features: np.ndarray) -> np.ndarray:
         from .explain import gradcam_map

@@ -207,6 +207,7 @@ def infer(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Run an artifact whose sha256 does not match its manifest.")] = False,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose: every image is classified, even a blank page (each result says so).")] = False,
     heatmap: Annotated[Optional[Path], typer.Option("--heatmap", help="Write a Grad-CAM overlay PNG per classified image into this folder.", show_default=False)] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation: average the image and its mirror image (twice the model time; its own threshold, chosen on validation).")] = False,
 ) -> None:
     """Classify X-rays as NORMAL or PNEUMONIA with onnxruntime or LiteRT (no TensorFlow).
 
@@ -220,7 +221,7 @@ def infer(
     if fmt not in FORMATS:
         raise typer.BadParameter("choose text, json or csv", param_hint="--format")
     code = run_infer([*(paths or []), *(image or [])], directory, model, artifact, fmt, output, threads, batch_size,
-                     not no_verify, guard=not no_guard, heatmap=heatmap)
+                     not no_verify, guard=not no_guard, heatmap=heatmap, tta=tta)
     raise typer.Exit(code)
 
 

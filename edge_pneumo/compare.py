@@ -178,6 +178,9 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
     out["calibration"] = {"temperature": cal.get("temperature"), "rule_out": cal.get("rule_out"), "rule_in": cal.get("rule_in"),
                           "rule": cal.get("rule"), "selection": {k: cal.get(k) for k in ("ece_selection", "ece_selection_calibrated", "band_selection")},
                           "this_set": per_artifact}
+    tta_section = manifest.raw.get("tta")
+    if tta_section:
+        out["tta"] = _tta_rows(manifest, models, images, rows, tta_section, log)
     # The guard, through the whole pipeline on the files, with the device's default artifact
     # (or the first artifact that ran, when that one could not).
     ran = [r.name for r in rows if r.probabilities is not None and r.name in manifest.artifacts]
@@ -212,6 +215,27 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
         if ref_name and name != ref_name:
             expl[name]["vs_float32"] = map_agreement(maps[name], maps[ref_name])
     out["explanation"] = {"images": int(len(x)), "reference": ref_name, "artifacts": expl}
+    return out
+
+
+def _tta_rows(manifest, models: Path, images, rows: list[Row], section: dict, log=print) -> dict:
+    """Each artifact with flip TTA (`infer --tta`), at the TTA operating point, beside its plain figures."""
+    from . import tta
+    from .metrics import binary_report
+    from .runtime import open_backend
+
+    out = {"threshold": section["threshold"], "combine": section.get("combine"), "artifacts": {}}
+    for r in rows:
+        if r.probabilities is None or r.name not in manifest.artifacts:
+            continue
+        backend = open_backend(models / manifest.artifacts[r.name].file, threads=2)
+        p = np.concatenate([tta.combine(backend.predict(tta.with_mirrors(images.x[i:i + 64])), len(images.x[i:i + 64]))
+                            for i in range(0, len(images.x), 64)])
+        m = binary_report(images.y, p, section["threshold"])
+        plain = binary_report(images.y, r.probabilities, manifest.threshold)
+        out["artifacts"][r.name] = {"tta": m, "plain": plain}
+        log(f"flip TTA ({r.name}): accuracy {m['accuracy']:.4f} (plain {plain['accuracy']:.4f}), "
+            f"AUC {m['auc']:.4f} (plain {plain['auc']:.4f})")
     return out
 
 
@@ -333,6 +357,18 @@ def _trust_markdown(report: dict) -> list[str]:
             lines.append(f"| this set ({report['images']}) | {name} | {_f(m['ece'], 3)} | {_f(m['ece_calibrated'], 3)} | "
                          f"{_f(b['decided_share'], 3)} | {_f(b['rule_out_sensitivity'], 4)} | {_f(b['rule_in_specificity'], 4)} | "
                          f"{b['pneumonia_among_ruled_out']} | {b['normal_among_ruled_in']} | {_f(b['accuracy_of_decided'], 4)} |")
+        lines.append("")
+    t = report.get("tta")
+    if t and t.get("artifacts"):
+        lines += ["## Flip TTA (`infer --tta`)", "",
+                  f"Each image and its mirror image, probabilities averaged ({t.get('combine') or 'mean'}), at the TTA "
+                  f"threshold {t['threshold']:.4f} that `train` chose on validation; twice the model time.", "",
+                  "| artifact | accuracy (plain) | AUC (plain) | sensitivity (plain) | specificity (plain) |",
+                  "|---|---|---|---|---|"]
+        for name, m in t["artifacts"].items():
+            a, b = m["tta"], m["plain"]
+            lines.append(f"| {name} | {a['accuracy']:.4f} ({b['accuracy']:.4f}) | {a['auc']:.4f} ({b['auc']:.4f}) | "
+                         f"{a['sensitivity']:.4f} ({b['sensitivity']:.4f}) | {a['specificity']:.4f} ({b['specificity']:.4f}) |")
         lines.append("")
     g = report.get("guard")
     if g:

@@ -25,7 +25,7 @@ _VALUE_OPTIONS = {
     "--batch-size": "batch_size",
     "--heatmap": "heatmap",
 }
-_FLAG_OPTIONS = {"--no-verify": "no_verify", "--no-guard": "no_guard"}
+_FLAG_OPTIONS = {"--no-verify": "no_verify", "--no-guard": "no_guard", "--tta": "tta"}
 
 
 def parse_infer_args(args: list[str]) -> dict | None:
@@ -83,6 +83,7 @@ def parse_infer_args(args: list[str]) -> dict | None:
         "verify": "no_verify" not in flags,
         "guard": "no_guard" not in flags,
         "heatmap": path("heatmap"),
+        "tta": "tta" in flags,
     }
 
 

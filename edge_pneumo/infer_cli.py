@@ -72,14 +72,15 @@ class ResultWriter:
             self.stream.write(result.text_line() + "\n")
 
 
-def run_infer(items, directory, model, artifact, fmt, output, threads, batch_size, verify, guard=True, heatmap=None) -> int:
+def run_infer(items, directory, model, artifact, fmt, output, threads, batch_size, verify, guard=True, heatmap=None,
+              tta=False) -> int:
     from .classifier import Classifier
     from .native_output import protect_python_stderr
 
     protect_python_stderr()  # our messages never go through fd 2, so a decoder's redirect cannot swallow them
     paths = gather_paths(items, directory)
     model_threads, decode_threads = split_threads(threads or default_threads(), len(paths))
-    clf = Classifier.load(model, artifact=artifact, threads=model_threads, verify=verify, guard=guard)
+    clf = Classifier.load(model, artifact=artifact, threads=model_threads, verify=verify, guard=guard, tta=tta)
     for line in clf.backend.messages:
         print(f"warning: {clf.entry.name}: {line}", file=sys.stderr)
     if heatmap is not None:

@@ -19,14 +19,15 @@ CONFIDENT, INDETERMINATE = "confident", "indeterminate"
 
 # The row's fields, in order: JSON keys, CSV columns.
 FIELDS = ("path", "status", "label", "probability", "confidence", "reason", "warnings", "raw_probability",
-          "threshold", "artifact", "sha256", "model_version", "guard", "ms")
+          "threshold", "artifact", "sha256", "model_version", "tta", "guard", "ms")
 
 
 class Result:
     """One input's answer. (A plain class: a dataclass costs ~1 ms at import, on every `infer` start.)
 
     probability: calibrated P(PNEUMONIA); raw_probability: the model's own output; threshold: the
-    decision threshold on the calibrated scale; sha256: the artifact's, first 16 hex digits; guard:
+    decision threshold on the calibrated scale; sha256: the artifact's, first 16 hex digits; tta:
+    "flip" when the probability is the mean over the image and its mirror (tta.py), else None; guard:
     the guard's scores (and the DICOM tags it read); heatmap: explain()'s (size, size) float32 map
     in [0, 1]; content_sha256: of the input bytes, when the front end asked for it."""
 
@@ -35,12 +36,13 @@ class Result:
     def __init__(self, path: str, status: str, label: str | None = None, probability: float | None = None,
                  confidence: str | None = None, reason: str | None = None, warnings: list[str] | None = None,
                  raw_probability: float | None = None, threshold: float | None = None, artifact: str | None = None,
-                 sha256: str | None = None, model_version: str | None = None, guard: dict | None = None,
+                 sha256: str | None = None, model_version: str | None = None, tta: str | None = None,
+                 guard: dict | None = None,
                  ms: float = 0.0, heatmap: np.ndarray | None = None, content_sha256: str | None = None):
         self.path, self.status, self.label, self.probability = path, status, label, probability
         self.confidence, self.reason, self.warnings = confidence, reason, list(warnings or [])
         self.raw_probability, self.threshold, self.artifact, self.sha256 = raw_probability, threshold, artifact, sha256
-        self.model_version, self.guard, self.ms = model_version, dict(guard or {}), ms
+        self.model_version, self.tta, self.guard, self.ms = model_version, tta, dict(guard or {}), ms
         self.heatmap, self.content_sha256 = heatmap, content_sha256
 
     def __repr__(self) -> str:
@@ -75,8 +77,9 @@ class Result:
     def text_line(self) -> str:
         if self.status == CLASSIFIED:
             conf = "" if self.confidence == CONFIDENT else f"  ({self.confidence})"
+            tta = f"+{self.tta} TTA" if self.tta else ""
             return (f"{self.path}  {self.label:<9}  p={self.probability:.4f}{conf}  threshold={self.threshold:.4f}  "
-                    f"{self.artifact}  {self.ms:.1f} ms")
+                    f"{self.artifact}{tta}  {self.ms:.1f} ms")
         return f"{self.path}  {self.status.upper():<9}  {self.reason}"
 
 

@@ -17,6 +17,7 @@ PLAIN = [
     ["--image", "a.png", "-i", "b.jpg", "c.jpeg"],
     ["--image=a.png", "--image", "-", "--no-verify"],
     ["--no-guard", "--heatmap", "maps", "x.jpeg"],
+    ["--tta", "--dir", "folder"],
     ["--dir", "folder", "--model", "exported", "--artifact", "tflite_int8"],
     ["-d", "folder", "-m", "m.onnx", "-f", "csv", "-o", "out.csv"],
     ["--format=json", "--output=r.jsonl", "--threads", "1", "--batch-size=8", "x.jpeg"],
@@ -38,9 +39,10 @@ FOR_TYPER = [
 def _typer_call(monkeypatch, args):
     seen = {}
 
-    def fake(items, directory, model, artifact, fmt, output, threads, batch_size, verify, guard=True, heatmap=None):
-        seen.update(items=items, directory=directory, model=model, artifact=artifact, fmt=fmt,
-                    output=output, threads=threads, batch_size=batch_size, verify=verify, guard=guard, heatmap=heatmap)
+    def fake(items, directory, model, artifact, fmt, output, threads, batch_size, verify, guard=True, heatmap=None,
+             tta=False):
+        seen.update(items=items, directory=directory, model=model, artifact=artifact, fmt=fmt, output=output,
+                    threads=threads, batch_size=batch_size, verify=verify, guard=guard, heatmap=heatmap, tta=tta)
         return 0
 
     monkeypatch.setattr(infer_cli, "run_infer", fake)

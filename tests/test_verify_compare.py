@@ -84,8 +84,14 @@ def test_compare_reports_every_row_and_survives_bad_artifacts(exported_copy, syn
         assert row["perf"]["latency_ms_p95"] >= row["perf"]["latency_ms_p50"] > 0 and row["perf"]["peak_rss_mb"] > 10
         assert row["size_mb"] > 1
     assert rows["onnx_float32"]["metrics"]["max_abs_dp"] <= 1e-4
+    # flip TTA per artifact, at its own threshold, beside the plain figures of the same row
+    tta = report["tta"]["artifacts"]
+    assert set(tta) >= {"onnx_float32", "onnx_int8", "tflite_int8"} and "tflite_float16" not in tta
+    for name, m in tta.items():
+        assert m["tta"]["n"] == n and m["tta"]["threshold"] == report["tta"]["threshold"]
+        assert m["plain"]["accuracy"] == pytest.approx(rows[name]["metrics"]["accuracy"], abs=1e-9)
     md = (out / "REPORT.md").read_text()
-    assert "| onnx_int8 |" in md and "tampered" in md and "missing" in md
+    assert "| onnx_int8 |" in md and "tampered" in md and "missing" in md and "## Flip TTA" in md
     assert (out / "report.png").stat().st_size > 10_000
 
 

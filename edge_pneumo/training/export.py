@@ -222,6 +222,17 @@ def validate_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.nd
     )
 
 
+def _tta_section(record: dict) -> dict:
+    """The operating point `train` chose on validation for flip TTA (`infer --tta`), if it chose one."""
+    tta = record.get("tta")
+    if not tta:
+        return {}
+    c = tta["calibration"]
+    return {"tta": {"views": tta["views"], "combine": tta["combine"], "threshold": tta["threshold"],
+                    "temperature": c["temperature"], "rule_out": c["rule_out"], "rule_in": c["rule_in"],
+                    "rule": "as `threshold` and `calibration`, on the same validation images scored with flip TTA"}}
+
+
 def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
     """Export, validate, fit the guard, then publish atomically. Raises ValidationError if any
     artifact misses its budget."""
@@ -313,6 +324,7 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
             "threshold": km.threshold,
             "threshold_rule": km.record.get("threshold_rule", ""),
             "calibration": calibration,
+            **_tta_section(km.record),
             "preprocessing": pre.to_dict(),
             "guard": pixel_section,
             "params_file": {"file": PARAMS_FILE, "sha256": sha256_of(params_path), "arrays": params_index,

@@ -105,8 +105,13 @@ def _hard_accuracy(y_true, y_pred):
     return ops.mean(ops.cast(ops.equal(y_true >= 0.5, y_pred >= 0.5), "float32"))
 
 
-def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Probabilities of PNEUMONIA for uint8 inputs (the model rescales itself)."""
+def predict(model, x: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
+    """Probabilities of PNEUMONIA for uint8 inputs (the model rescales itself); with `tta`, the
+    runner's flip TTA (the same `tta` functions the Classifier calls)."""
+    if tta:
+        from .. import tta as flip_tta
+
+        return flip_tta.combine(predict(model, flip_tta.with_mirrors(x), batch_size), len(x))
     out = []
     for i in range(0, len(x), batch_size):
         out.append(np.asarray(model(x[i : i + batch_size].astype(np.float32), training=False)).reshape(-1))

@@ -20,6 +20,7 @@ from ..metrics import (
     apply_temperature,
     band_report,
     band_thresholds,
+    best_threshold,
     binary_report,
     expected_calibration_error,
     fit_temperature,
@@ -106,6 +107,9 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     log(f"validation run: best epoch {chosen.best_epoch}, threshold {chosen.threshold:.4f} (max balanced accuracy on {where}); "
         f"selection accuracy {vm['accuracy']:.4f}, AUC {vm['auc']:.4f}; temperature {calibration['temperature']:.3f}, "
         f"band [{calibration['rule_out']:.4f}, {calibration['rule_in']:.4f})")
+    tta = _tta_operating_point(y_va, predict(chosen.model, x_va, tta=True), shift_set, plain_val, cfg)
+    log(f"flip TTA: threshold {tta['threshold']:.4f}, selection AUC {tta['selection_figures']['validation']['auc']:.4f}, "
+        f"temperature {tta['calibration']['temperature']:.3f}")
     final, final_history = chosen, None
     if cfg.refit_full:
         final = fit(full.x, full.y, cfg.recipe, cfg.seed, epochs=chosen.best_epoch, threshold=chosen.threshold,
@@ -123,6 +127,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                           f"{cfg.recipe.threshold_tolerance} broken toward 0.5",
         "calibration": calibration,
         "selection_figures": selection_figures,
+        "tta": tta,
         "teacher": None if cfg.teacher is None else {"file": str(cfg.teacher), "record": soft.record},
         "preprocessing": preprocessing.to_dict(),
         "recipe": cfg.recipe.to_dict(),
@@ -159,6 +164,12 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             log(f"test ({tm['n']} images, threshold {tm['threshold']:.4f}): accuracy {tm['accuracy']:.4f}  "
                 f"AUC {tm['auc']:.4f}  sensitivity {tm['sensitivity']:.4f}  specificity {tm['specificity']:.4f}  "
                 f"ECE {tm['ece']:.3f} -> {tm['ece_calibrated']:.3f}  decided {tm['band']['decided_share']:.3f}")
+            p_tta = predict(final.model, test.x, tta=True)
+            tm["tta"] = binary_report(test.y, p_tta, tta["threshold"])
+            tm["tta"]["band"] = band_report(test.y, p_tta, tta["threshold"], tta["calibration"]["rule_out"],
+                                            tta["calibration"]["rule_in"])
+            log(f"test with flip TTA (threshold {tta['threshold']:.4f}): accuracy {tm['tta']['accuracy']:.4f}  "
+                f"AUC {tm['tta']['auc']:.4f}")
             record["test"] = tm
             record["test_evaluations"] = _log_test_look(cfg.out, record, tm)
     record["seconds"] = round(time.time() - started, 1)
@@ -188,6 +199,23 @@ def _calibration(y: np.ndarray, p: np.ndarray, shift_set: np.ndarray, threshold:
     }
 
 
+def _tta_operating_point(y: np.ndarray, p: np.ndarray, shift_set: np.ndarray, plain_val: np.ndarray,
+                        cfg: TrainConfig) -> dict:
+    """Flip TTA's own threshold, temperature and band, by the same rules on the same validation
+    images: averaged probabilities are less extreme, so the plain operating point does not fit them."""
+    from .. import tta as flip_tta
+
+    threshold = best_threshold(y[shift_set], p[shift_set], cfg.recipe.threshold_tolerance)
+    return {
+        "views": flip_tta.NAME,
+        "combine": flip_tta.DESCRIPTION,
+        "threshold": threshold,
+        "calibration": _calibration(y, p, shift_set, threshold, cfg),
+        "selection_figures": {"validation": binary_report(y[plain_val], p[plain_val], threshold),
+                              "shift_set": binary_report(y[shift_set], p[shift_set], threshold)},
+    }
+
+
 def _log_test_look(out: Path, record: dict, tm: dict) -> list[dict]:
     """Every look at the test split is logged, so the reported number says how often test was seen."""
     path = out / TEST_LOG
@@ -195,6 +223,8 @@ def _log_test_look(out: Path, record: dict, tm: dict) -> list[dict]:
              "recipe": record["recipe"], "intensity": record["preprocessing"]["intensity"],
              "teacher": (record.get("teacher") or {}).get("file"), "threshold": tm["threshold"],
              "accuracy": tm["accuracy"], "auc": tm["auc"]}
+    if "tta" in tm:
+        entry.update(tta_threshold=tm["tta"]["threshold"], tta_accuracy=tm["tta"]["accuracy"], tta_auc=tm["tta"]["auc"])
     with path.open("a") as f:
         f.write(jsonout.dumps(entry) + "\n")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
