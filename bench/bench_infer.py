@@ -326,21 +326,25 @@ def run_folder(args, manifest, images, intensity, tmp: Path) -> dict:
         model_t, decode_t = split_threads(default_threads(), len(paths))
     except ImportError:
         model_t, decode_t = 1, 1
-    for name, desc, threads, dthreads, guard, explain in (
+    for name, desc, threads, dthreads, guard, explain, tta in (
         ("predict_many", f"Classifier.load().predict_many(batch_size={args.batch_size}): API defaults (all cores to model and decoding); loop only", None, None, True, False),
         ("predict_many_cli_split", f"Classifier.load(threads={model_t}).predict_many(batch_size={args.batch_size}, decode_threads={decode_t}): "
-         "the split infer --dir uses; loop only", model_t, decode_t, True, False),
-        ("predict_many_no_guard", "the same, Classifier.load(guard=False): what the input guard costs; loop only", model_t, decode_t, False, False),
+         "the split infer --dir uses; loop only", model_t, decode_t, True, False, False),
+        ("predict_many_no_guard", "the same, Classifier.load(guard=False): what the input guard costs; loop only", model_t, decode_t, False, False, False),
         ("predict_many_explain", "the same, predict_many(explain=True): Grad-CAM heatmap for every image (no PNG written); loop only",
-         model_t, decode_t, True, True),
+         model_t, decode_t, True, True, False),
+        ("predict_many_tta", "the same, Classifier.load(tta=True) (`infer --tta`): each image and its mirror; loop only",
+         model_t, decode_t, True, False, True),
     ):
+        if tta and "tta" not in manifest:
+            continue
         try:
-            clf = Classifier.load(args.models, threads=threads, guard=guard)
+            clf = Classifier.load(args.models, threads=threads, guard=guard, tta=tta)
             row = timed_loop_row(name, desc, predict_many_fn(clf, paths, args.batch_size, dthreads, explain), len(paths), args.folder_runs)
             del clf
         except Exception as e:
             row = {"name": name, "desc": desc, "status": "failed", "error": f"{type(e).__name__}: {e}"}
-        row["accuracy"] = accuracy_of(row.get("last_results"), labels, thr)
+        row["accuracy"] = accuracy_of(row.get("last_results"), labels, float(manifest["tta"]["threshold"]) if tta else thr)
         rows.append(strip_results(row))
         print(f"  folder: {name} done, load {bl.loadavg()}", flush=True)
     onnx = args.models / (bl.artifact_file(manifest, "onnx_int8") or "pneumonia_int8.onnx")
@@ -451,6 +455,10 @@ def targets_table(results) -> dict:
     t["guard_ms_per_image (predict_many with the guard minus without)"] = {"value": v, "target": "<= 0.3", "met": check("guard_ms_per_image", v)}
     v = expl["ms_per_image"] - base["ms_per_image"] if base.get("ms_per_image") and expl.get("ms_per_image") else None
     t["gradcam_ms_per_image (predict_many with explain minus without)"] = {"value": v, "target": "<= 1", "met": check("gradcam_ms_per_image", v)}
+    tta = folder_rows.get("predict_many_tta", {})
+    if tta.get("ms_per_image") and base.get("ms_per_image"):
+        v = tta["ms_per_image"] - base["ms_per_image"]
+        t["tta_ms_per_image (predict_many with --tta minus without; no target, measured)"] = {"value": v, "target": "-", "met": None}
     # Best run (min time) of each: the least contended estimate on a shared machine; reference only.
     def best(rows_, name, key):
         r = rows_.get(name)

@@ -80,14 +80,15 @@ def _read(item: str) -> bytes:
     return read_bytes(Path(item[7:] if item.startswith("file://") else item))
 
 
-def classify_partition(items: list[str], model: str | None, artifact: str | None, guard: bool = True) -> list[dict]:
+def classify_partition(items: list[str], model: str | None, artifact: str | None, guard: bool = True,
+                       tta: bool = False) -> list[dict]:
     """One Dask task: the rows for a partition, with a Classifier cached per worker process."""
     from .classifier import Classifier
 
-    key = (model, artifact, guard)
+    key = (model, artifact, guard, tta)
     clf = _WORKER_CLASSIFIERS.get(key)
     if clf is None:
-        clf = _WORKER_CLASSIFIERS[key] = Classifier.load(model, artifact=artifact, threads=1, guard=guard)
+        clf = _WORKER_CLASSIFIERS[key] = Classifier.load(model, artifact=artifact, threads=1, guard=guard, tta=tta)
     local = [i for i in items if "://" not in i or i.startswith("file://")]
     if len(local) == len(items):  # plain files: the classifier's own batched path
         paths = [i[7:] if i.startswith("file://") else i for i in items]
@@ -126,7 +127,8 @@ def start_client(cluster: str):
 
 def run_batch(source: str, output: Path, cluster: str = "local", resume: bool = False, model: str | None = None,
               artifact: str | None = None, partition_size: int = 128, guard: bool = True,
-              progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print) -> dict:
+              progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print,
+              tta: bool = False) -> dict:
     from .ledger import ResultSink
 
     suffix = output.suffix.lower()
@@ -153,7 +155,7 @@ def run_batch(source: str, output: Path, cluster: str = "local", resume: bool = 
             from distributed import as_completed
 
             parts = [todo[i:i + partition_size] for i in range(0, len(todo), partition_size)]
-            futures = [client.submit(classify_partition, part, None if model is None else str(model), artifact, guard,
+            futures = [client.submit(classify_partition, part, None if model is None else str(model), artifact, guard, tta,
                                      pure=False, retries=3) for part in parts]
             done = 0
             for fut in as_completed(futures):

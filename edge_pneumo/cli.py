@@ -239,6 +239,7 @@ def serve(
     ae_title: Annotated[str, typer.Option(help="The DICOM node's own AE title.")] = "EDGEPNEUMO",
     allow_aet: Annotated[Optional[list[str]], typer.Option("--allow-aet", help="A calling AE title allowed to send (repeatable); others are refused.", show_default=False)] = None,
     results: Annotated[Path, typer.Option(help="The DICOM node's results: JSON lines with the SOPInstanceUID, each image once.")] = Path("dicom_results.jsonl"),
+    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation (twice the model time; its own threshold).")] = False,
 ) -> None:
     """Serve a LAN page and JSON API (and optionally a DICOM node) for a clinic appliance.
 
@@ -253,7 +254,7 @@ def serve(
     protect_python_stderr()
     token = read_token(token_file)
     check_exposure(host, token)
-    clf = Classifier.load(model, artifact=artifact)
+    clf = Classifier.load(model, artifact=artifact, tta=tta)
     node = None
     if dicom_port is not None:
         from .dicom_node import DicomNode
@@ -278,6 +279,7 @@ def watch(
     stable_seconds: Annotated[float, typer.Option(help="A file is read once its size and mtime have not changed for this long.", min=0.0)] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Classify what is there now, then exit (for cron).")] = False,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose.")] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation (twice the model time; its own threshold).")] = False,
 ) -> None:
     """Classify every image in a folder, then each new one as it arrives: nothing lost, nothing twice.
 
@@ -293,7 +295,7 @@ def watch(
     protect_python_stderr()
     if not folder.is_dir():
         raise EdgePneumoError(f"{folder}: no such folder to watch")
-    clf = Classifier.load(model, artifact=artifact, guard=not no_guard)
+    clf = Classifier.load(model, artifact=artifact, guard=not no_guard, tta=tta)
     sink = ResultSink(output, ledger)
     w = Watcher(clf, folder, sink, poll=poll, move_done=move_done, stable_seconds=stable_seconds,
                 log=lambda m: print(m, flush=True))
@@ -319,6 +321,7 @@ def batch(
     artifact: Annotated[Optional[str], typer.Option(help="The manifest's artifact name. Default: each worker's fastest.", show_default=False)] = None,
     partition_size: Annotated[int, typer.Option(help="Inputs per Dask task.", min=1)] = 128,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose.")] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation (twice the model time; its own threshold).")] = False,
 ) -> None:
     """Score a whole archive on a Dask cluster: the same rows as infer, streamed, resumable, each input once."""
     import sys
@@ -339,7 +342,7 @@ def batch(
 
     try:
         summary = run_batch(source, output, cluster, resume, model, artifact, partition_size, not no_guard, progress,
-                            log=lambda m: print(m, file=sys.stderr, flush=True))
+                            log=lambda m: print(m, file=sys.stderr, flush=True), tta=tta)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

@@ -10,11 +10,14 @@
 # Round 1 (logged with --holdout-family NORMAL2): every NORMAL2 image held out of the validation run,
 # threshold on them + validation pneumonia. Round 2 (the shipped rule): threshold on the validation
 # split's NORMAL2 normals + validation pneumonia, the validation run trained like the final model.
+# Round 3 (session 4): SOFT=<teacher v2 file> PLAIN=0 PREFIX=v2 (then PREFIX=v2seedaug ... --augment seed).
 set -euo pipefail
 DATA=${1:-../shared/data/chest_xray}
 OUT=${2:-/tmp/students}
 shift 2 || true
 SOFT=${SOFT:-exported/teacher_soft_labels.json}
+PLAIN=${PLAIN:-1}  # 0: skip the plain (not distilled) run
+PREFIX=${PREFIX:-distilled}
 mkdir -p "$OUT"
 run() {  # name, train options...
   local name=$1; shift
@@ -25,6 +28,6 @@ run() {  # name, train options...
   cp "$OUT/$name/test_evaluations.jsonl" exported/test_evaluations.jsonl
 }
 for seed in 0 1 2; do
-  run "distilled_seed$seed" --seed "$seed" --teacher "$SOFT" --distill-alpha 0.5 "$@"
+  run "${PREFIX}_seed$seed" --seed "$seed" --teacher "$SOFT" --distill-alpha 0.5 "$@"
 done
-run "plain_seed0" --seed 0 "$@"
+if [ "$PLAIN" = 1 ]; then run "plain_seed0" --seed 0 "$@"; fi

@@ -76,3 +76,12 @@ def test_infer_tta_through_the_cli(tiny_export, synthetic_data):
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 32 and {row["tta"] for row in rows} == {"flip"}
+
+
+def test_watch_once_with_tta_records_flip_rows(tiny_export, synthetic_data, tmp_path):
+    out = tmp_path / "results.jsonl"
+    r = runner.invoke(app, ["watch", str(synthetic_data / "test" / "NORMAL"), "--once", "--poll", "--stable-seconds", "0",
+                            "--model", str(tiny_export), "--tta", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 16 and {row["tta"] for row in rows} == {"flip"}
