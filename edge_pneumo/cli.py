@@ -72,6 +72,7 @@ def train(
     refit: Annotated[bool, typer.Option(help="Refit on all of train/ for the chosen number of epochs.")] = True,
     teacher: Annotated[Optional[Path], typer.Option(help="Soft labels from `edge-pneumo teacher` (distillation; the student stays the seed CNN).", show_default=False)] = None,
     distill_alpha: Annotated[float, typer.Option(help="With --teacher: target = alpha x label + (1 - alpha) x teacher probability.", min=0.0, max=1.0)] = 0.5,
+    teacher_temperature: Annotated[float, typer.Option(help="With --teacher: soften the teacher's probabilities first, sigmoid(logit(p) / T) (1 = as they are).", min=0.05)] = 1.0,
     threshold_family: Annotated[str, typer.Option(help="The harder acquisition batch of validation normals the threshold and rule-in are chosen on, with validation pneumonia ('none': all of validation).")] = "NORMAL2",
     holdout_family: Annotated[str, typer.Option(help="Experimental: hold this batch out of the validation run's fitting entirely ('none': off).")] = "none",
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them) instead of stopping.")] = False,
@@ -83,7 +84,8 @@ def train(
 
     try:
         recipe = Recipe(max_epochs=epochs, class_weight=class_weight, augment=augment, label_smoothing=label_smoothing,
-                        distill_alpha=distill_alpha if teacher is not None else 1.0)
+                        distill_alpha=distill_alpha if teacher is not None else 1.0,
+                        teacher_temperature=teacher_temperature if teacher is not None else 1.0)
         Preprocessing(intensity=intensity)  # checks the name
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -27,4 +27,9 @@ for folder in sys.argv[1:]:
         "test_accuracy": t.get("accuracy"), "test_auc": t.get("auc"), "test_sensitivity": t.get("sensitivity"),
         "test_specificity": t.get("specificity"), "test_ece": t.get("ece"), "test_ece_calibrated": t.get("ece_calibrated"),
         "test_decided_share": (t.get("band") or {}).get("decided_share"), "seconds": r.get("seconds"),
+        "augment": r["recipe"].get("augment"),
+        "tta": None if not r.get("tta") else {
+            "threshold": r["tta"]["threshold"], "validation_auc": r["tta"]["selection_figures"]["validation"]["auc"],
+            "shift_set_auc": r["tta"]["selection_figures"]["shift_set"]["auc"],
+            "test_accuracy": (t.get("tta") or {}).get("accuracy"), "test_auc": (t.get("tta") or {}).get("auc")},
     }))

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..metrics import best_threshold, binary_report
+from ..metrics import apply_temperature, best_threshold, binary_report
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Recipe:
     average_last: int = 0  # average the weights of the best epoch and the N-1 before it (0 or 1: off)
     threshold_tolerance: float = 0.01  # balanced-accuracy slack when picking the threshold (see metrics)
     distill_alpha: float = 1.0  # target = alpha * label + (1 - alpha) * teacher probability (1 = no teacher)
+    teacher_temperature: float = 1.0  # the teacher's probability softened first: sigmoid(logit(p) / T)
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -38,6 +39,8 @@ class Recipe:
             raise ValueError("label_smoothing must be in [0, 0.5)")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError("distill_alpha must be in [0, 1]")
+        if self.teacher_temperature <= 0:
+            raise ValueError("teacher_temperature must be positive")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,11 +63,16 @@ def class_weights(y: np.ndarray) -> dict[int, float]:
 def targets(y: np.ndarray, recipe: Recipe, teacher: np.ndarray | None) -> np.ndarray:
     """Training targets: the labels, or (distillation) labels mixed with the teacher's
     probabilities. For a sigmoid output the cross-entropy is linear in its target, so this
-    mix is exactly alpha * BCE(label) + (1 - alpha) * BCE(teacher)."""
+    mix is exactly alpha * BCE(label) + (1 - alpha) * BCE(teacher). A teacher temperature T > 1
+    softens its probabilities first (Hinton et al. 2015): a teacher that is nearly certain on the
+    images it was fitted on otherwise hands the student little more than the labels."""
     y = y.astype(np.float32)
     if teacher is None or recipe.distill_alpha >= 1.0:
         return y
-    return recipe.distill_alpha * y + (1.0 - recipe.distill_alpha) * np.asarray(teacher, np.float32)
+    soft = np.asarray(teacher, np.float64)
+    if recipe.teacher_temperature != 1.0:
+        soft = apply_temperature(np.clip(soft, 1e-6, 1 - 1e-6), recipe.teacher_temperature)
+    return (recipe.distill_alpha * y + (1.0 - recipe.distill_alpha) * soft).astype(np.float32)
 
 
 def _dataset(x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int, weights: dict[int, float] | None,

@@ -84,7 +84,8 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         teacher_p = soft.for_samples(full.samples, split_dir)
         log(f"teacher: {cfg.teacher} ({soft.record.get('model', '')}; selection AUC "
             f"{soft.record.get('selection', {}).get('auc', float('nan')):.4f}); targets = {cfg.recipe.distill_alpha} x label "
-            f"+ {1 - cfg.recipe.distill_alpha:.2f} x teacher")
+            f"+ {1 - cfg.recipe.distill_alpha:.2f} x teacher" + (f" (softened, T = {cfg.recipe.teacher_temperature})"
+                                                                   if cfg.recipe.teacher_temperature != 1.0 else ""))
 
     def epoch_line(stage):
         def show(r):
