@@ -136,7 +136,7 @@ def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLO
         return JSON({
             "model_version": clf.model_version, "artifact": clf.entry.name, "file": clf.entry.file,
             "sha256": clf.entry.sha256, "runtime": clf.entry.runtime, "precision": clf.entry.precision,
-            "class_names": list(clf.class_names),
+            "class_names": list(clf.class_names), "tta": "flip" if clf.tta else None,
             "threshold": {"raw": cal.threshold, "calibrated": cal.calibrate(cal.threshold)},
             "calibration": {"temperature": cal.temperature, "rule_out": cal.rule_out, "rule_in": cal.rule_in},
             "guard": None if clf.guard is None else {
