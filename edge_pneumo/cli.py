@@ -63,7 +63,8 @@ def train(
     data: DataOpt,
     out: Annotated[Path, typer.Option(help="Where to write the model and its run record.")] = Path("exported"),
     epochs: Annotated[int, typer.Option(help="Most epochs of the validation run; early stopping picks the best.", min=1)] = 10,
-    seed: Annotated[int, typer.Option(help="Seed for the split, weights, shuffling and augmentation.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the weights, shuffling and augmentation (and the split, unless --split-seed or --teacher says otherwise).")] = 0,
+    split_seed: Annotated[Optional[int], typer.Option(help="Seed of the patient-wise validation split. Default: the teacher's (with --teacher), else --seed.", show_default=False)] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of train/ patients held out for validation.", min=0.01, max=0.9)] = 0.15,
     class_weight: Annotated[bool, typer.Option(help="Weight classes to balance the 3:1 PNEUMONIA imbalance.")] = True,
     augment: Annotated[str, typer.Option(help="'seed' (flip, zoom 0.2, shear 0.2), 'strong' (+ rotation, brightness, contrast), 'robust' (+ translation), 'photometric' (+ gamma, blur) or 'aspect' (+ horizontal-only zoom).")] = "strong",
@@ -89,7 +90,7 @@ def train(
         Preprocessing(intensity=intensity)  # checks the name
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    cfg = TrainConfig(data=data, out=out, seed=seed, val_fraction=val_fraction, refit_full=refit,
+    cfg = TrainConfig(data=data, out=out, seed=seed, split_seed=split_seed, val_fraction=val_fraction, refit_full=refit,
                       skip_bad=skip_bad, intensity=intensity, recipe=recipe, teacher=teacher,
                       holdout_family=None if holdout_family.lower() == "none" else holdout_family,
                       threshold_family=None if threshold_family.lower() == "none" else threshold_family)
@@ -176,8 +177,9 @@ def export(
     from .training.keras_io import load_keras
 
     km = load_keras(model)
-    seed = int(km.record.get("seed", 0))
-    val_fraction = float(km.record.get("split", {}).get("val_fraction", 0.15))
+    split = km.record.get("split", {})
+    seed = int(split.get("split_seed", km.record.get("seed", 0)))  # the training run's own patient split
+    val_fraction = float(split.get("val_fraction", 0.15))
     cfg = ExportConfig(data=data, out=out, formats=fmts, calibration_images=calibration_images,
                        validation_images=validation_images, seed=seed, val_fraction=val_fraction, budget_scale=budget_scale)
     manifest = export_all(km, cfg, log=lambda m: print(m, flush=True))

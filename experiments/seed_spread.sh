@@ -27,7 +27,7 @@ run() {  # name, train options...
     | grep --line-buffered -v "E0000\|WARNING\|oneDNN\|I0000" | tee "$OUT/$name/log.txt"
   cp "$OUT/$name/test_evaluations.jsonl" exported/test_evaluations.jsonl
 }
-for seed in 0 1 2; do
+for seed in ${SEEDS:-0 1 2}; do
   run "${PREFIX}_seed$seed" --seed "$seed" --teacher "$SOFT" --distill-alpha 0.5 "$@"
 done
 if [ "$PLAIN" = 1 ]; then run "plain_seed0" --seed 0 "$@"; fi

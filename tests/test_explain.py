@@ -54,7 +54,8 @@ def test_maps_point_at_what_the_deployed_model_uses(real_data):
     d = deletion_test(clf.backend.predict, x, maps)
     assert d["images"] >= 30 and d["ratio"] >= 1.5, d
     run = clf.backend.run(x, ("probability", "features", "conv"))
-    assert randomised_head_agreement(run.conv, run.features, *weights)["spearman_mean"] < 0.5
+    rnd = randomised_head_agreement(run.conv, run.features, *weights)
+    assert rnd["draws"] == 10 and rnd["spearman_mean"] < 0.3, rnd  # maps do not survive random heads, on average
     ref = Classifier.load(artifact="onnx_float32")
     ref_maps, _ = maps_for(ref.backend, x, *ref.manifest.gradcam_params("onnx_float32"))
     assert map_agreement(maps, ref_maps)["spearman_mean"] > 0.8

@@ -37,6 +37,7 @@ class TrainConfig:
     data: Path
     out: Path
     seed: int = 0
+    split_seed: int | None = None  # the patient split's seed; None: the teacher's split seed with --teacher, else `seed`
     val_fraction: float = 0.15
     refit_full: bool = True
     skip_bad: bool = False
@@ -56,9 +57,15 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     preprocessing = Preprocessing(intensity=cfg.intensity)
     split_dir = find_split(cfg.data, "train")
     samples = discover(split_dir)
-    train_s, val_s = selection_split(samples, cfg.val_fraction, cfg.seed, cfg.holdout_family)
+    soft = None
+    if cfg.teacher is not None:
+        from .teacher import load_soft_labels
+
+        soft = load_soft_labels(cfg.teacher)
+    split_seed = _split_seed(cfg, soft)
+    train_s, val_s = selection_split(samples, cfg.val_fraction, split_seed, cfg.holdout_family)
     held = [s for s in val_s if cfg.holdout_family and image_family(s.path.name) == cfg.holdout_family]
-    log(f"train/: {len(samples)} images; patient-wise split (seed {cfg.seed}): {len(train_s)} fit, "
+    log(f"train/: {len(samples)} images; patient-wise split (seed {split_seed}): {len(train_s)} fit, "
         f"{len(val_s)} selection images" + (f" (incl. all {len(held)} {cfg.holdout_family} images, held out as an "
                                             "unseen acquisition batch)" if held else ""))
     full = load_images(samples, preprocessing, skip_bad=cfg.skip_bad)
@@ -77,10 +84,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     shift_set = ((family == shift_family) & (y_va == 0)) | (y_va == 1) if has_family else np.ones(len(y_va), bool)
     plain_val = (family != cfg.holdout_family) if cfg.holdout_family and has_family else np.ones(len(y_va), bool)
     teacher_p = None
-    if cfg.teacher is not None:
-        from .teacher import load_soft_labels
-
-        soft = load_soft_labels(cfg.teacher)
+    if soft is not None:
         teacher_p = soft.for_samples(full.samples, split_dir)
         log(f"teacher: {cfg.teacher} ({soft.record.get('model', '')}; selection AUC "
             f"{soft.record.get('selection', {}).get('auc', float('nan')):.4f}); targets = {cfg.recipe.distill_alpha} x label "
@@ -133,6 +137,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "preprocessing": preprocessing.to_dict(),
         "recipe": cfg.recipe.to_dict(),
         "split": {
+            "split_seed": split_seed,
             "val_fraction": cfg.val_fraction,
             "holdout_family": cfg.holdout_family,
             "threshold_family": shift_family if has_family else None,
@@ -181,6 +186,25 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     tmp.replace(rp)
     log(f"wrote {cfg.out / MODEL_NAME} and {rp} ({record['seconds']:.0f} s)")
     return record
+
+
+def _split_seed(cfg: TrainConfig, soft) -> int:
+    """The patient split's seed. With a teacher it must be the teacher's own: a teacher fitted on
+    another split has seen part of this run's validation images, and its soft labels would carry
+    them into the student (validation figures too good, and the selection rule misled)."""
+    teacher_seed = None
+    if soft is not None:
+        split = soft.record.get("split") or {}
+        teacher_seed = split.get("split_seed")
+        if teacher_seed is not None and abs(float(split.get("val_fraction", cfg.val_fraction)) - cfg.val_fraction) > 1e-9:
+            raise DatasetError(f"{cfg.teacher}: the teacher was fitted with --val-fraction {split['val_fraction']}; "
+                               f"train the student with the same (not {cfg.val_fraction})")
+    if cfg.split_seed is None:
+        return int(teacher_seed) if teacher_seed is not None else cfg.seed
+    if teacher_seed is not None and int(teacher_seed) != cfg.split_seed:
+        raise DatasetError(f"{cfg.teacher}: the teacher was fitted on the patient split of seed {teacher_seed}, which "
+                           f"overlaps this run's validation split (seed {cfg.split_seed}); use --split-seed {teacher_seed}")
+    return cfg.split_seed
 
 
 def _calibration(y: np.ndarray, p: np.ndarray, shift_set: np.ndarray, threshold: float, cfg: TrainConfig) -> dict:
