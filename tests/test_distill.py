@@ -53,6 +53,17 @@ def test_teacher_file_drives_a_reproducible_student(synthetic_data, tmp_path):
     assert record["recipe"]["distill_alpha"] == 0.5 and record["recipe"]["teacher_temperature"] == 2.0
     assert record["teacher"]["file"] == str(soft) and record["teacher"]["record"] == rec
     assert record["tta"]["threshold"] is not None and "tta_auc" in record["test_evaluations"][-1]
+    assert record["split"]["split_seed"] == rec["split"]["split_seed"] == 0
+
+    # another weight seed keeps the teacher's split; another split seed is refused (it would leak)
+    r = runner.invoke(app, ["train", "--data", str(synthetic_data), "--out", str(tmp_path / "s1"), "--epochs", "1",
+                            "--no-refit", "--intensity", "none", "--teacher", str(soft), "--seed", "3"])
+    assert r.exit_code == EXIT_OK, r.output
+    seeded = json.loads((tmp_path / "s1" / "pneumonia_cnn.record.json").read_text())
+    assert seeded["seed"] == 3 and seeded["split"]["split_seed"] == 0
+    r = runner.invoke(app, ["train", "--data", str(synthetic_data), "--out", str(tmp_path / "s4"), "--epochs", "1",
+                            "--teacher", str(soft), "--split-seed", "1"])
+    assert r.exit_code == EXIT_FAILED and "use --split-seed 0" in r.output, r.output
 
     # a training image that changed after the teacher labelled it: one clear line, no training
     victim = synthetic_data / "train" / train_images[0]
