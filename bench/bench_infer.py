@@ -327,7 +327,7 @@ def run_folder(args, manifest, images, intensity, tmp: Path) -> dict:
     except ImportError:
         model_t, decode_t = 1, 1
     for name, desc, threads, dthreads, guard, explain, tta in (
-        ("predict_many", f"Classifier.load().predict_many(batch_size={args.batch_size}): API defaults (all cores to model and decoding); loop only", None, None, True, False),
+        ("predict_many", f"Classifier.load().predict_many(batch_size={args.batch_size}): API defaults (all cores to model and decoding); loop only", None, None, True, False, False),
         ("predict_many_cli_split", f"Classifier.load(threads={model_t}).predict_many(batch_size={args.batch_size}, decode_threads={decode_t}): "
          "the split infer --dir uses; loop only", model_t, decode_t, True, False, False),
         ("predict_many_no_guard", "the same, Classifier.load(guard=False): what the input guard costs; loop only", model_t, decode_t, False, False, False),
