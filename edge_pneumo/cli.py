@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 
 DataOpt = Annotated[Path, typer.Option("--data", help="The chest_xray folder (with train/ and test/), e.g. ../shared/data/chest_xray.", envvar="EDGE_PNEUMO_DATA")]
+TtaOpt = Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation: average the image and its mirror image (twice the model time; its own threshold, chosen on validation).")]
 
 
 def handle_errors(fn):
@@ -211,7 +212,7 @@ def infer(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Run an artifact whose sha256 does not match its manifest.")] = False,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose: every image is classified, even a blank page (each result says so).")] = False,
     heatmap: Annotated[Optional[Path], typer.Option("--heatmap", help="Write a Grad-CAM overlay PNG per classified image into this folder.", show_default=False)] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation: average the image and its mirror image (twice the model time; its own threshold, chosen on validation).")] = False,
+    tta: TtaOpt = False,
 ) -> None:
     """Classify X-rays as NORMAL or PNEUMONIA with onnxruntime or LiteRT (no TensorFlow).
 
@@ -243,7 +244,7 @@ def serve(
     ae_title: Annotated[str, typer.Option(help="The DICOM node's own AE title.")] = "EDGEPNEUMO",
     allow_aet: Annotated[Optional[list[str]], typer.Option("--allow-aet", help="A calling AE title allowed to send (repeatable); others are refused.", show_default=False)] = None,
     results: Annotated[Path, typer.Option(help="The DICOM node's results: JSON lines with the SOPInstanceUID, each image once.")] = Path("dicom_results.jsonl"),
-    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation (twice the model time; its own threshold).")] = False,
+    tta: TtaOpt = False,
 ) -> None:
     """Serve a LAN page and JSON API (and optionally a DICOM node) for a clinic appliance.
 
@@ -283,7 +284,7 @@ def watch(
     stable_seconds: Annotated[float, typer.Option(help="A file is read once its size and mtime have not changed for this long.", min=0.0)] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Classify what is there now, then exit (for cron).")] = False,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose.")] = False,
-    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation (twice the model time; its own threshold).")] = False,
+    tta: TtaOpt = False,
 ) -> None:
     """Classify every image in a folder, then each new one as it arrives: nothing lost, nothing twice.
 
@@ -325,7 +326,7 @@ def batch(
     artifact: Annotated[Optional[str], typer.Option(help="The manifest's artifact name. Default: each worker's fastest.", show_default=False)] = None,
     partition_size: Annotated[int, typer.Option(help="Inputs per Dask task.", min=1)] = 128,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose.")] = False,
-    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation (twice the model time; its own threshold).")] = False,
+    tta: TtaOpt = False,
 ) -> None:
     """Score a whole archive on a Dask cluster: the same rows as infer, streamed, resumable, each input once."""
     import sys

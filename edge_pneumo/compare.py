@@ -229,8 +229,7 @@ def _tta_rows(manifest, models: Path, images, rows: list[Row], section: dict, lo
         if r.probabilities is None or r.name not in manifest.artifacts:
             continue
         backend = open_backend(models / manifest.artifacts[r.name].file, threads=2)
-        p = np.concatenate([tta.combine(backend.predict(tta.with_mirrors(images.x[i:i + 64])), len(images.x[i:i + 64]))
-                            for i in range(0, len(images.x), 64)])
+        p = tta.predict(backend.predict, images.x)
         m = binary_report(images.y, p, section["threshold"])
         plain = binary_report(images.y, r.probabilities, manifest.threshold)
         out["artifacts"][r.name] = {"tta": m, "plain": plain}

@@ -25,3 +25,8 @@ def combine(probabilities: np.ndarray, n: int) -> np.ndarray:
     """The 2n probabilities of `with_mirrors(batch)` -> the n averaged ones."""
     p = np.asarray(probabilities, np.float32).reshape(-1)
     return 0.5 * (p[:n] + p[n : 2 * n])
+
+
+def predict(predict_fn, batch: np.ndarray) -> np.ndarray:
+    """Flip-TTA probabilities from any batch -> probabilities function (a backend's, Keras's)."""
+    return combine(predict_fn(with_mirrors(batch)), len(batch))

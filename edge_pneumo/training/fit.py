@@ -71,7 +71,7 @@ def targets(y: np.ndarray, recipe: Recipe, teacher: np.ndarray | None) -> np.nda
         return y
     soft = np.asarray(teacher, np.float64)
     if recipe.teacher_temperature != 1.0:
-        soft = apply_temperature(np.clip(soft, 1e-6, 1 - 1e-6), recipe.teacher_temperature)
+        soft = apply_temperature(soft, recipe.teacher_temperature)
     return (recipe.distill_alpha * y + (1.0 - recipe.distill_alpha) * soft).astype(np.float32)
 
 
@@ -119,7 +119,7 @@ def predict(model, x: np.ndarray, batch_size: int = 256, tta: bool = False) -> n
     if tta:
         from .. import tta as flip_tta
 
-        return flip_tta.combine(predict(model, flip_tta.with_mirrors(x), batch_size), len(x))
+        return flip_tta.predict(lambda b: predict(model, b, batch_size), x)
     out = []
     for i in range(0, len(x), batch_size):
         out.append(np.asarray(model(x[i : i + batch_size].astype(np.float32), training=False)).reshape(-1))
