@@ -109,6 +109,7 @@ def teacher(
     epochs: Annotated[int, typer.Option(help="Most epochs per teacher; the best by selection AUC is kept.", min=1)] = 14,
     holdout_family: Annotated[str, typer.Option(help="Acquisition batch held out of fitting for selection ('none' for plain validation).")] = "NORMAL2",
     save_models: Annotated[bool, typer.Option("--save-models", help="Also save each teacher as .keras beside the file.")] = False,
+    folds: Annotated[int, typer.Option(help="k > 1: out-of-fold soft labels (k teachers per seed, each labels the patients it did not fit).", min=1)] = 1,
 ) -> None:
     """Train a larger CNN (from scratch, no downloads) once and save its soft labels for `train --teacher`."""
     from dataclasses import replace
@@ -117,7 +118,7 @@ def teacher(
 
     cfg = TeacherConfig(data=data, out=out, seeds=tuple(seeds), size=size, width=width,
                         holdout_family=None if holdout_family.lower() == "none" else holdout_family,
-                        recipe=replace(TEACHER_RECIPE, max_epochs=epochs), save_models=save_models)
+                        recipe=replace(TEACHER_RECIPE, max_epochs=epochs), save_models=save_models, folds=folds)
     run_teacher(cfg, log=lambda m: print(m, flush=True))
 
 

@@ -110,6 +110,23 @@ def patient_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> 
     return train, val
 
 
+def patient_folds(samples: Sequence[Sample], k: int, seed: int) -> list[int]:
+    """A fold number (0..k-1) per sample: patient-wise, per class, deterministic for a seed.
+
+    Out-of-fold labelling needs every image of a patient in one fold, or a model fitted on
+    the other folds has already seen that patient's other images.
+    """
+    if k < 2:
+        raise ValueError("k-fold needs k >= 2")
+    rng = np.random.default_rng(seed)
+    fold_of: dict[tuple[int, str], int] = {}
+    for label in range(len(CLASS_NAMES)):
+        patients = sorted({s.patient for s in samples if s.label == label})
+        for rank, i in enumerate(rng.permutation(len(patients))):
+            fold_of[(label, patients[i])] = rank % k
+    return [fold_of[(s.label, s.patient)] for s in samples]
+
+
 def image_family(filename: str) -> str:
     """The acquisition batch a Kermany file name belongs to: normals come as `IM-*` and
     `NORMAL2-IM-*` (two batches of the original collection); pneumonia as bacteria/virus."""

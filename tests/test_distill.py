@@ -76,3 +76,53 @@ def test_teacher_file_drives_a_reproducible_student(synthetic_data, tmp_path):
     r = runner.invoke(app, ["train", "--data", str(synthetic_data), "--out", str(tmp_path / "s3"), "--teacher",
                             str(tmp_path / "missing.json")])
     assert r.exit_code == EXIT_FAILED and "soft-label file not found" in r.output
+
+
+def test_patient_folds_keep_each_patient_in_one_fold():
+    from pathlib import Path
+
+    from edge_pneumo.data import Sample, patient_folds
+
+    samples = [Sample(Path(f"{p}_{i}.jpeg"), label, p) for label, patients in ((0, "abcdef"), (1, "ghijklmnop"))
+               for p in patients for i in range(1 + ord(p) % 3)]
+    folds = patient_folds(samples, 3, seed=0)
+    assert folds == patient_folds(samples, 3, seed=0) and set(folds) == {0, 1, 2}
+    by_patient = {}
+    for s, f in zip(samples, folds):
+        assert by_patient.setdefault(s.patient, f) == f  # one patient, one fold
+    for label in (0, 1):  # each class spread over the folds
+        assert len({f for s, f in zip(samples, folds) if s.label == label}) == 3
+    with pytest.raises(ValueError):
+        patient_folds(samples, 1, seed=0)
+
+
+@pytest.mark.slow
+def test_out_of_fold_teacher_labels_each_fit_image_with_a_teacher_that_never_saw_it(synthetic_data, tmp_path):
+    pytest.importorskip("tensorflow")
+    from edge_pneumo.data import discover, patient_folds, selection_split
+    from edge_pneumo.training.fit import predict
+    import keras
+
+    from edge_pneumo.data import load_images
+    from edge_pneumo.preprocess import Preprocessing
+
+    soft = tmp_path / "oof.json"
+    r = runner.invoke(app, ["teacher", "--data", str(synthetic_data), "--out", str(soft), "--size", "32", "--width", "8",
+                            "--epochs", "1", "--holdout-family", "none", "--folds", "2", "--save-models"])
+    assert r.exit_code == EXIT_OK, r.output
+    doc = json.loads(soft.read_text())
+    rec = doc["record"]
+    assert rec["folds"] == 2 and rec["out_of_fold"]["n"] == rec["split"]["fit_images"]
+    assert [m["fold"] for m in rec["members"]] == [0, 1]
+    assert sum(m["fit_images"] for m in rec["members"]) == rec["split"]["fit_images"]  # k-1 = 1 fold each
+
+    split_dir = synthetic_data / "train"
+    fit_s, sel_s = selection_split(discover(split_dir), 0.15, 0, None)
+    folds = patient_folds(fit_s, 2, 0)
+    imgs = load_images(fit_s + sel_s, Preprocessing(size=32, intensity="clahe"))
+    p = [predict(keras.models.load_model(tmp_path / f"oof.seed0.fold{k}.keras", compile=False), imgs.x) for k in (0, 1)]
+    got = np.array([doc["labels"][s.path.relative_to(split_dir).as_posix()]["p"] for s in imgs.samples])
+    n_fit = len(fit_s)
+    held_out_p = np.where(np.array(folds) == 0, p[0][:n_fit], p[1][:n_fit])
+    assert np.allclose(got[:n_fit], held_out_p, atol=1e-5)  # each fit image: the fold teacher that did not fit it
+    assert np.allclose(got[n_fit:], (p[0][n_fit:] + p[1][n_fit:]) / 2, atol=1e-5)  # selection: the mean

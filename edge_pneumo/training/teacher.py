@@ -10,6 +10,11 @@ student later selects on has been seen by its teacher. The file it writes holds 
 probability per training image, keyed by path and content hash, with the teacher's own
 record (command, seeds, recipe, selection metrics): the student run is reproducible
 without retraining the teacher.
+
+With `folds` = k > 1 the soft labels are out-of-fold: the fit part is cut patient-wise into k
+folds, one teacher per fold is fitted on the other k-1, and each fit image gets the probability
+of the teacher that never saw it (selection images: the mean of all k). A teacher hands the
+images it was fitted on back as near-hard labels; out of fold, its doubts reach the student.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import jsonout
-from ..data import Sample, discover, find_split, load_images, selection_split
+from ..data import Sample, discover, find_split, load_images, patient_folds, selection_split
 from ..errors import DatasetError
 from ..metrics import binary_report
 from ..preprocess import Preprocessing
@@ -49,6 +54,7 @@ class TeacherConfig:
     holdout_family: str | None = "NORMAL2"
     recipe: Recipe = TEACHER_RECIPE
     save_models: bool = False
+    folds: int = 1  # k > 1: out-of-fold soft labels on the fit part (k teachers per seed)
 
 
 def sample_key(s: Sample, split_dir: Path) -> str:
@@ -74,25 +80,45 @@ def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
     full = load_images(samples, pre)
     sel_set = set(sel_s)
     in_sel = np.array([s in sel_set for s in full.samples])
-    x_fit, y_fit, x_sel, y_sel = full.x[~in_sel], full.y[~in_sel], full.x[in_sel], full.y[in_sel]
+    x_sel, y_sel = full.x[in_sel], full.y[in_sel]
 
+    fold = np.full(len(full.samples), -1)
+    if cfg.folds > 1:
+        fit_idx = np.flatnonzero(~in_sel)
+        fold[fit_idx] = patient_folds([full.samples[i] for i in fit_idx], cfg.folds, cfg.split_seed)
     members, probs = [], []
     for seed in cfg.seeds:
-        t0 = time.time()
+        p_seed = np.zeros(len(full.samples))
+        for k in range(max(1, cfg.folds)):
+            t0 = time.time()
+            tag = f"seed {seed}" + (f", fold {k + 1}/{cfg.folds}" if cfg.folds > 1 else "")
+            fits = ~in_sel & (fold != k) if cfg.folds > 1 else ~in_sel
 
-        def show(r, seed=seed):
-            log(f"[teacher seed {seed}] epoch {r['epoch']:>2}  loss {r['loss']:.4f}  "
-                f"selection AUC {r.get('val_auc', float('nan')):.4f}  ({time.time() - t0:.0f} s)")
+            def show(r, tag=tag, t0=t0):
+                log(f"[teacher {tag}] epoch {r['epoch']:>2}  loss {r['loss']:.4f}  "
+                    f"selection AUC {r.get('val_auc', float('nan')):.4f}  ({time.time() - t0:.0f} s)")
 
-        res = fit(x_fit, y_fit, cfg.recipe, seed, x_sel, y_sel, on_epoch=show,
-                  build=lambda shape: build_teacher_model(shape, cfg.width))
-        p = predict(res.model, full.x, batch_size=64)
-        probs.append(p)
-        members.append({"seed": seed, "best_epoch": res.best_epoch, "seconds": round(time.time() - t0, 1),
-                        "selection": binary_report(y_sel, p[in_sel], 0.5)})
-        log(f"[teacher seed {seed}] best epoch {res.best_epoch}, selection AUC {members[-1]['selection']['auc']:.4f}")
-        if cfg.save_models:
-            res.model.save(cfg.out.with_name(f"{cfg.out.stem}.seed{seed}.keras"))
+            res = fit(full.x[fits], full.y[fits], cfg.recipe, seed, x_sel, y_sel, on_epoch=show,
+                      build=lambda shape: build_teacher_model(shape, cfg.width))
+            p = predict(res.model, full.x, batch_size=64)
+            if cfg.folds > 1:
+                held = fold == k
+                p_seed[held] = p[held]
+                p_seed[in_sel] += p[in_sel] / cfg.folds
+            else:
+                p_seed = p
+            member = {"seed": seed, "best_epoch": res.best_epoch, "fit_images": int(fits.sum()),
+                      "seconds": round(time.time() - t0, 1), "selection": binary_report(y_sel, p[in_sel], 0.5)}
+            if cfg.folds > 1:
+                held = fold == k
+                member.update(fold=k, out_of_fold=binary_report(full.y[held], p[held], 0.5))
+            members.append(member)
+            log(f"[teacher {tag}] best epoch {res.best_epoch}, selection AUC {member['selection']['auc']:.4f}"
+                + (f", out-of-fold AUC {member['out_of_fold']['auc']:.4f}" if cfg.folds > 1 else ""))
+            if cfg.save_models:
+                suffix = f".seed{seed}" + (f".fold{k}" if cfg.folds > 1 else "")
+                res.model.save(cfg.out.with_name(f"{cfg.out.stem}{suffix}.keras"))
+        probs.append(p_seed)
     mean = np.mean(probs, axis=0)
     record = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -103,8 +129,12 @@ def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
         "recipe": cfg.recipe.to_dict(),
         "split": {"split_seed": cfg.split_seed, "val_fraction": cfg.val_fraction, "holdout_family": cfg.holdout_family,
                   "fit_images": int((~in_sel).sum()), "selection_images": int(in_sel.sum())},
+        "folds": cfg.folds,
+        "soft_labels_on_fit_images": ("out of fold: each from the teacher(s) that never saw it" if cfg.folds > 1
+                                      else "in sample: from the teacher(s) fitted on them"),
         "members": members,
         "selection": binary_report(y_sel, mean[in_sel], 0.5),
+        "out_of_fold": binary_report(full.y[~in_sel], mean[~in_sel], 0.5) if cfg.folds > 1 else None,
         "test_looked_at": False,
         "versions": versions(),
         "seconds": round(time.time() - started, 1),
