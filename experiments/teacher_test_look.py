@@ -6,6 +6,7 @@ it is not, distillation has nothing to pass on.) The look is appended to
 exported/test_evaluations.jsonl like every other.
 
     python experiments/teacher_test_look.py --data ../shared/data/chest_xray --soft /tmp/teacher/teacher_soft_labels.json
+    (with `teacher --folds k`, every fold's model is scored and the ensemble is their mean)
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ def main() -> None:
     pre = Preprocessing.from_dict(record["preprocessing"])
     test = load_images(discover(find_split(args.data, "test")), pre)
     probs = {}
+    folds = int(record.get("folds") or 1)  # out-of-fold teachers: .seedN.foldK.keras, all used on test
     for seed in record["seeds"]:
-        model = keras.models.load_model(args.soft.with_name(f"{args.soft.stem}.seed{seed}.keras"), compile=False)
-        probs[f"seed{seed}"] = predict(model, test.x, batch_size=64)
+        for name in [f"seed{seed}"] if folds == 1 else [f"seed{seed}.fold{k}" for k in range(folds)]:
+            model = keras.models.load_model(args.soft.with_name(f"{args.soft.stem}.{name}.keras"), compile=False)
+            probs[name] = predict(model, test.x, batch_size=64)
     probs["ensemble"] = np.mean(list(probs.values()), axis=0)
     out = {k: binary_report(test.y, p, 0.5) for k, p in probs.items()}
     for k, m in out.items():
