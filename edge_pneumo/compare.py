@@ -334,6 +334,18 @@ def markdown_report(report: dict, manifest, figure_name: str | None) -> str:
     return "\n".join(lines)
 
 
+def _effective_band(cal: dict, threshold: float | None) -> str:
+    """The band the runner uses widens to the threshold (`classifier.Calibration`): say so when
+    a rule point lies on the far side of it, or the table's "rule-in" reads wrong."""
+    if threshold is None:
+        return ""
+    lo, hi = min(cal["rule_out"], threshold), max(cal["rule_in"], threshold)
+    if (lo, hi) == (cal["rule_out"], cal["rule_in"]):
+        return ""
+    return (f" The band in use is {lo:.4f} to {hi:.4f}: a rule point beyond the threshold {threshold:.4f} "
+            "is moved to it, so no image is ruled in below the threshold or ruled out above it.")
+
+
 def _trust_markdown(report: dict) -> list[str]:
     lines: list[str] = []
     cal = report.get("calibration")
@@ -341,7 +353,8 @@ def _trust_markdown(report: dict) -> list[str]:
         sel = cal["selection"]
         lines += ["## Calibration and confidence band", "",
                   f"Temperature {cal['temperature']:.3f}, rule-out below {cal['rule_out']:.4f}, rule-in from "
-                  f"{cal['rule_in']:.4f} (raw probabilities), all chosen at training time: {cal.get('rule', '')}.", "",
+                  f"{cal['rule_in']:.4f} (raw probabilities), all chosen at training time: {cal.get('rule', '')}."
+                  + _effective_band(cal, report.get("threshold")), "",
                   "| set | artifact | ECE raw | ECE calibrated | decided automatically | rule-out sensitivity | "
                   "rule-in specificity | PNEUMONIA among ruled-out | NORMAL among ruled-in | accuracy of decided |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
