@@ -63,7 +63,7 @@ def _print_version(value: bool) -> None:
 def train(
     data: DataOpt,
     out: Annotated[Path, typer.Option(help="Where to write the model and its run record.")] = Path("exported"),
-    epochs: Annotated[int, typer.Option(help="Most epochs of the validation run (cosine decay over them); early stopping picks the best. 20 is the shipped recipe (round 5: 10 stopped the student early).", min=1)] = 20,
+    epochs: Annotated[int, typer.Option(help="Most epochs of the validation run (cosine decay over them); early stopping picks the best. 30 is the shipped recipe (rounds 5-6: 10 stopped the student early).", min=1)] = 30,
     seed: Annotated[int, typer.Option(help="Seed for the weights, shuffling and augmentation (and the split, unless --split-seed or --teacher says otherwise).")] = 0,
     split_seed: Annotated[Optional[int], typer.Option(help="Seed of the patient-wise validation split. Default: the teacher's (with --teacher), else --seed.", show_default=False)] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of train/ patients held out for validation.", min=0.01, max=0.9)] = 0.15,
