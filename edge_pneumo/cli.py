@@ -58,6 +58,19 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(EXIT_OK)
 
 
+def _tolerance(text: str) -> float | str:
+    """--threshold-tolerance: 'se' or a number >= 0."""
+    if text.strip().lower() == "se":
+        return "se"
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--threshold-tolerance must be a number or 'se', not {text!r}") from None
+    if value < 0:
+        raise ValueError("--threshold-tolerance must not be negative")
+    return value
+
+
 @app.command()
 @handle_errors
 def train(
@@ -75,6 +88,7 @@ def train(
     teacher: Annotated[Optional[Path], typer.Option(help="Soft labels from `edge-pneumo teacher` (distillation; the student stays the seed CNN).", show_default=False)] = None,
     distill_alpha: Annotated[float, typer.Option(help="With --teacher: target = alpha x label + (1 - alpha) x teacher probability.", min=0.0, max=1.0)] = 0.5,
     teacher_temperature: Annotated[float, typer.Option(help="With --teacher: soften the teacher's probabilities first, sigmoid(logit(p) / T) (1 = as they are).", min=0.05)] = 1.0,
+    threshold_tolerance: Annotated[str, typer.Option(help="Balanced-accuracy slack of the threshold choice (the threshold nearest 0.5 within it wins): a number, or 'se' for one standard error of the maximum.")] = "0.01",
     threshold_family: Annotated[str, typer.Option(help="The harder acquisition batch of validation normals the threshold and rule-in are chosen on, with validation pneumonia ('none': all of validation).")] = "NORMAL2",
     holdout_family: Annotated[str, typer.Option(help="Experimental: hold this batch out of the validation run's fitting entirely ('none': off).")] = "none",
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them) instead of stopping.")] = False,
@@ -87,7 +101,8 @@ def train(
     try:
         recipe = Recipe(max_epochs=epochs, class_weight=class_weight, augment=augment, label_smoothing=label_smoothing,
                         distill_alpha=distill_alpha if teacher is not None else 1.0,
-                        teacher_temperature=teacher_temperature if teacher is not None else 1.0)
+                        teacher_temperature=teacher_temperature if teacher is not None else 1.0,
+                        threshold_tolerance=_tolerance(threshold_tolerance))
         Preprocessing(intensity=intensity)  # checks the name
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

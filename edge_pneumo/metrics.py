@@ -74,22 +74,39 @@ def agreement_stats(probabilities: np.ndarray, reference: np.ndarray, threshold:
     return {"agreement": float(np.mean(same)), "max_abs_dp": float(dp.max()), "mean_abs_dp": float(dp.mean())}
 
 
-def best_threshold(y_true: np.ndarray, probabilities: np.ndarray, tolerance: float = 0.0) -> float:
+ONE_SE = "se"  # threshold tolerance: one standard error of J at its maximum
+
+
+def best_threshold(y_true: np.ndarray, probabilities: np.ndarray, tolerance: float | str = 0.0) -> float:
     """The threshold with the highest balanced accuracy (Youden's J), for choosing on validation.
 
     Among thresholds whose J is within `tolerance` of the best, the one closest to 0.5 wins:
     with class weighting 0.5 is the balanced-prior default, and a flat optimum on an easy
-    validation split should not drag the threshold to an edge. Returned as a midpoint between
-    neighbouring scores so it does not sit on one image's score.
+    validation split should not drag the threshold to an edge. `tolerance="se"` is one
+    standard error of J at the best threshold (the one-standard-error rule): a maximum over a
+    few hundred images is itself that noisy, so a smaller slack lets noise pick the threshold.
+    Returned as a midpoint between neighbouring scores so it does not sit on one image's score.
     """
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(probabilities, dtype=np.float64)
     s = np.unique(p)
     candidates = np.concatenate([[0.5], (s[:-1] + s[1:]) / 2.0]) if len(s) > 1 else np.array([0.5])
     pred = p[None, :] >= candidates[:, None]
-    j = pred[:, y].mean(axis=1) + (~pred[:, ~y]).mean(axis=1) - 1.0
+    sens, spec = pred[:, y].mean(axis=1), (~pred[:, ~y]).mean(axis=1)
+    j = sens + spec - 1.0
+    if tolerance == ONE_SE:
+        b = int(np.argmax(j))
+        tolerance = j_standard_error(sens[b], spec[b], int(y.sum()), int((~y).sum()))
+    elif isinstance(tolerance, str):
+        raise ValueError(f"tolerance must be a number or {ONE_SE!r}")
     near_best = np.flatnonzero(j >= j.max() - tolerance - 1e-12)
     return float(candidates[near_best[np.argmin(np.abs(candidates[near_best] - 0.5))]])
+
+
+def j_standard_error(sensitivity: float, specificity: float, positives: int, negatives: int) -> float:
+    """Binomial standard error of Youden's J = sensitivity + specificity - 1 (independent classes)."""
+    return float(np.sqrt(sensitivity * (1 - sensitivity) / max(positives, 1)
+                         + specificity * (1 - specificity) / max(negatives, 1)))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

@@ -57,10 +57,17 @@ def test_teacher_file_drives_a_reproducible_student(synthetic_data, tmp_path):
 
     # another weight seed keeps the teacher's split; another split seed is refused (it would leak)
     r = runner.invoke(app, ["train", "--data", str(synthetic_data), "--out", str(tmp_path / "s1"), "--epochs", "1",
-                            "--no-refit", "--intensity", "none", "--teacher", str(soft), "--seed", "3"])
+                            "--no-refit", "--intensity", "none", "--teacher", str(soft), "--seed", "3",
+                            "--threshold-tolerance", "se"])
     assert r.exit_code == EXIT_OK, r.output
     seeded = json.loads((tmp_path / "s1" / "pneumonia_cnn.record.json").read_text())
     assert seeded["seed"] == 3 and seeded["split"]["split_seed"] == 0
+    assert seeded["recipe"]["threshold_tolerance"] == "se" and "one standard error" in seeded["threshold_rule"]
+    scores = seeded["selection_scores"]  # the validation run's scores: a new threshold rule needs no retraining
+    assert len(scores["label"]) == len(scores["probability"]) == len(scores["shift_set"]) == rec["split"]["selection_images"]
+    r = runner.invoke(app, ["train", "--data", str(synthetic_data), "--out", str(tmp_path / "s5"),
+                            "--threshold-tolerance", "lots"])
+    assert r.exit_code == 2 and "must be a number or 'se'" in r.output, r.output
     r = runner.invoke(app, ["train", "--data", str(synthetic_data), "--out", str(tmp_path / "s4"), "--epochs", "1",
                             "--teacher", str(soft), "--split-seed", "1"])
     assert r.exit_code == EXIT_FAILED and "use --split-seed 0" in r.output, r.output

@@ -72,3 +72,31 @@ def test_band_thresholds_meet_their_targets():
     r = band_report(y, p, 0.5, lo, hi)
     assert r["rule_out_sensitivity"] >= 0.97 and r["rule_in_specificity"] >= 0.95
     assert r["ruled_out"] + r["ruled_in"] + r["indeterminate"] == 3000 and 0 < r["decided_share"] < 1
+
+
+def test_one_standard_error_tolerance_moves_a_noisy_maximum_toward_half():
+    from edge_pneumo.metrics import j_standard_error
+
+    # 165 normals and 291 pneumonias: the maximum of J sits at 0.12 by a single normal, while 0.5
+    # is within one standard error of it (two more pneumonias missed).
+    rng = np.random.default_rng(1)
+    neg = np.concatenate([rng.uniform(0.0, 0.10, 160), [0.11, 0.6, 0.7, 0.8, 0.9]])
+    pos = np.concatenate([[0.13, 0.3], rng.uniform(0.55, 1.0, 289)])
+    y = np.concatenate([np.zeros(165, int), np.ones(291, int)])
+    p = np.concatenate([neg, pos])
+    strict = best_threshold(y, p, 0.0)
+    loose = best_threshold(y, p, "se")
+    assert 0.11 < strict < 0.13 and 0.3 < loose <= 0.55
+    rep_strict, rep_loose = binary_report(y, p, strict), binary_report(y, p, loose)
+    j = lambda r: r["sensitivity"] + r["specificity"] - 1  # noqa: E731
+    se = j_standard_error(rep_strict["sensitivity"], rep_strict["specificity"], 291, 165)
+    assert 0 < j(rep_strict) - j(rep_loose) <= se
+    with pytest.raises(ValueError):
+        best_threshold(y, p, "two")
+
+
+def test_j_standard_error_is_zero_for_a_perfect_split_and_grows_with_fewer_images():
+    from edge_pneumo.metrics import j_standard_error
+
+    assert j_standard_error(1.0, 1.0, 10, 10) == 0.0
+    assert j_standard_error(0.9, 0.9, 100, 100) > j_standard_error(0.9, 0.9, 1000, 1000) > 0

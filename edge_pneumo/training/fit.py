@@ -24,7 +24,7 @@ class Recipe:
     augment: str = "strong"  # "seed", "strong", "robust", "photometric" or "aspect" (see model.build_augmenter)
     label_smoothing: float = 0.0  # targets 0/1 -> eps/2, 1-eps/2: less extreme probabilities
     average_last: int = 0  # average the weights of the best epoch and the N-1 before it (0 or 1: off)
-    threshold_tolerance: float = 0.01  # balanced-accuracy slack when picking the threshold (see metrics)
+    threshold_tolerance: float | str = 0.01  # balanced-accuracy slack when picking the threshold, or "se" (see metrics)
     distill_alpha: float = 1.0  # target = alpha * label + (1 - alpha) * teacher probability (1 = no teacher)
     teacher_temperature: float = 1.0  # the teacher's probability softened first: sigmoid(logit(p) / T)
 
@@ -41,6 +41,8 @@ class Recipe:
             raise ValueError("distill_alpha must be in [0, 1]")
         if self.teacher_temperature <= 0:
             raise ValueError("teacher_temperature must be positive")
+        if isinstance(self.threshold_tolerance, str) and self.threshold_tolerance != "se":
+            raise ValueError("threshold_tolerance must be a number >= 0 or 'se' (one standard error)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -129,9 +129,13 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "class_names": list(CLASS_NAMES),
         "threshold": chosen.threshold,
         "threshold_rule": f"max balanced accuracy on {where} (validation run), ties within "
-                          f"{cfg.recipe.threshold_tolerance} broken toward 0.5",
+                          + ("one standard error of it" if cfg.recipe.threshold_tolerance == "se"
+                             else str(cfg.recipe.threshold_tolerance)) + " broken toward 0.5",
         "calibration": calibration,
         "selection_figures": selection_figures,
+        # The validation run's scores, so a new threshold or band rule can be checked without retraining.
+        "selection_scores": {"label": y_va.astype(int).tolist(), "shift_set": shift_set.astype(int).tolist(),
+                             "probability": [round(float(v), 6) for v in p_va]},
         "tta": tta,
         "teacher": None if cfg.teacher is None else {"file": str(cfg.teacher), "record": soft.record},
         "preprocessing": preprocessing.to_dict(),
