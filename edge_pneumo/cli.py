@@ -88,7 +88,7 @@ def train(
     teacher: Annotated[Optional[Path], typer.Option(help="Soft labels from `edge-pneumo teacher` (distillation; the student stays the seed CNN).", show_default=False)] = None,
     distill_alpha: Annotated[float, typer.Option(help="With --teacher: target = alpha x label + (1 - alpha) x teacher probability.", min=0.0, max=1.0)] = 0.5,
     teacher_temperature: Annotated[float, typer.Option(help="With --teacher: soften the teacher's probabilities first, sigmoid(logit(p) / T) (1 = as they are).", min=0.05)] = 1.0,
-    threshold_tolerance: Annotated[str, typer.Option(help="Balanced-accuracy slack of the threshold choice (the threshold nearest 0.5 within it wins): a number, or 'se' for one standard error of the maximum.")] = "0.01",
+    threshold_tolerance: Annotated[str, typer.Option(help="Balanced-accuracy slack of the threshold choice (the threshold nearest 0.5 within it wins): a number, or 'se' for one standard error of the maximum (the shipped recipe, round 7).")] = "se",
     threshold_family: Annotated[str, typer.Option(help="The harder acquisition batch of validation normals the threshold and rule-in are chosen on, with validation pneumonia ('none': all of validation).")] = "NORMAL2",
     holdout_family: Annotated[str, typer.Option(help="Experimental: hold this batch out of the validation run's fitting entirely ('none': off).")] = "none",
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them) instead of stopping.")] = False,
