@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -89,7 +90,7 @@ def main() -> None:
         rows.append(row)
 
     result = {"images": len(x), "batch_size": recipe.batch_size, "epochs_timed": args.epochs - 1,
-              "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "tensorflow": tf.__version__}, "rows": rows}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     md = ["# Student epoch time (bench/train_epoch_speed.py)", "",

@@ -28,7 +28,7 @@ from . import tta as flip_tta
 from .decode import GreyImage, decode_bytes, read_grey
 from .errors import InputImageError, InputRejected, ModelFileError
 from .manifest import ArtifactEntry, Manifest, default_model_folder, load_manifest
-from .metrics import apply_temperature
+from .metrics import apply_temperature, effective_band
 from .result import CLASSIFIED, CONFIDENT, INDETERMINATE, REJECTED, Result, failure
 from .runtime import RUNTIME_BY_SUFFIX, Backend, Outputs, default_threads, open_backend
 
@@ -64,8 +64,7 @@ class Calibration:
         return float(p) if self.temperature == 1.0 else float(apply_temperature(p, self.temperature))
 
     def confidence(self, p: float) -> str:
-        lo = self.threshold if self.rule_out is None else min(self.rule_out, self.threshold)
-        hi = self.threshold if self.rule_in is None else max(self.rule_in, self.threshold)
+        lo, hi = effective_band(self.threshold, self.rule_out, self.rule_in)
         return INDETERMINATE if lo <= p < hi else CONFIDENT
 
 

@@ -59,16 +59,15 @@ def _print_version(value: bool) -> None:
 
 
 def _tolerance(text: str) -> float | str:
-    """--threshold-tolerance: 'se' or a number >= 0."""
-    if text.strip().lower() == "se":
-        return "se"
+    """--threshold-tolerance text -> 'se' or a number (`Recipe` checks the range)."""
+    from .metrics import ONE_SE
+
+    if text.strip().lower() == ONE_SE:
+        return ONE_SE
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise ValueError(f"--threshold-tolerance must be a number or 'se', not {text!r}") from None
-    if value < 0:
-        raise ValueError("--threshold-tolerance must not be negative")
-    return value
 
 
 @app.command()

@@ -28,7 +28,7 @@ from .errors import (
 )
 from .evaluation import load_labelled
 from .manifest import load_manifest
-from .metrics import agreement_stats, binary_report, roc_curve
+from .metrics import agreement_stats, binary_report, effective_band, roc_curve
 
 KERAS_ROW = "keras_float32"
 
@@ -335,11 +335,11 @@ def markdown_report(report: dict, manifest, figure_name: str | None) -> str:
 
 
 def _effective_band(cal: dict, threshold: float | None) -> str:
-    """The band the runner uses widens to the threshold (`classifier.Calibration`): say so when
-    a rule point lies on the far side of it, or the table's "rule-in" reads wrong."""
+    """Say which band the runner uses (`metrics.effective_band`) when a rule point lies on the
+    far side of the threshold, or the table's "rule-in" reads wrong."""
     if threshold is None:
         return ""
-    lo, hi = min(cal["rule_out"], threshold), max(cal["rule_in"], threshold)
+    lo, hi = effective_band(threshold, cal["rule_out"], cal["rule_in"])
     if (lo, hi) == (cal["rule_out"], cal["rule_in"]):
         return ""
     return (f" The band in use is {lo:.4f} to {hi:.4f}: a rule point beyond the threshold {threshold:.4f} "

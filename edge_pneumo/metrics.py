@@ -175,12 +175,20 @@ def band_thresholds(y_true: np.ndarray, probabilities: np.ndarray, sensitivity: 
     return rule_out, rule_in
 
 
+def effective_band(threshold: float, rule_out: float | None, rule_in: float | None) -> tuple[float, float]:
+    """The band the runner applies: [lo, hi) is indeterminate. A rule point on the far side of
+    the threshold is moved to it, so nothing is ruled in below the threshold or out above it."""
+    lo = threshold if rule_out is None else min(rule_out, threshold)
+    hi = threshold if rule_in is None else max(rule_in, threshold)
+    return lo, hi
+
+
 def band_report(y_true: np.ndarray, probabilities: np.ndarray, threshold: float, rule_out: float, rule_in: float) -> dict:
     """How the confidence band splits a labelled set: the share decided automatically, and how
     right those automatic decisions are."""
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(probabilities, np.float64)
-    lo, hi = min(rule_out, threshold), max(rule_in, threshold)
+    lo, hi = effective_band(threshold, rule_out, rule_in)
     out_m, in_m = p < lo, p >= hi
     decided = out_m | in_m
     return {

@@ -156,14 +156,12 @@ def test_without_a_profile_litert_is_preferred_when_installed(exported_copy, tmp
 
 
 def test_report_states_the_band_the_runner_uses_when_a_rule_point_crosses_the_threshold():
-    from edge_pneumo.classifier import Calibration
+    from edge_pneumo.classifier import INDETERMINATE, Calibration
     from edge_pneumo.compare import _effective_band
 
     crossed = {"rule_out": 0.098, "rule_in": 0.111}  # the shipped model's shape: rule-in below the threshold
     text = _effective_band(crossed, 0.306)
     assert "0.0980 to 0.3060" in text
-    from edge_pneumo.classifier import INDETERMINATE
-
     cal = Calibration(0.306, 1.0, 0.098, 0.111)
     assert cal.confidence(0.2) == INDETERMINATE  # the runner agrees: 0.2 < threshold is not ruled in
     assert cal.confidence(0.05) != INDETERMINATE and cal.confidence(0.31) != INDETERMINATE

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..metrics import apply_temperature, best_threshold, binary_report
+from ..metrics import ONE_SE, apply_temperature, best_threshold, binary_report
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ class Recipe:
             raise ValueError("distill_alpha must be in [0, 1]")
         if self.teacher_temperature <= 0:
             raise ValueError("teacher_temperature must be positive")
-        if isinstance(self.threshold_tolerance, str) and self.threshold_tolerance != "se":
-            raise ValueError("threshold_tolerance must be a number >= 0 or 'se' (one standard error)")
+        if self.threshold_tolerance != ONE_SE and (isinstance(self.threshold_tolerance, str) or self.threshold_tolerance < 0):
+            raise ValueError(f"threshold_tolerance must be a number >= 0 or {ONE_SE!r} (one standard error)")
 
     def to_dict(self) -> dict:
         return asdict(self)

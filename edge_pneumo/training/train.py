@@ -17,6 +17,7 @@ from .. import jsonout
 from ..data import CLASS_NAMES, discover, find_split, image_family, load_images, selection_split
 from ..errors import DatasetError
 from ..metrics import (
+    ONE_SE,
     apply_temperature,
     band_report,
     band_thresholds,
@@ -129,7 +130,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "class_names": list(CLASS_NAMES),
         "threshold": chosen.threshold,
         "threshold_rule": f"max balanced accuracy on {where} (validation run), ties within "
-                          + ("one standard error of it" if cfg.recipe.threshold_tolerance == "se"
+                          + ("one standard error of it" if cfg.recipe.threshold_tolerance == ONE_SE
                              else str(cfg.recipe.threshold_tolerance)) + " broken toward 0.5",
         "calibration": calibration,
         "selection_figures": selection_figures,
