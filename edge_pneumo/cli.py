@@ -89,6 +89,7 @@ def train(
     teacher_temperature: Annotated[float, typer.Option(help="With --teacher: soften the teacher's probabilities first, sigmoid(logit(p) / T) (1 = as they are).", min=0.05)] = 1.0,
     threshold_tolerance: Annotated[str, typer.Option(help="Balanced-accuracy slack of the threshold choice (the threshold nearest 0.5 within it wins): a number, or 'se' for one standard error of the maximum (the shipped recipe, round 7).")] = "se",
     threshold_family: Annotated[str, typer.Option(help="The harder acquisition batch of validation normals the threshold and rule-in are chosen on, with validation pneumonia ('none': all of validation).")] = "NORMAL2",
+    threshold_tiebreak: Annotated[str, typer.Option(help="Among thresholds equally good by --threshold-tolerance: 'half' (the one nearest 0.5) or 'shifts' (the best mean balanced accuracy over the same validation images under 11 acquisition shifts: exposure, blur, noise, JPEG, crop, border, aspect).")] = "half",
     holdout_family: Annotated[str, typer.Option(help="Experimental: hold this batch out of the validation run's fitting entirely ('none': off).")] = "none",
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them) instead of stopping.")] = False,
 ) -> None:
@@ -103,12 +104,13 @@ def train(
                         teacher_temperature=teacher_temperature if teacher is not None else 1.0,
                         threshold_tolerance=_tolerance(threshold_tolerance))
         Preprocessing(intensity=intensity)  # checks the name
+        cfg = TrainConfig(data=data, out=out, seed=seed, split_seed=split_seed, val_fraction=val_fraction,
+                          refit_full=refit, skip_bad=skip_bad, intensity=intensity, recipe=recipe, teacher=teacher,
+                          holdout_family=None if holdout_family.lower() == "none" else holdout_family,
+                          threshold_family=None if threshold_family.lower() == "none" else threshold_family,
+                          threshold_tiebreak=threshold_tiebreak.lower())
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    cfg = TrainConfig(data=data, out=out, seed=seed, split_seed=split_seed, val_fraction=val_fraction, refit_full=refit,
-                      skip_bad=skip_bad, intensity=intensity, recipe=recipe, teacher=teacher,
-                      holdout_family=None if holdout_family.lower() == "none" else holdout_family,
-                      threshold_family=None if threshold_family.lower() == "none" else threshold_family)
     run_training(cfg, log=lambda m: print(m, flush=True))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -77,7 +79,8 @@ def agreement_stats(probabilities: np.ndarray, reference: np.ndarray, threshold:
 ONE_SE = "se"  # threshold tolerance: one standard error of J at its maximum
 
 
-def best_threshold(y_true: np.ndarray, probabilities: np.ndarray, tolerance: float | str = 0.0) -> float:
+def best_threshold(y_true: np.ndarray, probabilities: np.ndarray, tolerance: float | str = 0.0,
+                   shifted: Sequence[np.ndarray] = ()) -> float:
     """The threshold with the highest balanced accuracy (Youden's J), for choosing on validation.
 
     Among thresholds whose J is within `tolerance` of the best, the one closest to 0.5 wins:
@@ -85,22 +88,33 @@ def best_threshold(y_true: np.ndarray, probabilities: np.ndarray, tolerance: flo
     validation split should not drag the threshold to an edge. `tolerance="se"` is one
     standard error of J at the best threshold (the one-standard-error rule): a maximum over a
     few hundred images is itself that noisy, so a smaller slack lets noise pick the threshold.
+    With `shifted` (the same images' probabilities under acquisition shifts, one array per
+    shift) the tie goes first to the highest mean J over those copies: among equally good
+    thresholds, the one that best survives a new acquisition batch.
     Returned as a midpoint between neighbouring scores so it does not sit on one image's score.
     """
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(probabilities, dtype=np.float64)
     s = np.unique(p)
     candidates = np.concatenate([[0.5], (s[:-1] + s[1:]) / 2.0]) if len(s) > 1 else np.array([0.5])
-    pred = p[None, :] >= candidates[:, None]
-    sens, spec = pred[:, y].mean(axis=1), (~pred[:, ~y]).mean(axis=1)
-    j = sens + spec - 1.0
+    j, sens, spec = _youden(y, p, candidates)
     if tolerance == ONE_SE:
         b = int(np.argmax(j))
         tolerance = j_standard_error(sens[b], spec[b], int(y.sum()), int((~y).sum()))
     elif isinstance(tolerance, str):
         raise ValueError(f"tolerance must be a number or {ONE_SE!r}")
     near_best = np.flatnonzero(j >= j.max() - tolerance - 1e-12)
+    if len(shifted):
+        robust = np.mean([_youden(y, np.asarray(q, np.float64), candidates[near_best])[0] for q in shifted], axis=0)
+        near_best = near_best[robust >= robust.max() - 1e-12]
     return float(candidates[near_best[np.argmin(np.abs(candidates[near_best] - 0.5))]])
+
+
+def _youden(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(J, sensitivity, specificity) at each threshold (predict positive when p >= threshold)."""
+    pred = p[None, :] >= thresholds[:, None]
+    sens, spec = pred[:, y].mean(axis=1), (~pred[:, ~y]).mean(axis=1)
+    return sens + spec - 1.0, sens, spec
 
 
 def j_standard_error(sensitivity: float, specificity: float, positives: int, negatives: int) -> float:

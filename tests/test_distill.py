@@ -133,3 +133,31 @@ def test_out_of_fold_teacher_labels_each_fit_image_with_a_teacher_that_never_saw
     held_out_p = np.where(np.array(folds) == 0, p[0][:n_fit], p[1][:n_fit])
     assert np.allclose(got[:n_fit], held_out_p, atol=1e-5)  # each fit image: the fold teacher that did not fit it
     assert np.allclose(got[n_fit:], (p[0][n_fit:] + p[1][n_fit:]) / 2, atol=1e-5)  # selection: the mean
+
+
+@pytest.mark.slow
+def test_threshold_tie_broken_by_acquisition_shifts_is_recorded_and_reproducible(synthetic_data, tmp_path):
+    pytest.importorskip("tensorflow")
+    from edge_pneumo.metrics import best_threshold
+    from edge_pneumo.training.shifts import SHIFTS
+
+    out = tmp_path / "robust"
+    r = runner.invoke(app, ["train", "--data", str(synthetic_data), "--out", str(out), "--epochs", "2", "--no-refit",
+                            "--intensity", "none", "--threshold-tolerance", "0.2", "--threshold-tiebreak", "shifts"])
+    assert r.exit_code == EXIT_OK, r.output
+    record = json.loads((out / "pneumonia_cnn.record.json").read_text())
+    robust = record["threshold_robustness"]
+    assert record["threshold"] == robust["threshold"] and "acquisition shifts" in record["threshold_rule"]
+    assert set(robust["shifted_j"]) == set(SHIFTS)
+    assert robust["mean_shifted_balanced_accuracy"] >= robust["mean_shifted_balanced_accuracy_half"]
+    # the recorded scores choose the same two thresholds again, without the model
+    s = record["selection_scores"]
+    on = np.array(s["shift_set"], bool)
+    y, p = np.array(s["label"])[on], np.array(s["probability"])[on]
+    shifted = [np.array(v) for v in s["shifted_shift_set"].values()]
+    assert all(len(v) == on.sum() for v in shifted)
+    assert best_threshold(y, p, 0.2) == pytest.approx(robust["threshold_nearest_half"], abs=1e-5)
+    assert best_threshold(y, p, 0.2, shifted=shifted) == pytest.approx(robust["threshold"], abs=1e-5)
+    r = runner.invoke(app, ["train", "--data", str(synthetic_data), "--out", str(tmp_path / "x"),
+                            "--threshold-tiebreak", "coin"])
+    assert r.exit_code == 2 and "tie-break must be one of half, shifts" in r.output, r.output

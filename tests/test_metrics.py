@@ -100,3 +100,26 @@ def test_j_standard_error_is_zero_for_a_perfect_split_and_grows_with_fewer_image
 
     assert j_standard_error(1.0, 1.0, 10, 10) == 0.0
     assert j_standard_error(0.9, 0.9, 100, 100) > j_standard_error(0.9, 0.9, 1000, 1000) > 0
+
+
+def test_shifted_scores_break_the_tie_toward_the_threshold_that_survives_the_shift():
+    # Clean: normals 0-0.3, pneumonias 0.7-1, so every threshold between them is perfect and the
+    # plain rule takes 0.5. Under the shift the normals drift up to 0.6: only a higher threshold keeps them.
+    rng = np.random.default_rng(0)
+    neg, pos = rng.uniform(0.0, 0.3, 100), rng.uniform(0.7, 1.0, 100)
+    mid = np.linspace(0.31, 0.69, 39)  # scores inside the gap make candidate thresholds there
+    y = np.concatenate([np.zeros(100, int), np.ones(100, int), np.zeros(20, int), np.ones(19, int)])
+    p = np.concatenate([neg, pos, mid[::2], mid[1::2]])
+    shifted = [np.concatenate([neg + 0.3, pos, mid[::2], mid[1::2]])]
+    plain = best_threshold(y, p, 0.2)
+    robust = best_threshold(y, p, 0.2, shifted=shifted)
+
+    def j(q, t):
+        r = binary_report(y, q, t)
+        return r["sensitivity"] + r["specificity"] - 1
+
+    assert robust > 0.6 > plain
+    assert j(shifted[0], robust) > j(shifted[0], plain)
+    assert j(p, robust) >= j(p, best_threshold(y, p, 0.0)) - 0.2  # still one of the equally good ones
+    # an unshifted copy breaks the tie by clean J itself: the strict maximum
+    assert best_threshold(y, p, 0.2, shifted=[p]) == best_threshold(y, p, 0.0)

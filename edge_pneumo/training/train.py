@@ -31,6 +31,7 @@ from .fit import Recipe, fit, predict
 from .keras_io import MODEL_NAME, record_path, save_model, versions
 
 TEST_LOG = "test_evaluations.jsonl"
+TIEBREAKS = ("half", "shifts")  # among equally good thresholds: the one nearest 0.5, or the most shift-robust
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class TrainConfig:
     teacher: Path | None = None  # soft labels from `edge-pneumo teacher` (distillation)
     rule_out_sensitivity: float = 0.97
     rule_in_specificity: float = 0.95
+    threshold_tiebreak: str = "half"  # see TIEBREAKS
+
+    def __post_init__(self):
+        if self.threshold_tiebreak not in TIEBREAKS:
+            raise ValueError(f"threshold tie-break must be one of {', '.join(TIEBREAKS)}, not {self.threshold_tiebreak!r}")
 
 
 def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
@@ -102,15 +108,25 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                  teacher=None if teacher_p is None else teacher_p[~in_val], threshold_on=shift_set)
     vm = chosen.val_metrics
     p_va = predict(chosen.model, x_va)
-    calibration = _calibration(y_va, p_va, shift_set, chosen.threshold, cfg)
+    threshold, robustness = chosen.threshold, None
+    if cfg.threshold_tiebreak == "shifts":
+        on_shift = [s for s, keep in zip((s for s, v in zip(full.samples, in_val) if v), shift_set) if keep]
+        robustness = shift_robust_threshold(chosen.model, on_shift, y_va[shift_set], p_va[shift_set], preprocessing,
+                                            cfg.recipe.threshold_tolerance)
+        threshold = robustness["threshold"]
+        vm = binary_report(y_va, p_va, threshold)
+        log(f"threshold tie broken by robustness to {len(robustness['shifted_j'])} acquisition shifts: "
+            f"{threshold:.4f} (nearest 0.5: {robustness['threshold_nearest_half']:.4f}); mean shifted balanced accuracy "
+            f"{robustness['mean_shifted_balanced_accuracy']:.4f} (nearest 0.5: {robustness['mean_shifted_balanced_accuracy_half']:.4f})")
+    calibration = _calibration(y_va, p_va, shift_set, threshold, cfg)
     selection_figures = {
-        "validation": binary_report(y_va[plain_val], p_va[plain_val], chosen.threshold),
-        "shift_set": (binary_report(y_va[shift_set], p_va[shift_set], chosen.threshold) if has_family else None),
+        "validation": binary_report(y_va[plain_val], p_va[plain_val], threshold),
+        "shift_set": (binary_report(y_va[shift_set], p_va[shift_set], threshold) if has_family else None),
         "shift_set_is": f"{shift_family} normals ({'held out of fitting' if cfg.holdout_family else 'validation patients'}) + validation pneumonia",
     }
     where = (f"{'held-out' if cfg.holdout_family else 'validation'} {shift_family} normals + validation pneumonia"
              if has_family else "validation")
-    log(f"validation run: best epoch {chosen.best_epoch}, threshold {chosen.threshold:.4f} (max balanced accuracy on {where}); "
+    log(f"validation run: best epoch {chosen.best_epoch}, threshold {threshold:.4f} (max balanced accuracy on {where}); "
         f"selection accuracy {vm['accuracy']:.4f}, AUC {vm['auc']:.4f}; temperature {calibration['temperature']:.3f}, "
         f"band [{calibration['rule_out']:.4f}, {calibration['rule_in']:.4f})")
     tta = _tta_operating_point(y_va, predict(chosen.model, x_va, tta=True), shift_set, plain_val, cfg)
@@ -118,7 +134,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         f"temperature {tta['calibration']['temperature']:.3f}")
     final, final_history = chosen, None
     if cfg.refit_full:
-        final = fit(full.x, full.y, cfg.recipe, cfg.seed, epochs=chosen.best_epoch, threshold=chosen.threshold,
+        final = fit(full.x, full.y, cfg.recipe, cfg.seed, epochs=chosen.best_epoch, threshold=threshold,
                     on_epoch=epoch_line("full-train refit"), teacher=teacher_p)
         final_history = final.history
 
@@ -128,15 +144,19 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "seed": cfg.seed,
         "model_file": MODEL_NAME,
         "class_names": list(CLASS_NAMES),
-        "threshold": chosen.threshold,
+        "threshold": threshold,
         "threshold_rule": f"max balanced accuracy on {where} (validation run), ties within "
                           + ("one standard error of it" if cfg.recipe.threshold_tolerance == ONE_SE
-                             else str(cfg.recipe.threshold_tolerance)) + " broken toward 0.5",
+                             else str(cfg.recipe.threshold_tolerance)) + " broken "
+                          + ("by the best mean balanced accuracy over the same images under acquisition shifts, then "
+                             if robustness else "") + "toward 0.5",
+        "threshold_robustness": None if robustness is None else {k: v for k, v in robustness.items() if k != "scores"},
         "calibration": calibration,
         "selection_figures": selection_figures,
         # The validation run's scores, so a new threshold or band rule can be checked without retraining.
         "selection_scores": {"label": y_va.astype(int).tolist(), "shift_set": shift_set.astype(int).tolist(),
-                             "probability": [round(float(v), 6) for v in p_va]},
+                             "probability": [round(float(v), 6) for v in p_va],
+                             "shifted_shift_set": None if robustness is None else robustness["scores"]},
         "tta": tta,
         "teacher": None if cfg.teacher is None else {"file": str(cfg.teacher), "record": soft.record},
         "preprocessing": preprocessing.to_dict(),
@@ -191,6 +211,32 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     tmp.replace(rp)
     log(f"wrote {cfg.out / MODEL_NAME} and {rp} ({record['seconds']:.0f} s)")
     return record
+
+
+def shift_robust_threshold(model, samples: list, y: np.ndarray, p: np.ndarray, preprocessing: Preprocessing,
+                           tolerance: float | str) -> dict:
+    """The threshold among the equally good ones (within `tolerance` of the best balanced accuracy
+    on these images) that best survives acquisition shifts of the same images (`shifts.SHIFTS`),
+    beside the one the plain rule picks (nearest 0.5). The shifts stand in for the unseen scanner
+    batch a deployed model meets; they are made from the validation images alone."""
+    from .shifts import shifted_sets
+
+    shifted = {name: predict(model, x) for name, x in shifted_sets([str(s.path) for s in samples], preprocessing).items()}
+    robust = best_threshold(y, p, tolerance, shifted=list(shifted.values()))
+    half = best_threshold(y, p, tolerance)
+
+    def bal_acc(q, t):
+        r = binary_report(y, q, t)
+        return (r["sensitivity"] + r["specificity"]) / 2.0
+
+    return {
+        "threshold": robust,
+        "threshold_nearest_half": half,
+        "shifted_j": {name: round(bal_acc(q, robust) * 2 - 1, 4) for name, q in shifted.items()},
+        "mean_shifted_balanced_accuracy": float(np.mean([bal_acc(q, robust) for q in shifted.values()])),
+        "mean_shifted_balanced_accuracy_half": float(np.mean([bal_acc(q, half) for q in shifted.values()])),
+        "scores": {name: [round(float(v), 6) for v in q] for name, q in shifted.items()},
+    }
 
 
 def _split_seed(cfg: TrainConfig, soft) -> int:
