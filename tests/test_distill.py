@@ -148,6 +148,7 @@ def test_threshold_tie_broken_by_acquisition_shifts_is_recorded_and_reproducible
     record = json.loads((out / "pneumonia_cnn.record.json").read_text())
     robust = record["threshold_robustness"]
     assert record["threshold"] == robust["threshold"] and "acquisition shifts" in record["threshold_rule"]
+    assert record["test"]["threshold"] == record["threshold"]  # test is scored at the threshold that ships
     assert set(robust["shifted_j"]) == set(SHIFTS)
     assert robust["mean_shifted_balanced_accuracy"] >= robust["mean_shifted_balanced_accuracy_half"]
     # the recorded scores choose the same two thresholds again, without the model

@@ -188,10 +188,10 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         if test_dir is not None and test_dir != Path(cfg.data) / "train":
             test = load_images(discover(test_dir), preprocessing, skip_bad=cfg.skip_bad)
             p_test = predict(final.model, test.x)
-            tm = binary_report(test.y, p_test, final.threshold)
+            tm = binary_report(test.y, p_test, threshold)
             tm["ece"] = expected_calibration_error(test.y, p_test)
             tm["ece_calibrated"] = expected_calibration_error(test.y, apply_temperature(p_test, calibration["temperature"]))
-            tm["band"] = band_report(test.y, p_test, final.threshold, calibration["rule_out"], calibration["rule_in"])
+            tm["band"] = band_report(test.y, p_test, threshold, calibration["rule_out"], calibration["rule_in"])
             log(f"test ({tm['n']} images, threshold {tm['threshold']:.4f}): accuracy {tm['accuracy']:.4f}  "
                 f"AUC {tm['auc']:.4f}  sensitivity {tm['sensitivity']:.4f}  specificity {tm['specificity']:.4f}  "
                 f"ECE {tm['ece']:.3f} -> {tm['ece_calibrated']:.3f}  decided {tm['band']['decided_share']:.3f}")
