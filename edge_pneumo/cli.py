@@ -76,6 +76,7 @@ def train(
     data: DataOpt,
     out: Annotated[Path, typer.Option(help="Where to write the model and its run record.")] = Path("exported"),
     epochs: Annotated[int, typer.Option(help="Most epochs of the validation run (cosine decay over them); early stopping picks the best. 30 is the shipped recipe (rounds 5-6: 10 stopped the student early).", min=1)] = 30,
+    patience: Annotated[int, typer.Option(help="Stop the validation run after this many epochs without a better validation AUC (set it to --epochs to run the whole cosine schedule).", min=1)] = 6,
     seed: Annotated[int, typer.Option(help="Seed for the weights, shuffling and augmentation (and the split, unless --split-seed or --teacher says otherwise).")] = 0,
     split_seed: Annotated[Optional[int], typer.Option(help="Seed of the patient-wise validation split. Default: the teacher's (with --teacher), else --seed.", show_default=False)] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of train/ patients held out for validation.", min=0.01, max=0.9)] = 0.15,
@@ -99,7 +100,7 @@ def train(
     from .training.train import TrainConfig, run_training
 
     try:
-        recipe = Recipe(max_epochs=epochs, class_weight=class_weight, augment=augment, label_smoothing=label_smoothing,
+        recipe = Recipe(max_epochs=epochs, patience=patience, class_weight=class_weight, augment=augment, label_smoothing=label_smoothing,
                         distill_alpha=distill_alpha if teacher is not None else 1.0,
                         teacher_temperature=teacher_temperature if teacher is not None else 1.0,
                         threshold_tolerance=_tolerance(threshold_tolerance))

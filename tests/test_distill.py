@@ -142,11 +142,12 @@ def test_threshold_tie_broken_by_acquisition_shifts_is_recorded_and_reproducible
     from edge_pneumo.training.shifts import SHIFTS
 
     out = tmp_path / "robust"
-    r = runner.invoke(app, ["train", "--data", str(synthetic_data), "--out", str(out), "--epochs", "2", "--no-refit",
-                            "--intensity", "none", "--threshold-tolerance", "0.2", "--threshold-tiebreak", "shifts"])
+    r = runner.invoke(app, ["train", "--data", str(synthetic_data), "--out", str(out), "--epochs", "3", "--patience", "3",
+                            "--no-refit", "--intensity", "none", "--threshold-tolerance", "0.2", "--threshold-tiebreak", "shifts"])
     assert r.exit_code == EXIT_OK, r.output
     record = json.loads((out / "pneumonia_cnn.record.json").read_text())
     robust = record["threshold_robustness"]
+    assert record["recipe"]["patience"] == 3 and len(record["history"]["validation_run"]) == 3  # the whole schedule
     assert record["threshold"] == robust["threshold"] and "acquisition shifts" in record["threshold_rule"]
     assert record["test"]["threshold"] == record["threshold"]  # test is scored at the threshold that ships
     assert set(robust["shifted_j"]) == set(SHIFTS)

@@ -29,8 +29,8 @@ class Recipe:
     teacher_temperature: float = 1.0  # the teacher's probability softened first: sigmoid(logit(p) / T)
 
     def __post_init__(self) -> None:
-        if self.max_epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError("max_epochs, batch_size and learning_rate must be positive")
+        if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("max_epochs, patience, batch_size and learning_rate must be positive")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError("lr_schedule must be 'constant' or 'cosine'")
         if self.augment not in ("seed", "strong", "robust", "photometric", "aspect"):
