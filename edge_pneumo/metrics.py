@@ -97,7 +97,7 @@ def best_threshold(y_true: np.ndarray, probabilities: np.ndarray, tolerance: flo
     p = np.asarray(probabilities, dtype=np.float64)
     s = np.unique(p)
     candidates = np.concatenate([[0.5], (s[:-1] + s[1:]) / 2.0]) if len(s) > 1 else np.array([0.5])
-    j, sens, spec = _youden(y, p, candidates)
+    j, sens, spec = youden(y, p, candidates)
     if tolerance == ONE_SE:
         b = int(np.argmax(j))
         tolerance = j_standard_error(sens[b], spec[b], int(y.sum()), int((~y).sum()))
@@ -105,14 +105,15 @@ def best_threshold(y_true: np.ndarray, probabilities: np.ndarray, tolerance: flo
         raise ValueError(f"tolerance must be a number or {ONE_SE!r}")
     near_best = np.flatnonzero(j >= j.max() - tolerance - 1e-12)
     if len(shifted):
-        robust = np.mean([_youden(y, np.asarray(q, np.float64), candidates[near_best])[0] for q in shifted], axis=0)
+        robust = np.mean([youden(y, q, candidates[near_best])[0] for q in shifted], axis=0)
         near_best = near_best[robust >= robust.max() - 1e-12]
     return float(candidates[near_best[np.argmin(np.abs(candidates[near_best] - 0.5))]])
 
 
-def _youden(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def youden(y_true: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(J, sensitivity, specificity) at each threshold (predict positive when p >= threshold)."""
-    pred = p[None, :] >= thresholds[:, None]
+    y = np.asarray(y_true).astype(bool)
+    pred = np.asarray(probabilities, np.float64)[None, :] >= np.asarray(thresholds, np.float64)[:, None]
     sens, spec = pred[:, y].mean(axis=1), (~pred[:, ~y]).mean(axis=1)
     return sens + spec - 1.0, sens, spec
 

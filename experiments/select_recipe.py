@@ -2,7 +2,7 @@
 
 Each candidate is trained on train-minus-val and scored on val only; the test split is
 never read here. Each is also scored on the same validation images under acquisition
-shifts (shifted_val.py), at the threshold it chose on plain validation. Results are
+shifts (edge_pneumo/training/shifts.py), at the threshold it chose on plain validation. Results are
 appended to experiments/recipes.jsonl.
 
 Selection rule (fixed before the runs): among candidates whose plain validation AUC is
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from shifted_val import shifted_sets
 
 from edge_pneumo.data import discover, find_split, image_family, load_images, patient_split
 from edge_pneumo.metrics import binary_report
 from edge_pneumo.preprocess import Preprocessing
 from edge_pneumo.training.fit import Recipe, fit, predict
+from edge_pneumo.training.shifts import shifted_sets
 
 CANDIDATES = {
     # name: (intensity, Recipe)

@@ -25,6 +25,7 @@ from ..metrics import (
     binary_report,
     expected_calibration_error,
     fit_temperature,
+    youden,
 )
 from ..preprocess import Preprocessing
 from .fit import Recipe, fit, predict
@@ -110,7 +111,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     p_va = predict(chosen.model, x_va)
     threshold, robustness = chosen.threshold, None
     if cfg.threshold_tiebreak == "shifts":
-        on_shift = [s for s, keep in zip((s for s, v in zip(full.samples, in_val) if v), shift_set) if keep]
+        on_shift = [full.samples[i] for i in np.flatnonzero(in_val)[shift_set]]
         robustness = shift_robust_threshold(chosen.model, on_shift, y_va[shift_set], p_va[shift_set], preprocessing,
                                             cfg.recipe.threshold_tolerance)
         threshold = robustness["threshold"]
@@ -224,17 +225,14 @@ def shift_robust_threshold(model, samples: list, y: np.ndarray, p: np.ndarray, p
     shifted = {name: predict(model, x) for name, x in shifted_sets([str(s.path) for s in samples], preprocessing).items()}
     robust = best_threshold(y, p, tolerance, shifted=list(shifted.values()))
     half = best_threshold(y, p, tolerance)
-
-    def bal_acc(q, t):
-        r = binary_report(y, q, t)
-        return (r["sensitivity"] + r["specificity"]) / 2.0
-
+    # J of each shifted copy (rows) at the two thresholds (columns); balanced accuracy = (J + 1) / 2
+    j = np.array([youden(y, q, np.array([robust, half]))[0] for q in shifted.values()])
     return {
         "threshold": robust,
         "threshold_nearest_half": half,
-        "shifted_j": {name: round(bal_acc(q, robust) * 2 - 1, 4) for name, q in shifted.items()},
-        "mean_shifted_balanced_accuracy": float(np.mean([bal_acc(q, robust) for q in shifted.values()])),
-        "mean_shifted_balanced_accuracy_half": float(np.mean([bal_acc(q, half) for q in shifted.values()])),
+        "shifted_j": {name: round(float(v), 4) for name, v in zip(shifted, j[:, 0])},
+        "mean_shifted_balanced_accuracy": float((j[:, 0].mean() + 1) / 2),
+        "mean_shifted_balanced_accuracy_half": float((j[:, 1].mean() + 1) / 2),
         "scores": {name: [round(float(v), 6) for v in q] for name, q in shifted.items()},
     }
 
