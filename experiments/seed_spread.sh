@@ -11,11 +11,13 @@
 # threshold on them + validation pneumonia. Round 2 (the shipped rule): threshold on the validation
 # split's NORMAL2 normals + validation pneumonia, the validation run trained like the final model.
 # Round 3 (session 4): SOFT=<teacher v2 file> PLAIN=0 PREFIX=v2 (then PREFIX=v2seedaug ... --augment seed).
+# Round 12 (session 8): SOFT=experiments/teacher_oof_soft_labels.json PLAIN=0 PREFIX=e50oof, and
+# SOFT=none PLAIN=0 PREFIX=e50plain (no teacher, same validation split).
 set -euo pipefail
 DATA=${1:-../shared/data/chest_xray}
 OUT=${2:-/tmp/students}
 shift 2 || true
-SOFT=${SOFT:-exported/teacher_soft_labels.json}
+SOFT=${SOFT:-exported/teacher_soft_labels.json}  # "none": the seeds without a teacher, on the teacher's split (seed 0)
 PLAIN=${PLAIN:-1}  # 0: skip the plain (not distilled) run
 PREFIX=${PREFIX:-distilled}
 mkdir -p "$OUT"
@@ -28,6 +30,10 @@ run() {  # name, train options...
   cp "$OUT/$name/test_evaluations.jsonl" exported/test_evaluations.jsonl
 }
 for seed in ${SEEDS:-0 1 2}; do
-  run "${PREFIX}_seed$seed" --seed "$seed" --teacher "$SOFT" --distill-alpha 0.5 "$@"
+  if [ "$SOFT" = none ]; then
+    run "${PREFIX}_seed$seed" --seed "$seed" --split-seed 0 "$@"
+  else
+    run "${PREFIX}_seed$seed" --seed "$seed" --teacher "$SOFT" --distill-alpha 0.5 "$@"
+  fi
 done
 if [ "$PLAIN" = 1 ]; then run "plain_seed0" --seed 0 "$@"; fi
