@@ -12,7 +12,8 @@
 # split's NORMAL2 normals + validation pneumonia, the validation run trained like the final model.
 # Round 3 (session 4): SOFT=<teacher v2 file> PLAIN=0 PREFIX=v2 (then PREFIX=v2seedaug ... --augment seed).
 # Round 12 (session 8): SOFT=experiments/teacher_oof_soft_labels.json PLAIN=0 PREFIX=e50oof, and
-# SOFT=none PLAIN=0 PREFIX=e50plain (no teacher, same validation split).
+# SOFT=none PLAIN=0 PREFIX=e50plain (no teacher, same validation split), and
+# SOFT=experiments/teacher_wide_soft_labels.json PLAIN=0 PREFIX=e50wideT2 ... --teacher-temperature 2.
 set -euo pipefail
 DATA=${1:-../shared/data/chest_xray}
 OUT=${2:-/tmp/students}
