@@ -139,6 +139,19 @@ def teacher(
     run_teacher(cfg, log=lambda m: print(m, flush=True))
 
 
+@app.command("merge-teachers")
+@handle_errors
+def merge_teachers(
+    files: Annotated[list[Path], typer.Argument(help="Two or more soft-label files from `edge-pneumo teacher`, made on the same split.", show_default=False)],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="The merged soft-label file to write (for `train --teacher`).", show_default=False)],
+) -> None:
+    """Average several teachers' soft labels into one ensemble teacher file (each member's record kept)."""
+    from .training.teacher import merge_soft_labels
+
+    merge_soft_labels(files, data, out, log=lambda m: print(m, flush=True))
+
+
 @app.command()
 @handle_errors
 def evaluate(

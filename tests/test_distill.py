@@ -163,3 +163,52 @@ def test_threshold_tie_broken_by_acquisition_shifts_is_recorded_and_reproducible
     r = runner.invoke(app, ["train", "--data", str(synthetic_data), "--out", str(tmp_path / "x"),
                             "--threshold-tiebreak", "coin"])
     assert r.exit_code == 2 and "tie-break must be one of half, shifts" in r.output, r.output
+
+
+def _soft_label_file(path, data, probs, split_seed=0, holdout=None, model="t"):
+    """A soft-label file as `edge-pneumo teacher` writes it, with given probabilities (no training)."""
+    from edge_pneumo.data import discover
+    from edge_pneumo.training.teacher import SOFT_LABELS_SCHEMA, content_hash, sample_key
+
+    split_dir = data / "train"
+    samples = discover(split_dir)
+    labels = {sample_key(s, split_dir): {"p": float(q), "sha256": content_hash(s.path)} for s, q in zip(samples, probs)}
+    record = {"model": model, "split": {"split_seed": split_seed, "val_fraction": 0.15, "holdout_family": holdout},
+              "selection": {"auc": 0.9}, "soft_labels_on_fit_images": "in sample"}
+    path.write_text(json.dumps({"schema": SOFT_LABELS_SCHEMA, "record": record, "labels": labels}))
+    return [sample_key(s, split_dir) for s in samples], np.array([s.label for s in samples])
+
+
+def test_merged_teachers_are_the_mean_of_their_members_and_refuse_other_splits(synthetic_data, tmp_path):
+    from edge_pneumo.data import discover
+    from edge_pneumo.training.teacher import load_soft_labels
+
+    rng = np.random.default_rng(0)
+    n = len(discover(synthetic_data / "train"))
+    a, b = rng.uniform(size=n), rng.uniform(size=n)
+    keys, _ = _soft_label_file(tmp_path / "a.json", synthetic_data, a, model="wide")
+    _soft_label_file(tmp_path / "b.json", synthetic_data, b, model="oof")
+    out = tmp_path / "ens.json"
+    r = runner.invoke(app, ["merge-teachers", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                            "--data", str(synthetic_data), "--out", str(out)])
+    assert r.exit_code == EXIT_OK, r.output
+    merged = load_soft_labels(out)
+    got = np.array([merged.labels[k]["p"] for k in keys])
+    assert np.allclose(got, (a + b) / 2, atol=1e-6)
+    assert [m["record"]["model"] for m in merged.record["members"]] == ["wide", "oof"]
+    assert merged.record["split"]["split_seed"] == 0 and 0 < merged.record["selection"]["n"] < n
+
+    _soft_label_file(tmp_path / "c.json", synthetic_data, b, split_seed=1)  # another split: its fit part overlaps
+    r = runner.invoke(app, ["merge-teachers", str(tmp_path / "a.json"), str(tmp_path / "c.json"),
+                            "--data", str(synthetic_data), "--out", str(tmp_path / "bad.json")])
+    assert r.exit_code == EXIT_FAILED and "different splits" in r.output and not (tmp_path / "bad.json").exists()
+
+    doc = json.loads((tmp_path / "b.json").read_text())
+    doc["labels"][keys[0]]["sha256"] = "0" * 16  # another copy of the data
+    (tmp_path / "d.json").write_text(json.dumps(doc))
+    r = runner.invoke(app, ["merge-teachers", str(tmp_path / "a.json"), str(tmp_path / "d.json"),
+                            "--data", str(synthetic_data), "--out", str(tmp_path / "bad.json")])
+    assert r.exit_code == EXIT_FAILED and keys[0] in r.output
+    r = runner.invoke(app, ["merge-teachers", str(tmp_path / "a.json"), "--data", str(synthetic_data),
+                            "--out", str(tmp_path / "bad.json")])
+    assert r.exit_code == EXIT_FAILED and "at least two" in r.output

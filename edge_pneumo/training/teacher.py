@@ -11,6 +11,10 @@ probability per training image, keyed by path and content hash, with the teacher
 record (command, seeds, recipe, selection metrics): the student run is reproducible
 without retraining the teacher.
 
+`merge_soft_labels` averages several such files into one (an ensemble of teachers trained
+apart, e.g. a wide one and an out-of-fold one), refusing files made on different splits or
+different copies of the data.
+
 With `folds` = k > 1 the soft labels are out-of-fold: the fit part is cut patient-wise into k
 folds, one teacher per fold is fitted on the other k-1, and each fit image gets the probability
 of the teacher that never saw it (selection images: the mean of all k). A teacher hands the
@@ -181,3 +185,51 @@ def load_soft_labels(path: str | Path) -> SoftLabels:
         raise DatasetError(f"{path}: soft-label file not found; make one with `edge-pneumo teacher`") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DatasetError(f"{path}: not a soft-label file ({e})") from None
+
+
+def merge_soft_labels(paths: list[Path], data: Path, out: Path, log: Callable[[str], None] = print) -> dict:
+    """Average several teachers' soft labels into one file (an ensemble teacher), with a record
+    that keeps every member's. All members must be made on the same patient split (else some of
+    the student's validation images were fitted by one of them) and the same images."""
+    if len(paths) < 2:
+        raise DatasetError("give at least two soft-label files to merge")
+    members = [load_soft_labels(p) for p in paths]
+    splits = [{k: (m.record.get("split") or {}).get(k) for k in ("split_seed", "val_fraction", "holdout_family")}
+              for m in members]
+    if any(sp != splits[0] for sp in splits[1:]):
+        raise DatasetError("the teachers were fitted on different splits ("
+                           + "; ".join(f"{m.path}: {sp}" for m, sp in zip(members, splits)) + "); merge only files of one split")
+    split = splits[0]
+    split_dir = find_split(data, "train")
+    samples = discover(split_dir)
+    keys = [sample_key(s, split_dir) for s in samples]
+    for m in members:
+        for key in keys:
+            entry, first = m.labels.get(key), members[0].labels.get(key)
+            if entry is None or first is None or entry["sha256"] != first["sha256"]:
+                raise DatasetError(f"{m.path}: {key} is missing or differs from {members[0].path}'s copy; "
+                                   "the teachers labelled different copies of the data")
+    p = np.mean([[m.labels[k]["p"] for k in keys] for m in members], axis=0)
+    y = np.array([s.label for s in samples])
+    _, sel_s = selection_split(samples, float(split["val_fraction"]), int(split["split_seed"]), split["holdout_family"])
+    sel = set(sel_s)
+    in_sel = np.array([s in sel for s in samples])
+    record = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["edge-pneumo", *sys.argv[1:]]) if sys.argv else "",
+        "model": "ensemble (mean probability) of " + "; ".join(str(m.record.get("model", m.path)) for m in members),
+        "split": {**(members[0].record.get("split") or {}), **split},
+        "soft_labels_on_fit_images": "mean of: " + "; ".join(str(m.record.get("soft_labels_on_fit_images", "?"))
+                                                              for m in members),
+        "members": [{"file": str(m.path), "record": m.record} for m in members],
+        "selection": binary_report(y[in_sel], p[in_sel], 0.5),
+        "test_looked_at": False,
+    }
+    labels = {k: {"p": round(float(q), 6), "sha256": members[0].labels[k]["sha256"]} for k, q in zip(keys, p)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(jsonout.dumps({"schema": SOFT_LABELS_SCHEMA, "record": record, "labels": labels}) + "\n")
+    tmp.replace(out)
+    member_aucs = ", ".join(f"{(m.record.get('selection') or {}).get('auc', float('nan')):.4f}" for m in members)
+    log(f"merged {len(members)} teachers: selection AUC {record['selection']['auc']:.4f} (members: {member_aucs}); wrote {out}")
+    return record
