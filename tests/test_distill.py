@@ -176,7 +176,7 @@ def _soft_label_file(path, data, probs, split_seed=0, holdout=None, model="t"):
     record = {"model": model, "split": {"split_seed": split_seed, "val_fraction": 0.15, "holdout_family": holdout},
               "selection": {"auc": 0.9}, "soft_labels_on_fit_images": "in sample"}
     path.write_text(json.dumps({"schema": SOFT_LABELS_SCHEMA, "record": record, "labels": labels}))
-    return [sample_key(s, split_dir) for s in samples], np.array([s.label for s in samples])
+    return list(labels)
 
 
 def test_merged_teachers_are_the_mean_of_their_members_and_refuse_other_splits(synthetic_data, tmp_path):
@@ -186,7 +186,7 @@ def test_merged_teachers_are_the_mean_of_their_members_and_refuse_other_splits(s
     rng = np.random.default_rng(0)
     n = len(discover(synthetic_data / "train"))
     a, b = rng.uniform(size=n), rng.uniform(size=n)
-    keys, _ = _soft_label_file(tmp_path / "a.json", synthetic_data, a, model="wide")
+    keys = _soft_label_file(tmp_path / "a.json", synthetic_data, a, model="wide")
     _soft_label_file(tmp_path / "b.json", synthetic_data, b, model="oof")
     out = tmp_path / "ens.json"
     r = runner.invoke(app, ["merge-teachers", str(tmp_path / "a.json"), str(tmp_path / "b.json"),

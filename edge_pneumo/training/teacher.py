@@ -145,10 +145,7 @@ def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
     }
     labels = {sample_key(s, split_dir): {"p": round(float(q), 6), "sha256": content_hash(s.path)}
               for s, q in zip(full.samples, mean)}
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cfg.out.with_name(f".{cfg.out.name}.tmp")
-    tmp.write_text(jsonout.dumps({"schema": SOFT_LABELS_SCHEMA, "record": record, "labels": labels}) + "\n")
-    tmp.replace(cfg.out)
+    save_soft_labels(cfg.out, record, labels)
     log(f"teacher: selection AUC {record['selection']['auc']:.4f} ({len(cfg.seeds)} seed(s)); wrote {cfg.out} "
         f"({record['seconds']:.0f} s)")
     return record
@@ -172,6 +169,14 @@ class SoftLabels:
                 raise DatasetError(f"{self.path}: {key} has changed since the teacher labelled it (sha256 differs)")
             out[i] = entry["p"]
         return out
+
+
+def save_soft_labels(out: Path, record: dict, labels: dict[str, dict]) -> None:
+    """Write a soft-label file whole or not at all (a temporary file, then an atomic rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(jsonout.dumps({"schema": SOFT_LABELS_SCHEMA, "record": record, "labels": labels}) + "\n")
+    tmp.replace(out)
 
 
 def load_soft_labels(path: str | Path) -> SoftLabels:
@@ -203,10 +208,11 @@ def merge_soft_labels(paths: list[Path], data: Path, out: Path, log: Callable[[s
     split_dir = find_split(data, "train")
     samples = discover(split_dir)
     keys = [sample_key(s, split_dir) for s in samples]
+    first = members[0].labels
     for m in members:
         for key in keys:
-            entry, first = m.labels.get(key), members[0].labels.get(key)
-            if entry is None or first is None or entry["sha256"] != first["sha256"]:
+            entry = m.labels.get(key)
+            if entry is None or key not in first or entry["sha256"] != first[key]["sha256"]:
                 raise DatasetError(f"{m.path}: {key} is missing or differs from {members[0].path}'s copy; "
                                    "the teachers labelled different copies of the data")
     p = np.mean([[m.labels[k]["p"] for k in keys] for m in members], axis=0)
@@ -225,11 +231,8 @@ def merge_soft_labels(paths: list[Path], data: Path, out: Path, log: Callable[[s
         "selection": binary_report(y[in_sel], p[in_sel], 0.5),
         "test_looked_at": False,
     }
-    labels = {k: {"p": round(float(q), 6), "sha256": members[0].labels[k]["sha256"]} for k, q in zip(keys, p)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(jsonout.dumps({"schema": SOFT_LABELS_SCHEMA, "record": record, "labels": labels}) + "\n")
-    tmp.replace(out)
+    labels = {k: {"p": round(float(q), 6), "sha256": first[k]["sha256"]} for k, q in zip(keys, p)}
+    save_soft_labels(out, record, labels)
     member_aucs = ", ".join(f"{(m.record.get('selection') or {}).get('auc', float('nan')):.4f}" for m in members)
     log(f"merged {len(members)} teachers: selection AUC {record['selection']['auc']:.4f} (members: {member_aucs}); wrote {out}")
     return record
