@@ -66,12 +66,18 @@ def versions() -> dict:
 def git_state() -> dict:
     def run(*args):
         try:
-            return subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
     status = run("status", "--porcelain", "--", "edge_pneumo")
-    return {"commit": run("rev-parse", "HEAD"), "package_dirty": bool(status), "package_changes": status.splitlines()[:20]}
+    return {
+        "commit": run("rev-parse", "HEAD"),
+        "package_dirty": bool(status),
+        "package_changes": status.splitlines()[:20],
+    }
 
 
 def machine() -> dict:
@@ -80,7 +86,9 @@ def machine() -> dict:
     except AttributeError:
         affinity = None
     try:
-        mem_kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        mem_kb = int(
+            next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1]
+        )
     except (OSError, StopIteration, ValueError):
         mem_kb = None
     return {

@@ -7,6 +7,7 @@ fork (exec keeps the old mm's high-water mark), so spawning from the big benchma
 would put a floor of ~30+ MB under every measurement. This helper has a few MB of RSS.
 Nothing is imported before the child exits, so the helper stays small.
 """
+
 import os
 import sys
 import time
@@ -24,5 +25,13 @@ wall = time.perf_counter() - t0
 import json  # noqa: E402  (only after the child is gone)
 
 with open(out_path, "w") as f:
-    json.dump({"wall_s": wall, "maxrss_kb": ru.ru_maxrss, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
-               "returncode": os.waitstatus_to_exitcode(status)}, f)
+    json.dump(
+        {
+            "wall_s": wall,
+            "maxrss_kb": ru.ru_maxrss,
+            "user_s": ru.ru_utime,
+            "sys_s": ru.ru_stime,
+            "returncode": os.waitstatus_to_exitcode(status),
+        },
+        f,
+    )

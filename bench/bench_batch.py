@@ -46,26 +46,41 @@ def rows_of(path: Path) -> dict[str, dict]:
 def compare_rows(a: dict, b: dict) -> dict:
     common = sorted(a.keys() & b.keys())
     same = sum((a[k]["status"], a[k]["label"]) == (b[k]["status"], b[k]["label"]) for k in common)
-    dp = [abs(a[k]["raw_probability"] - b[k]["raw_probability"]) for k in common
-          if a[k].get("raw_probability") is not None and b[k].get("raw_probability") is not None]
-    return {"n": len(common), "same_label": same, "max_abs_dp": max(dp) if dp else None, "missing": len(a.keys() ^ b.keys())}
+    dp = [
+        abs(a[k]["raw_probability"] - b[k]["raw_probability"])
+        for k in common
+        if a[k].get("raw_probability") is not None and b[k].get("raw_probability") is not None
+    ]
+    return {
+        "n": len(common),
+        "same_label": same,
+        "max_abs_dp": max(dp) if dp else None,
+        "missing": len(a.keys() ^ b.keys()),
+    }
 
 
 def batch_vs_infer(cli: str, src: Path, models: Path, tmp: Path, workers: int) -> dict:
     out_b, out_i = tmp / "batch.jsonl", tmp / "infer.jsonl"
     for f in tmp.glob("batch.jsonl*"):
         f.unlink()
-    wall_b, log_b = run([cli, "batch", str(src), "-o", str(out_b), "--cluster", f"local:{workers}", "--model", str(models)])
+    wall_b, log_b = run(
+        [cli, "batch", str(src), "-o", str(out_b), "--cluster", f"local:{workers}", "--model", str(models)]
+    )
     wall_i, _ = run([cli, "infer", "--dir", str(src), "--model", str(models), "-f", "json", "-o", str(out_i)])
     up = re.search(r"ready in ([0-9.]+) s", log_b)
     rate = re.search(r"\(([0-9]+) images/s once the cluster was up\)", log_b)
     rb, ri = rows_of(out_b), rows_of(out_i)
-    return {"images": len(ri), "batch_wall_s": wall_b, "batch_cluster_start_s": float(up.group(1)) if up else None,
-            "batch_images_per_s_cluster_up": float(rate.group(1)) if rate else None,
-            "batch_images_per_s_whole_process": len(rb) / wall_b, "infer_wall_s": wall_i,
-            "infer_images_per_s_whole_process": len(ri) / wall_i,
-            "ratio_cluster_up_vs_infer": (float(rate.group(1)) / (len(ri) / wall_i)) if rate else None,
-            "agreement": compare_rows(rb, ri)}
+    return {
+        "images": len(ri),
+        "batch_wall_s": wall_b,
+        "batch_cluster_start_s": float(up.group(1)) if up else None,
+        "batch_images_per_s_cluster_up": float(rate.group(1)) if rate else None,
+        "batch_images_per_s_whole_process": len(rb) / wall_b,
+        "infer_wall_s": wall_i,
+        "infer_images_per_s_whole_process": len(ri) / wall_i,
+        "ratio_cluster_up_vs_infer": (float(rate.group(1)) / (len(ri) / wall_i)) if rate else None,
+        "agreement": compare_rows(rb, ri),
+    }
 
 
 def make_dicoms(data: Path, folder: Path, size: int) -> list[tuple[Path, int]]:
@@ -100,13 +115,13 @@ def make_dicoms(data: Path, folder: Path, size: int) -> list[tuple[Path, int]]:
 
 
 def dicom_decode(files: list[tuple[Path, int]], models: Path) -> dict:
-    import edge_pneumo.dicom as dicom_mod
+    import edge_pneumo.decoders.dicom as dicom_mod
     from edge_pneumo import Classifier
-    from edge_pneumo.metrics import roc_auc
+    from edge_pneumo.lab.metrics import roc_auc
 
     clf = Classifier.load(models)
     pre = clf.preprocessing
-    from edge_pneumo.decode import read_grey
+    from edge_pneumo.decoders.decode import read_grey
 
     res = {}
     fast = dicom_mod._jpeg_frame_fast
@@ -123,53 +138,75 @@ def dicom_decode(files: list[tuple[Path, int]], models: Path) -> dict:
     a, b = res["reduced_frame"]["probs"], res["pydicom_full"]["probs"]
     thr = clf.threshold
     return {
-        "images": len(files), "artifact": clf.entry.name,
+        "images": len(files),
+        "artifact": clf.entry.name,
         "ms_reduced_frame": res["reduced_frame"]["decode_preprocess_ms_per_image"],
         "ms_pydicom_full": res["pydicom_full"]["decode_preprocess_ms_per_image"],
-        "speedup": res["pydicom_full"]["decode_preprocess_ms_per_image"] / res["reduced_frame"]["decode_preprocess_ms_per_image"],
-        "labels_same": int(((a >= thr) == (b >= thr)).sum()), "max_abs_dp": float(np.abs(a - b).max()),
-        "accuracy_reduced": float(((a >= thr) == y).mean()), "accuracy_full": float(((b >= thr) == y).mean()),
-        "auc_reduced": roc_auc(y, a), "auc_full": roc_auc(y, b),
+        "speedup": res["pydicom_full"]["decode_preprocess_ms_per_image"]
+        / res["reduced_frame"]["decode_preprocess_ms_per_image"],
+        "labels_same": int(((a >= thr) == (b >= thr)).sum()),
+        "max_abs_dp": float(np.abs(a - b).max()),
+        "accuracy_reduced": float(((a >= thr) == y).mean()),
+        "accuracy_full": float(((b >= thr) == y).mean()),
+        "auc_reduced": roc_auc(y, a),
+        "auc_full": roc_auc(y, b),
     }
 
 
 def markdown(r: dict) -> str:
     t, d, db = r["train"], r["dicom_decode"], r["dicom_batch"]
-    L = ["# `batch` on Dask against `infer --dir`, and DICOM decoding (bench/bench_batch.py)", "",
-         f"- date (UTC): {r['record']['date_utc']}; machine: {r['record']['machine']['cpu_model']}, "
-         f"{r['record']['machine']['cores_usable']} cores; load {r['record']['loadavg_start']} -> {r['loadavg_end']}",
-         f"- command: `{r['record']['command']}`", "",
-         "| input | images | `batch --cluster local:2`, once the cluster is up | cluster start-up | batch, whole process | `infer --dir`, whole process | ratio (cluster up / infer) | same labels | max abs dp |",
-         "|---|---|---|---|---|---|---|---|---|"]
+    L = [
+        "# `batch` on Dask against `infer --dir`, and DICOM decoding (bench/bench_batch.py)",
+        "",
+        f"- date (UTC): {r['record']['date_utc']}; machine: {r['record']['machine']['cpu_model']}, "
+        f"{r['record']['machine']['cores_usable']} cores; load {r['record']['loadavg_start']} -> {r['loadavg_end']}",
+        f"- command: `{r['record']['command']}`",
+        "",
+        "| input | images | `batch --cluster local:2`, once the cluster is up | cluster start-up | batch, whole process | `infer --dir`, whole process | ratio (cluster up / infer) | same labels | max abs dp |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, x in (("train/ (224 px JPEG)", t), ("test/ as 1024 px JPEG-baseline DICOM", db)):
         a = x["agreement"]
-        L.append(f"| {name} | {x['images']} | {bl.fmt(x['batch_images_per_s_cluster_up'], 0)} images/s | "
-                 f"{bl.fmt(x['batch_cluster_start_s'], 1)} s | {bl.fmt(x['batch_images_per_s_whole_process'], 0)} images/s | "
-                 f"{bl.fmt(x['infer_images_per_s_whole_process'], 0)} images/s | {bl.fmt(x['ratio_cluster_up_vs_infer'], 2)} | "
-                 f"{a['same_label']} / {a['n']} | {bl.fmt(a['max_abs_dp'], 6)} |")
-    L += ["", "## Decoding a 1024 px JPEG-baseline DICOM", "",
-          "| decode + preprocess | ms/image | accuracy | AUC |", "|---|---|---|---|",
-          f"| the encapsulated frame as a JPEG, reduced to 1/8 (the package) | {d['ms_reduced_frame']:.2f} | {d['accuracy_reduced']:.4f} | {d['auc_reduced']:.4f} |",
-          f"| pydicom + pylibjpeg, full size | {d['ms_pydicom_full']:.2f} | {d['accuracy_full']:.4f} | {d['auc_full']:.4f} |", "",
-          f"{d['speedup']:.1f}x faster; labels agree on {d['labels_same']} of {d['images']} images, max |dp| {d['max_abs_dp']:.4f} "
-          f"({d['artifact']}).", ""]
+        L.append(
+            f"| {name} | {x['images']} | {bl.fmt(x['batch_images_per_s_cluster_up'], 0)} images/s | "
+            f"{bl.fmt(x['batch_cluster_start_s'], 1)} s | {bl.fmt(x['batch_images_per_s_whole_process'], 0)} images/s | "
+            f"{bl.fmt(x['infer_images_per_s_whole_process'], 0)} images/s | {bl.fmt(x['ratio_cluster_up_vs_infer'], 2)} | "
+            f"{a['same_label']} / {a['n']} | {bl.fmt(a['max_abs_dp'], 6)} |"
+        )
+    L += [
+        "",
+        "## Decoding a 1024 px JPEG-baseline DICOM",
+        "",
+        "| decode + preprocess | ms/image | accuracy | AUC |",
+        "|---|---|---|---|",
+        f"| the encapsulated frame as a JPEG, reduced to 1/8 (the package) | {d['ms_reduced_frame']:.2f} | {d['accuracy_reduced']:.4f} | {d['auc_reduced']:.4f} |",
+        f"| pydicom + pylibjpeg, full size | {d['ms_pydicom_full']:.2f} | {d['accuracy_full']:.4f} | {d['auc_full']:.4f} |",
+        "",
+        f"{d['speedup']:.1f}x faster; labels agree on {d['labels_same']} of {d['images']} images, max |dp| {d['max_abs_dp']:.4f} "
+        f"({d['artifact']}).",
+        "",
+    ]
     per_core = db["batch_images_per_s_cluster_up"] / 2 if db.get("batch_images_per_s_cluster_up") else None
     if per_core:
         mimic, tb = 377_000, 4.7e12
         mb = tb / mimic / 1e6
-        L += ["## Scaling on paper (from the figures above)", "",
-              f"- Per core, a 1024 px JPEG-baseline DICOM costs about {1000 / per_core:.1f} ms end to end in `batch` "
-              f"({per_core:.0f} images/s/core here; decode {d['ms_reduced_frame']:.1f} ms of it with the reduced frame, "
-              f"{d['ms_pydicom_full']:.1f} ms without). The model is a small part: the decode is the cost.",
-              f"- MIMIC-CXR (377,000 DICOMs, 4.7 TB: {mb:.1f} MB each on average) on N machines of C cores: "
-              f"CPU-bound time ~ 377,000 / ({per_core:.0f} x N x C) s, e.g. {mimic / per_core / 60 / 2:.0f} min on one "
-              f"2-core machine and {mimic / per_core / 64:.0f} s on 8 machines of 8 cores, if decoding stayed this cheap.",
-              f"- Storage bounds it first: at {mb:.1f} MB per image, a 1 GB/s share delivers ~{1e9 / (mb * 1e6):.0f} images/s "
-              f"whatever the cores; so ~{1e9 / (mb * 1e6) / per_core:.1f} cores per GB/s of storage bandwidth are enough, and "
-              "more machines only help when each reads its own storage (sharded object store, local copies).",
-              "- Full-size uncompressed 16-bit DICOMs (most of MIMIC) skip the JPEG trick: their cost is reading the bytes and "
-              "the resize, so bandwidth matters even more. The client only appends ~1 kB per image and fsyncs once per "
-              "partition: it is not the bottleneck.", ""]
+        L += [
+            "## Scaling on paper (from the figures above)",
+            "",
+            f"- Per core, a 1024 px JPEG-baseline DICOM costs about {1000 / per_core:.1f} ms end to end in `batch` "
+            f"({per_core:.0f} images/s/core here; decode {d['ms_reduced_frame']:.1f} ms of it with the reduced frame, "
+            f"{d['ms_pydicom_full']:.1f} ms without). The model is a small part: the decode is the cost.",
+            f"- MIMIC-CXR (377,000 DICOMs, 4.7 TB: {mb:.1f} MB each on average) on N machines of C cores: "
+            f"CPU-bound time ~ 377,000 / ({per_core:.0f} x N x C) s, e.g. {mimic / per_core / 60 / 2:.0f} min on one "
+            f"2-core machine and {mimic / per_core / 64:.0f} s on 8 machines of 8 cores, if decoding stayed this cheap.",
+            f"- Storage bounds it first: at {mb:.1f} MB per image, a 1 GB/s share delivers ~{1e9 / (mb * 1e6):.0f} images/s "
+            f"whatever the cores; so ~{1e9 / (mb * 1e6) / per_core:.1f} cores per GB/s of storage bandwidth are enough, and "
+            "more machines only help when each reads its own storage (sharded object store, local copies).",
+            "- Full-size uncompressed 16-bit DICOMs (most of MIMIC) skip the JPEG trick: their cost is reading the bytes and "
+            "the resize, so bandwidth matters even more. The client only appends ~1 kB per image and fsyncs once per "
+            "partition: it is not the bottleneck.",
+            "",
+        ]
     return "\n".join(L)
 
 

@@ -8,7 +8,7 @@ JPEG (quality 95, same channels as the source) into a temporary folder, never th
 Each big image is then loaded twice through the package's preprocessing (the manifest's
 Preprocessing, with reduced_jpeg_decode on and off; the timing alternates which goes first)
 and both batches go through the same int8 ONNX backend
-(`edge_pneumo.runtime.open_backend(path).predict(batch_uint8)`). The original 224 px images
+(`edge_pneumo.device.runtime.open_backend(path).predict(batch_uint8)`). The original 224 px images
 are run too, as the reference the model was evaluated on. Reported: accuracy (labels from the
 folder names, threshold from the manifest), AUC, label agreement, max/mean |delta prob|,
 and decode+resize ms per image both ways (single thread).
@@ -26,7 +26,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _benchlib as bl  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 
@@ -38,7 +37,7 @@ def predict_all(backend, xs: list[np.ndarray], batch_size: int) -> np.ndarray:
 
 
 def scores(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
-    from edge_pneumo.metrics import roc_auc
+    from edge_pneumo.lab.metrics import roc_auc
 
     pred = p >= threshold
     d = {"n": int(len(y)), "accuracy": float(np.mean(pred == y.astype(bool)))}
@@ -74,7 +73,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("bench/results_reduced_decode.json"))
     ap.add_argument("--md", type=Path, default=None, help="default: RESULTS_reduced_decode.md beside --out")
-    ap.add_argument("--quiet-load", type=float, default=0.0, help="first wait until the 1-min load average is <= this (0: don't wait)")
+    ap.add_argument(
+        "--quiet-load",
+        type=float,
+        default=0.0,
+        help="first wait until the 1-min load average is <= this (0: don't wait)",
+    )
     ap.add_argument("--quiet-timeout", type=float, default=1800.0)
     args = ap.parse_args(argv)
     quiet = bl.wait_for_quiet(args.quiet_load, args.quiet_timeout)
@@ -84,9 +88,9 @@ def main(argv=None) -> int:
     record["wait_for_quiet"] = quiet
     print(f"load average at start: {record['loadavg_start']}", flush=True)
 
-    from edge_pneumo.decode import jpeg_size
-    from edge_pneumo.preprocess import Preprocessing
-    from edge_pneumo.runtime import open_backend
+    from edge_pneumo.decoders.decode import jpeg_size
+    from edge_pneumo.device.preprocess import Preprocessing
+    from edge_pneumo.device.runtime import open_backend
 
     manifest = bl.load_manifest_json(models)
     threshold = float(manifest["threshold"])
@@ -100,10 +104,18 @@ def main(argv=None) -> int:
     y = np.array([l for _, l in images], dtype=np.int64)
     results: dict = {
         "record": record,
-        "model": {"folder": str(models), "artifact": args.artifact, "file": onnx_file.name, "threshold": threshold,
-                  "preprocessing": base.to_dict()},
-        "images": {"n": len(images), "size_px": [args.size, args.size],
-                   "source": "test split, cv2.resize INTER_CUBIC, JPEG quality 95, same channels as source"},
+        "model": {
+            "folder": str(models),
+            "artifact": args.artifact,
+            "file": onnx_file.name,
+            "threshold": threshold,
+            "preprocessing": base.to_dict(),
+        },
+        "images": {
+            "n": len(images),
+            "size_px": [args.size, args.size],
+            "source": "test split, cv2.resize INTER_CUBIC, JPEG quality 95, same channels as source",
+        },
         "rows": {},
         "comparisons": {},
     }
@@ -114,8 +126,7 @@ def main(argv=None) -> int:
         results["images"]["make_s"] = time.perf_counter() - t0
         results["images"]["jpeg_bytes"] = bl.stats([Path(p).stat().st_size for p in big])
         sz = jpeg_size(np.fromfile(big[0], np.uint8))
-        results["images"]["reduction_factor"] = next(
-            (f for f in (8, 4, 2) if sz and min(sz) // f >= 2 * base.size), 1)
+        results["images"]["reduction_factor"] = next((f for f in (8, 4, 2) if sz and min(sz) // f >= 2 * base.size), 1)
         print(f"upscaled {len(big)} images in {results['images']['make_s']:.1f} s, load {bl.loadavg()}", flush=True)
 
         probs: dict[str, np.ndarray] = {}
@@ -136,8 +147,10 @@ def main(argv=None) -> int:
                     xs[key].append(x)
                 except Exception as e:
                     errors[key] = f"{p}: {type(e).__name__}: {e}"
-        for key, desc in (("reduced_on", "upscaled, reduced JPEG decoding (package default)"),
-                          ("reduced_off", "upscaled, Preprocessing(reduced_jpeg_decode=False)")):
+        for key, desc in (
+            ("reduced_on", "upscaled, reduced JPEG decoding (package default)"),
+            ("reduced_off", "upscaled, Preprocessing(reduced_jpeg_decode=False)"),
+        ):
             row = {"desc": desc, "status": "pending", "error": errors[key]}
             try:
                 if errors[key]:
@@ -180,30 +193,42 @@ def main(argv=None) -> int:
 
 def markdown(r: dict) -> str:
     rec, im = r["record"], r["images"]
-    L = ["# Reduced JPEG decoding: speed and effect on predictions (bench/bench_reduced_decode.py)\n",
-         f"- date (UTC): {rec['date_utc']}; command: `{rec['command']}` (cwd `{rec['cwd']}`)",
-         f"- machine: {rec['machine']['cpu_model']}, {rec['machine']['cores_logical']} cores; load average start "
-         f"{rec['loadavg_start']}, end {r.get('loadavg_end')}",
-         "- versions: " + ", ".join(f"{k} {v}" for k, v in rec["versions"].items() if v),
-         f"- model: `{r['model']['folder']}/{r['model']['file']}`, threshold {r['model']['threshold']:.4f}, "
-         f"intensity {r['model']['preprocessing'].get('intensity')}",
-         f"- images: all {im['n']} test images upscaled to {im['size_px'][0]}x{im['size_px'][1]} px ({im['source']}), "
-         f"median {im.get('jpeg_bytes', {}).get('median', 0) / 1e3:.0f} kB; reduced decoding uses 1/{im.get('reduction_factor')} "
-         "scale for these\n",
-         "| input | accuracy | AUC | sensitivity | specificity | decode+resize ms/img median (mean) | status |",
-         "|---|---|---|---|---|---|---|"]
+    L = [
+        "# Reduced JPEG decoding: speed and effect on predictions (bench/bench_reduced_decode.py)\n",
+        f"- date (UTC): {rec['date_utc']}; command: `{rec['command']}` (cwd `{rec['cwd']}`)",
+        f"- machine: {rec['machine']['cpu_model']}, {rec['machine']['cores_logical']} cores; load average start "
+        f"{rec['loadavg_start']}, end {r.get('loadavg_end')}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in rec["versions"].items() if v),
+        f"- model: `{r['model']['folder']}/{r['model']['file']}`, threshold {r['model']['threshold']:.4f}, "
+        f"intensity {r['model']['preprocessing'].get('intensity')}",
+        f"- images: all {im['n']} test images upscaled to {im['size_px'][0]}x{im['size_px'][1]} px ({im['source']}), "
+        f"median {im.get('jpeg_bytes', {}).get('median', 0) / 1e3:.0f} kB; reduced decoding uses 1/{im.get('reduction_factor')} "
+        "scale for these\n",
+        "| input | accuracy | AUC | sensitivity | specificity | decode+resize ms/img median (mean) | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, row in r["rows"].items():
         d = row.get("decode_ms_per_image") or {}
         dm = f"{d['median']:.2f} ({d['mean']:.2f})" if d.get("n") else "-"
         st = row["status"] if row["status"] == "ok" else f"{row['status']}: {' '.join(str(row['error']).split())[:150]}"
-        L.append(f"| {key}: {row['desc']} | {bl.fmt(row.get('accuracy'), 4)} | {bl.fmt(row.get('auc'), 4)} | "
-                 f"{bl.fmt(row.get('sensitivity'), 4)} | {bl.fmt(row.get('specificity'), 4)} | {dm} | {st} |")
-    L += ["", "| comparison | label agreement | label flips | max abs dprob | mean abs dprob | p99 abs dprob |", "|---|---|---|---|---|---|"]
+        L.append(
+            f"| {key}: {row['desc']} | {bl.fmt(row.get('accuracy'), 4)} | {bl.fmt(row.get('auc'), 4)} | "
+            f"{bl.fmt(row.get('sensitivity'), 4)} | {bl.fmt(row.get('specificity'), 4)} | {dm} | {st} |"
+        )
+    L += [
+        "",
+        "| comparison | label agreement | label flips | max abs dprob | mean abs dprob | p99 abs dprob |",
+        "|---|---|---|---|---|---|",
+    ]
     for k, c in r["comparisons"].items():
-        L.append(f"| {k} | {c['label_agreement']:.4f} | {c['label_flips']} | {c['max_abs_dprob']:.5f} | "
-                 f"{c['mean_abs_dprob']:.5f} | {c['p99_abs_dprob']:.5f} |")
+        L.append(
+            f"| {k} | {c['label_agreement']:.4f} | {c['label_flips']} | {c['max_abs_dprob']:.5f} | "
+            f"{c['mean_abs_dprob']:.5f} | {c['p99_abs_dprob']:.5f} |"
+        )
     if r.get("decode_speedup"):
-        L.append(f"\nReduced decoding is {r['decode_speedup']:.1f}x faster per image (median decode+resize, one thread).")
+        L.append(
+            f"\nReduced decoding is {r['decode_speedup']:.1f}x faster per image (median decode+resize, one thread)."
+        )
     return "\n".join(L) + "\n"
 
 

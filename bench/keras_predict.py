@@ -5,6 +5,7 @@
 Same preprocessing as the minimal scripts, then keras.models.load_model + predict on the
 float model. Needs the `train` extra (tensorflow-cpu).
 """
+
 import os
 import sys
 

@@ -6,6 +6,7 @@ cv2 + onnxruntime only: imread grayscale, resize to 64x64 (INTER_AREA), [equaliz
 manifest's preprocessing says], replicate to 3 channels, float32, run, print prob.
 No checks, no manifest, no threshold: the least work that gives the same probability.
 """
+
 import sys
 
 import cv2
@@ -22,6 +23,8 @@ for arg in sys.argv[3:]:
         x = cv2.createCLAHE(float(clip), (int(tiles), int(tiles))).apply(x)
 x = np.repeat(x[None, :, :, None], 3, axis=3).astype(np.float32)
 sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-out = [o.name for o in sess.get_outputs() if o.shape[1:] == [1]]  # the probability (the others feed the guard and Grad-CAM)
+out = [
+    o.name for o in sess.get_outputs() if o.shape[1:] == [1]
+]  # the probability (the others feed the guard and Grad-CAM)
 prob = sess.run(out, {sess.get_inputs()[0].name: x})[0]
 print(f"{float(prob.reshape(-1)[-1]):.6f}")

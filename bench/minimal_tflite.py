@@ -5,6 +5,7 @@
 cv2 + ai-edge-litert only: imread grayscale, resize to 64x64 (INTER_AREA), [equalizeHist or CLAHE],
 replicate to 3 channels, quantize with the input's scale/zero point, invoke, dequantize, print prob.
 """
+
 import sys
 
 import cv2
@@ -23,7 +24,9 @@ x = np.repeat(x[None, :, :, None], 3, axis=3)
 interp = Interpreter(model_path=model)
 interp.allocate_tensors()
 inp = interp.get_input_details()[0]
-out = [d for d in interp.get_output_details() if list(d["shape"]) == [1, 1]][0]  # the probability (the others feed the guard and Grad-CAM)
+out = [d for d in interp.get_output_details() if list(d["shape"]) == [1, 1]][
+    0
+]  # the probability (the others feed the guard and Grad-CAM)
 scale, zero = inp["quantization"]
 if inp["dtype"] == np.float32:
     x = x.astype(np.float32)

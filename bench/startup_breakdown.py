@@ -38,10 +38,10 @@ STEPS_SNIPPET = textwrap.dedent(
         pass
     t0 = t(); import hashlib; hashlib.sha256(b''); out['import hashlib (OpenSSL libcrypto)'] = (t() - t0, rss())
     t0 = t(); import concurrent.futures; out['import concurrent.futures'] = (t() - t0, rss())
-    t0 = t(); import edge_pneumo.cli, edge_pneumo.infer_cli, edge_pneumo.classifier; out['import edge_pneumo (rest)'] = (t() - t0, rss())
-    from edge_pneumo.manifest import load_manifest
-    from edge_pneumo.runtime import open_backend
-    from edge_pneumo.classifier import Classifier
+    t0 = t(); import edge_pneumo.apps.cli, edge_pneumo.apps.infer, edge_pneumo.device.classifier; out['import edge_pneumo (rest)'] = (t() - t0, rss())
+    from edge_pneumo.device.manifest import load_manifest
+    from edge_pneumo.device.runtime import open_backend
+    from edge_pneumo.device.classifier import Classifier
     models, image = sys.argv[1], sys.argv[2]
     t0 = t(); m = load_manifest(models); e = m.artifacts[m.default_artifact]; out['load_manifest'] = (t() - t0, rss())
     t0 = t(); m.verify(e); out['verify sha256'] = (t() - t0, rss())
@@ -71,19 +71,40 @@ def rows(models: Path, image: str, manifest: dict) -> list[dict]:
         {"name": "import numpy, cv2, onnxruntime", "cmd": [py, "-c", "import numpy, cv2, onnxruntime"]},
         {"name": "import typer", "cmd": [py, "-c", "import typer"]},
         {"name": "import pydantic", "cmd": [py, "-c", "import pydantic"]},
-        {"name": "import edge_pneumo.cli", "cmd": [py, "-c", "import edge_pneumo.cli"]},
+        {"name": "import edge_pneumo.apps.cli", "cmd": [py, "-c", "import edge_pneumo.apps.cli"]},
         {"name": "import hashlib (loads OpenSSL libcrypto)", "cmd": [py, "-c", "import hashlib; hashlib.sha256(b'')"]},
-        {"name": "import edge_pneumo.classifier + onnxruntime (no CLI)", "cmd": [py, "-c", "import edge_pneumo.classifier, onnxruntime"]},
-        {"name": "all imports of infer (cli, infer_cli, classifier, onnxruntime)",
-         "cmd": [py, "-c", "import edge_pneumo.cli, edge_pneumo.infer_cli, edge_pneumo.classifier, onnxruntime"]},
+        {
+            "name": "import edge_pneumo.device.classifier + onnxruntime (no CLI)",
+            "cmd": [py, "-c", "import edge_pneumo.device.classifier, onnxruntime"],
+        },
+        {
+            "name": "all imports of infer (cli, infer_cli, classifier, onnxruntime)",
+            "cmd": [
+                py,
+                "-c",
+                "import edge_pneumo.apps.cli, edge_pneumo.apps.infer, edge_pneumo.device.classifier, onnxruntime",
+            ],
+        },
         {"name": "edge-pneumo --version", "cmd": [cli, "--version"]},
         {"name": "edge-pneumo --help", "cmd": [cli, "--help"]},
-        {"name": "Classifier.load + predict (Python API, no CLI)",
-         "cmd": [py, "-c", f"from edge_pneumo import Classifier; print(Classifier.load({str(models)!r}).predict({image!r}).probability)"]},
+        {
+            "name": "Classifier.load + predict (Python API, no CLI)",
+            "cmd": [
+                py,
+                "-c",
+                f"from edge_pneumo import Classifier; print(Classifier.load({str(models)!r}).predict({image!r}).probability)",
+            ],
+        },
         {"name": "edge-pneumo infer --image X", "cmd": [cli, "infer", "--image", image, "--model", str(models)]},
-        {"name": "argparse + infer_cli.run_infer (same work as infer --image X, without typer)",
-         "cmd": [py, "-c", "import argparse, sys; from pathlib import Path; from edge_pneumo.infer_cli import run_infer; "
-                 f"sys.exit(run_infer([{image!r}], None, Path({str(models)!r}), None, 'text', None, None, 32, True))"]},
+        {
+            "name": "argparse + infer_cli.run_infer (same work as infer --image X, without typer)",
+            "cmd": [
+                py,
+                "-c",
+                "import argparse, sys; from pathlib import Path; from edge_pneumo.apps.infer import run_infer; "
+                f"sys.exit(run_infer([{image!r}], None, Path({str(models)!r}), None, 'text', None, None, 32, True))",
+            ],
+        },
         {"name": "minimal_onnx.py", "cmd": [py, f"{b}/minimal_onnx.py", onnx, image, *eq]},
     ]
 
@@ -97,7 +118,12 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--out", type=Path, default=Path("bench/results_startup.json"))
     ap.add_argument("--md", type=Path, default=None)
-    ap.add_argument("--quiet-load", type=float, default=0.0, help="first wait until the 1-min load average is <= this (0: don't wait)")
+    ap.add_argument(
+        "--quiet-load",
+        type=float,
+        default=0.0,
+        help="first wait until the 1-min load average is <= this (0: don't wait)",
+    )
     ap.add_argument("--quiet-timeout", type=float, default=1800.0)
     args = ap.parse_args(argv)
     quiet = bl.wait_for_quiet(args.quiet_load, args.quiet_timeout)
@@ -119,7 +145,9 @@ def main(argv=None) -> int:
                     raise RuntimeError(f"exit code {res['returncode']}: {res['stderr'].strip()[-400:]}")
                 r["status"] = "ok"
                 if i:
-                    r["runs"].append({"wall_s": res["wall_s"], "cpu_s": res["user_s"] + res["sys_s"], "maxrss_mb": res["maxrss_mb"]})
+                    r["runs"].append(
+                        {"wall_s": res["wall_s"], "cpu_s": res["user_s"] + res["sys_s"], "maxrss_mb": res["maxrss_mb"]}
+                    )
             except Exception as e:
                 r["status"], r["error"] = "failed", f"{type(e).__name__}: {e}"
         print(f"round {i + 1}/{1 + args.runs}, load {bl.loadavg()}", flush=True)
@@ -140,26 +168,48 @@ def main(argv=None) -> int:
     steps = {}
     if steps_runs:
         for k in steps_runs[0]:
-            steps[k] = {"s": bl.stats([r[k][0] for r in steps_runs])["median"], "rss_mb_after": bl.stats([r[k][1] for r in steps_runs])["median"]}
-    results = {"record": record, "image": image, "models": str(models), "rows": rs, "steps": steps, "steps_error": steps_error,
-               "loadavg_end": bl.loadavg()}
+            steps[k] = {
+                "s": bl.stats([r[k][0] for r in steps_runs])["median"],
+                "rss_mb_after": bl.stats([r[k][1] for r in steps_runs])["median"],
+            }
+    results = {
+        "record": record,
+        "image": image,
+        "models": str(models),
+        "rows": rs,
+        "steps": steps,
+        "steps_error": steps_error,
+        "loadavg_end": bl.loadavg(),
+    }
     md = args.md or args.out.with_name("RESULTS_startup.md")
     bl.write_json(args.out, results)
-    L = ["# Start-up breakdown of `edge-pneumo infer --image X` (bench/startup_breakdown.py)\n",
-         f"- date (UTC): {record['date_utc']}; command: `{record['command']}`",
-         f"- machine: {record['machine']['cpu_model']}, {record['machine']['cores_logical']} cores; "
-         f"load average start {record['loadavg_start']}, end {results['loadavg_end']}",
-         "- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v),
-         f"- {args.runs} rounds after 1 warm-up, rows round-robin; medians. CPU = user+sys of the process (less sensitive to load than wall).\n",
-         "## A. Fresh processes, growing imports\n",
-         "| process | wall s (min-max) | CPU s | peak RSS MB | status |", "|---|---|---|---|---|"]
+    L = [
+        "# Start-up breakdown of `edge-pneumo infer --image X` (bench/startup_breakdown.py)\n",
+        f"- date (UTC): {record['date_utc']}; command: `{record['command']}`",
+        f"- machine: {record['machine']['cpu_model']}, {record['machine']['cores_logical']} cores; "
+        f"load average start {record['loadavg_start']}, end {results['loadavg_end']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v),
+        f"- {args.runs} rounds after 1 warm-up, rows round-robin; medians. CPU = user+sys of the process (less sensitive to load than wall).\n",
+        "## A. Fresh processes, growing imports\n",
+        "| process | wall s (min-max) | CPU s | peak RSS MB | status |",
+        "|---|---|---|---|---|",
+    ]
     for r in rs:
         w, c, m = r["wall_s"], r["cpu_s"], r["maxrss_mb"]
         if w.get("n"):
-            L.append(f"| {r['name']} | {w['median']:.3f} ({w['min']:.3f}-{w['max']:.3f}) | {c['median']:.3f} | {m['median']:.1f} | ok |")
+            L.append(
+                f"| {r['name']} | {w['median']:.3f} ({w['min']:.3f}-{w['max']:.3f}) | {c['median']:.3f} | {m['median']:.1f} | ok |"
+            )
         else:
-            L.append(f"| {r['name']} | - | - | - | {r['status']}: {str(r['error'])[:150].replace('|', '/').replace(chr(10), ' ')} |")
-    L += ["", "## B. Steps inside one process (median over fresh processes)\n", "| step | ms | RSS after, MB |", "|---|---|---|"]
+            L.append(
+                f"| {r['name']} | - | - | - | {r['status']}: {str(r['error'])[:150].replace('|', '/').replace(chr(10), ' ')} |"
+            )
+    L += [
+        "",
+        "## B. Steps inside one process (median over fresh processes)\n",
+        "| step | ms | RSS after, MB |",
+        "|---|---|---|",
+    ]
     for k, d in steps.items():
         L.append(f"| {k} | {1000 * d['s']:.1f} | {d['rss_mb_after']:.1f} |")
     if steps_error:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _benchlib as bl  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 
@@ -50,7 +49,12 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="round-robin rounds after the warm-up")
     ap.add_argument("--out", type=Path, default=Path("bench/results_throughput_variants.json"))
     ap.add_argument("--md", type=Path, default=None)
-    ap.add_argument("--quiet-load", type=float, default=0.0, help="first wait until the 1-min load average is <= this (0: don't wait)")
+    ap.add_argument(
+        "--quiet-load",
+        type=float,
+        default=0.0,
+        help="first wait until the 1-min load average is <= this (0: don't wait)",
+    )
     ap.add_argument("--quiet-timeout", type=float, default=1800.0)
     args = ap.parse_args(argv)
     quiet = bl.wait_for_quiet(args.quiet_load, args.quiet_timeout)
@@ -62,7 +66,7 @@ def main(argv=None) -> int:
     import cv2
 
     from edge_pneumo import Classifier
-    from edge_pneumo.runtime import default_threads
+    from edge_pneumo.device.runtime import default_threads
 
     n_cores = default_threads()
     paths = [p for p, _ in bl.test_images(args.data.resolve())]
@@ -77,7 +81,9 @@ def main(argv=None) -> int:
 
     def add(name, desc, setup):
         """setup() -> a callable that runs the whole pass once; built lazily so a failure stays in its row."""
-        variants.append({"name": name, "desc": desc, "setup": setup, "status": "pending", "error": None, "times_s": [], "cpu_s": []})
+        variants.append(
+            {"name": name, "desc": desc, "setup": setup, "status": "pending", "error": None, "times_s": [], "cpu_s": []}
+        )
 
     def decode_serial():
         return lambda: [pp.load(p) for p in paths]
@@ -86,6 +92,7 @@ def main(argv=None) -> int:
         def fn():
             with ThreadPoolExecutor(n_cores) as ex:
                 list(ex.map(pp.load, paths))
+
         return fn
 
     def model_only(threads, spinning):
@@ -96,11 +103,14 @@ def main(argv=None) -> int:
             def fn():
                 for i in range(0, n, 32):
                     s.run(None, {name_in: X[i : i + 32]})
+
             return fn
+
         return setup
 
     def pm(threads=None, decode=None, batch=32, spinning=None, cv_threads=None):
         """spinning / cv_threads: None keeps what the package does; True/False or a number force it."""
+
         def setup():
             clf = Classifier.load(models, threads=threads)
             if spinning is not None:
@@ -119,28 +129,45 @@ def main(argv=None) -> int:
                         raise RuntimeError(f"{k} results for {n} images")
                 finally:
                     cv2.setNumThreads(cv_default)
+
             return fn
+
         return setup
 
     add("decode_1thread", "Preprocessing.load for every image, 1 thread", decode_serial)
     add(f"decode_{n_cores}threads", f"Preprocessing.load, ThreadPoolExecutor({n_cores})", decode_pool)
     for th in sorted({1, n_cores}):
         for spin in (True, False):
-            add(f"model_only_{th}t{'' if spin else '_nospin'}",
-                f"onnxruntime alone on preprocessed float32, batch 32, {th} thread(s), spinning {'on' if spin else 'off'}", model_only(th, spin))
+            add(
+                f"model_only_{th}t{'' if spin else '_nospin'}",
+                f"onnxruntime alone on preprocessed float32, batch 32, {th} thread(s), spinning {'on' if spin else 'off'}",
+                model_only(th, spin),
+            )
     try:
-        from edge_pneumo.infer_cli import split_threads
+        from edge_pneumo.apps.infer import split_threads
 
         cli_m, cli_d = split_threads(n_cores, n)
     except ImportError:
         cli_m, cli_d = n_cores, n_cores
     other_cv = n_cores if cv_default == 1 else 1
-    add("pm_api_default", f"predict_many API defaults (model {n_cores} / decode {n_cores} threads); package's session options, "
-        f"OpenCV threads {cv_default}", pm())
-    add("pm_cli_split", f"predict_many as infer --dir runs it: model {cli_m} / decode {cli_d} threads (infer_cli.split_threads)", pm(cli_m, cli_d))
+    add(
+        "pm_api_default",
+        f"predict_many API defaults (model {n_cores} / decode {n_cores} threads); package's session options, "
+        f"OpenCV threads {cv_default}",
+        pm(),
+    )
+    add(
+        "pm_cli_split",
+        f"predict_many as infer --dir runs it: model {cli_m} / decode {cli_d} threads (infer_cli.split_threads)",
+        pm(cli_m, cli_d),
+    )
     add("pm_api_default_spin_on", "API defaults, onnxruntime allow_spinning forced on", pm(spinning=True))
     add("pm_api_default_spin_off", "API defaults, onnxruntime allow_spinning forced off", pm(spinning=False))
-    add(f"pm_api_default_cv{other_cv}", f"API defaults, cv2.setNumThreads({other_cv}) instead of {cv_default}", pm(cv_threads=other_cv))
+    add(
+        f"pm_api_default_cv{other_cv}",
+        f"API defaults, cv2.setNumThreads({other_cv}) instead of {cv_default}",
+        pm(cv_threads=other_cv),
+    )
     add("pm_m1_d1", "model 1 / decode 1 thread", pm(1, 1))
     add(f"pm_m1_d{n_cores}", f"model 1 / decode {n_cores} threads", pm(1, n_cores))
     add(f"pm_m{n_cores}_d1", f"model {n_cores} / decode 1 thread", pm(n_cores, 1))
@@ -172,24 +199,33 @@ def main(argv=None) -> int:
         v.pop("setup", None)
         if v["times_s"]:
             med = statistics.median(v["times_s"])
-            v.update(images_per_s=n / med, images_per_s_best=n / min(v["times_s"]), ms_per_image=1000 * med / n,
-                     cpu_ms_per_image=1000 * statistics.median(v["cpu_s"]) / n)
+            v.update(
+                images_per_s=n / med,
+                images_per_s_best=n / min(v["times_s"]),
+                ms_per_image=1000 * med / n,
+                cpu_ms_per_image=1000 * statistics.median(v["cpu_s"]) / n,
+            )
 
     results = {"record": record, "images": n, "cores": n_cores, "rows": variants, "loadavg_end": bl.loadavg()}
     bl.write_json(args.out, results)
     md = args.md or args.out.with_name("RESULTS_throughput_variants.md")
-    L = ["# Folder throughput variants (bench/throughput_variants.py)\n",
-         f"- date (UTC): {record['date_utc']}; command: `{record['command']}`",
-         f"- machine: {record['machine']['cpu_model']}, {n_cores} cores; load average start {record['loadavg_start']}, end {results['loadavg_end']}",
-         "- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v),
-         f"- {n} test images, in-process, timing around the loop only; 1 warm-up each, then {args.runs} rounds round-robin; "
-         "median (and best) images/s; CPU = process CPU time (all threads) per image.\n",
-         "| row | what | images/s median (best) | ms/image | CPU ms/image | status |", "|---|---|---|---|---|---|"]
+    L = [
+        "# Folder throughput variants (bench/throughput_variants.py)\n",
+        f"- date (UTC): {record['date_utc']}; command: `{record['command']}`",
+        f"- machine: {record['machine']['cpu_model']}, {n_cores} cores; load average start {record['loadavg_start']}, end {results['loadavg_end']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v),
+        f"- {n} test images, in-process, timing around the loop only; 1 warm-up each, then {args.runs} rounds round-robin; "
+        "median (and best) images/s; CPU = process CPU time (all threads) per image.\n",
+        "| row | what | images/s median (best) | ms/image | CPU ms/image | status |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in variants:
         st = r["status"] if r["status"] == "ok" else f"{r['status']}: {' '.join(str(r.get('error')).split())[:120]}"
         ips = f"{r['images_per_s']:.0f} ({r['images_per_s_best']:.0f})" if r.get("images_per_s") else "-"
-        L.append(f"| {r['name']} | {r.get('desc', '')} | {ips} | {bl.fmt(r.get('ms_per_image'), 3)} | "
-                 f"{bl.fmt(r.get('cpu_ms_per_image'), 3)} | {st} |")
+        L.append(
+            f"| {r['name']} | {r.get('desc', '')} | {ips} | {bl.fmt(r.get('ms_per_image'), 3)} | "
+            f"{bl.fmt(r.get('cpu_ms_per_image'), 3)} | {st} |"
+        )
     bl.write_text(md, "\n".join(L) + "\n")
     print(f"wrote {args.out} and {md}")
     return 0

@@ -37,8 +37,8 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from edge_pneumo.data import discover, find_split, load_images
-    from edge_pneumo.preprocess import Preprocessing
+    from edge_pneumo.device.preprocess import Preprocessing
+    from edge_pneumo.lab.dataset import discover, find_split, load_images
     from edge_pneumo.training import fit as F
     from edge_pneumo.training.model import build_augmenter, build_seed_model
 
@@ -54,8 +54,11 @@ def main() -> None:
         ds = ds.shuffle(len(x), seed=0, reshuffle_each_iteration=True).batch(recipe.batch_size)
         if augment:
             aug = build_augmenter(recipe.augment, 0)
-            ds = ds.map(lambda a, b, c: (tf.clip_by_value(aug(tf.cast(a, tf.float32), training=True), 0.0, 255.0), b, c),
-                        num_parallel_calls=parallel or 1, deterministic=True)
+            ds = ds.map(
+                lambda a, b, c: (tf.clip_by_value(aug(tf.cast(a, tf.float32), training=True), 0.0, 255.0), b, c),
+                num_parallel_calls=parallel or 1,
+                deterministic=True,
+            )
         else:
             ds = ds.map(lambda a, b, c: (tf.cast(a, tf.float32), b, c))
         return ds.prefetch(2)
@@ -80,26 +83,40 @@ def main() -> None:
                 t0 = time.perf_counter()
                 model.fit(ds, epochs=1, verbose=0)
                 times.append(time.perf_counter() - t0)
-            row = {"variant": name, "first_epoch_s": round(times[0], 2),
-                   "epoch_s": round(statistics.median(times[1:] or times), 2),
-                   "images_per_s": round(len(x) / statistics.median(times[1:] or times), 1),
-                   "jit_compile": bool(getattr(model, "jit_compile", False))}  # Keras falls back when it cannot
+            row = {
+                "variant": name,
+                "first_epoch_s": round(times[0], 2),
+                "epoch_s": round(statistics.median(times[1:] or times), 2),
+                "images_per_s": round(len(x) / statistics.median(times[1:] or times), 1),
+                "jit_compile": bool(getattr(model, "jit_compile", False)),
+            }  # Keras falls back when it cannot
         except Exception as e:  # a variant that cannot run here is reported, not fatal
             row = {"variant": name, "error": f"{type(e).__name__}: {e}"[:300]}
         print(json.dumps(row), flush=True)
         rows.append(row)
 
-    result = {"images": len(x), "batch_size": recipe.batch_size, "epochs_timed": args.epochs - 1,
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "tensorflow": tf.__version__}, "rows": rows}
+    result = {
+        "images": len(x),
+        "batch_size": recipe.batch_size,
+        "epochs_timed": args.epochs - 1,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__},
+        "rows": rows,
+    }
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    md = ["# Student epoch time (bench/train_epoch_speed.py)", "",
-          f"{len(x)} training images, batch {recipe.batch_size}, {result['machine']['cpus']} CPUs, "
-          f"TensorFlow {tf.__version__}; median of {args.epochs - 1} epoch(s) after the first.", "",
-          "| variant | epoch s | images/s | first epoch s | XLA in effect |", "|---|---|---|---|---|"]
+    md = [
+        "# Student epoch time (bench/train_epoch_speed.py)",
+        "",
+        f"{len(x)} training images, batch {recipe.batch_size}, {result['machine']['cpus']} CPUs, "
+        f"TensorFlow {tf.__version__}; median of {args.epochs - 1} epoch(s) after the first.",
+        "",
+        "| variant | epoch s | images/s | first epoch s | XLA in effect |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        md.append(f"| {r['variant']} | {r.get('epoch_s', '-')} | {r.get('images_per_s', '-')} | "
-                  f"{r.get('first_epoch_s', r.get('error', '-'))} | {'yes' if r.get('jit_compile') else 'no'} |")
+        md.append(
+            f"| {r['variant']} | {r.get('epoch_s', '-')} | {r.get('images_per_s', '-')} | "
+            f"{r.get('first_epoch_s', r.get('error', '-'))} | {'yes' if r.get('jit_compile') else 'no'} |"
+        )
     args.out.with_name("RESULTS_train_speed.md").write_text("\n".join(md) + "\n")
 
 

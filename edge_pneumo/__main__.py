@@ -1,5 +1,5 @@
 """`python -m edge_pneumo ...` is the `edge-pneumo` command."""
 
-from .entry import main
+from edge_pneumo.apps.entry import main
 
 main()

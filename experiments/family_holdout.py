@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from select_recipe import CANDIDATES, name_group
 
-from edge_pneumo.data import discover, find_split, load_images, patient_split
-from edge_pneumo.metrics import binary_report
-from edge_pneumo.preprocess import Preprocessing
+from edge_pneumo.lab.dataset import discover, find_split, load_images, patient_split
+from edge_pneumo.lab.metrics import binary_report
+from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.training.fit import fit, predict
 
 

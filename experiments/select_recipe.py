@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_pneumo.data import discover, find_split, image_family, load_images, patient_split
-from edge_pneumo.metrics import binary_report
-from edge_pneumo.preprocess import Preprocessing
+from edge_pneumo.lab.dataset import discover, find_split, image_family, load_images, patient_split
+from edge_pneumo.lab.metrics import binary_report
+from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.training.fit import Recipe, fit, predict
 from edge_pneumo.training.shifts import shifted_sets
 
@@ -46,7 +46,7 @@ CANDIDATES = {
 
 
 def name_group(path) -> str:
-    """Train's image families by file name (one definition: edge_pneumo.data.image_family)."""
+    """Train's image families by file name (one definition: edge_pneumo.lab.dataset.image_family)."""
     return image_family(Path(path).name)
 
 

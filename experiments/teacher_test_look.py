@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_pneumo import jsonout
-from edge_pneumo.data import discover, find_split, load_images
-from edge_pneumo.metrics import binary_report
-from edge_pneumo.preprocess import Preprocessing
+from edge_pneumo.lab.dataset import discover, find_split, load_images
+from edge_pneumo.lab.metrics import binary_report
+from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.training.fit import predict
 
 

@@ -11,7 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # verify writes this device's fastest artifact into a profile: the tests keep theirs private.
-os.environ.setdefault("EDGE_PNEUMO_PROFILE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-pneumo-test-profile-{os.getpid()}.json"))
+os.environ.setdefault(
+    "EDGE_PNEUMO_PROFILE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-pneumo-test-profile-{os.getpid()}.json")
+)
 
 
 def real_data_dir() -> Path | None:
@@ -67,18 +69,31 @@ def tiny_export(tmp_path_factory, synthetic_data) -> Path:
     Session-scoped: training and export take about a minute, and many tests share them.
     """
     pytest.importorskip("tensorflow")
-    from edge_pneumo.formats import resolve_formats
+    from edge_pneumo.device.artifact_formats import resolve_formats
     from edge_pneumo.training.export import ExportConfig, export_all
     from edge_pneumo.training.fit import Recipe
     from edge_pneumo.training.keras_io import MODEL_NAME, load_keras
     from edge_pneumo.training.train import TrainConfig, run_training
 
     out = tmp_path_factory.mktemp("exported")
-    run_training(TrainConfig(data=synthetic_data, out=out, intensity="none",
-                             recipe=Recipe(max_epochs=3, patience=2, batch_size=16)), log=lambda m: None)
+    run_training(
+        TrainConfig(
+            data=synthetic_data, out=out, intensity="none", recipe=Recipe(max_epochs=3, patience=2, batch_size=16)
+        ),
+        log=lambda m: None,
+    )
     km = load_keras(out / MODEL_NAME)
-    export_all(km, ExportConfig(data=synthetic_data, out=out, formats=tuple(resolve_formats(["all"])),
-                                calibration_images=40, validation_images=40), log=lambda m: None)
+    export_all(
+        km,
+        ExportConfig(
+            data=synthetic_data,
+            out=out,
+            formats=tuple(resolve_formats(["all"])),
+            calibration_images=40,
+            validation_images=40,
+        ),
+        log=lambda m: None,
+    )
     return out
 
 

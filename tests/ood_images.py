@@ -41,7 +41,9 @@ def synthetic(folder: Path, size: int = 256) -> dict[str, Path]:
     images["colour_gradient.jpg"] = grad
     page = np.full((size * 2, int(size * 1.4)), 245, np.uint8)  # an invoice-like page: lines of text
     for i, y in enumerate(range(30, size * 2 - 30, 22)):
-        cv2.putText(page, f"Item {i:02d}  qty 1  price {17 * i % 97}.00 EUR", (20, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 20, 1)
+        cv2.putText(
+            page, f"Item {i:02d}  qty 1  price {17 * i % 97}.00 EUR", (20, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 20, 1
+        )
     images["invoice_page.png"] = page
     out = {}
     for name, img in images.items():
@@ -91,9 +93,21 @@ def package_images(folder: Path) -> dict[str, Path]:
 
 
 # pydicom test files that hold a single image a reader could classify (not SR, RT plans...)
-PYDICOM_IMAGES = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "JPGExtended.dcm", "examples_rgb_color.dcm",
-                  "examples_ybr_color.dcm", "examples_palette.dcm", "examples_overlay.dcm", "ExplVR_BigEnd.dcm",
-                  "SC_rgb_jpeg_dcmtk.dcm", "image_dfl.dcm", "J2K_pixelrep_mismatch.dcm", "liver_1frame.dcm")
+PYDICOM_IMAGES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "JPEG2000.dcm",
+    "JPGExtended.dcm",
+    "examples_rgb_color.dcm",
+    "examples_ybr_color.dcm",
+    "examples_palette.dcm",
+    "examples_overlay.dcm",
+    "ExplVR_BigEnd.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "image_dfl.dcm",
+    "J2K_pixelrep_mismatch.dcm",
+    "liver_1frame.dcm",
+)
 
 
 def pydicom_files() -> dict[str, Path]:

@@ -67,7 +67,10 @@ def pi_run(tmp_path_factory):
     env = dict(os.environ, EDGE_PNEUMO_HOST_BIN=_host_bin(), EDGE_PNEUMO_PI_IMAGES=str(N_IMAGES))
     proc = subprocess.Popen(
         ["bash", str(SCRIPT), "--summary", str(summary)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         log, _ = proc.communicate(timeout=TIMEOUT_S)
@@ -75,7 +78,7 @@ def pi_run(tmp_path_factory):
         proc.terminate()  # SIGTERM: the script's trap unmounts the chroot's /proc, /dev, ...
         log, _ = proc.communicate(timeout=120)
         pytest.fail(f"pi_emulation.sh took over {TIMEOUT_S} s:\n{log[-6000:]}")
-    print(log[log.rfind("=== [compare]"):])  # the per-artifact table (shown with -s or -rA)
+    print(log[log.rfind("=== [compare]") :])  # the per-artifact table (shown with -s or -rA)
     assert proc.returncode == 0, f"pi_emulation.sh exited {proc.returncode}:\n{log[-6000:]}"
     assert summary.exists(), f"no summary written:\n{log[-6000:]}"
     return json.loads(summary.read_text())
@@ -88,8 +91,16 @@ def test_runs_on_arm64_python311_without_tensorflow(pi_run):
     assert arm["tensorflow_importable"] is False
     assert not [p for p in arm["packages"] if p.lower().startswith(("tensorflow", "keras"))]
     versions = arm["versions"]
-    for dist in ("edge-pneumo", "numpy", "opencv-python-headless", "onnxruntime", "ai-edge-litert", "simplejpeg",
-                 "starlette", "uvicorn"):
+    for dist in (
+        "edge-pneumo",
+        "numpy",
+        "opencv-python-headless",
+        "onnxruntime",
+        "ai-edge-litert",
+        "simplejpeg",
+        "starlette",
+        "uvicorn",
+    ):
         assert versions.get(dist), f"{dist} not installed in the arm64 venv"
     major, minor = (int(x) for x in versions["onnxruntime"].split(".")[:2])
     assert (major, minor) >= (1, 22), "onnxruntime < 1.22 crashes on a Pi 4 (Illegal instruction)"

@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 pytest.importorskip("distributed")
-from edge_pneumo.batch import list_inputs, run_batch  # noqa: E402
-from edge_pneumo.cli import app  # noqa: E402
+from edge_pneumo.apps.batch import list_inputs, run_batch  # noqa: E402
+from edge_pneumo.apps.cli import app  # noqa: E402
 
 EXE = str(Path(sys.executable).parent / "edge-pneumo")
 
@@ -39,7 +39,9 @@ def test_batch_rows_are_infer_rows_and_resume_adds_only_the_rest(tiny_export, sy
     src = str(synthetic_data / "train")
     items = list_inputs(src)
     (tmp_path / "half.txt").write_text("\n".join(items[:30]))
-    s1 = run_batch(str(tmp_path / "half.txt"), out, "local:2", model=str(tiny_export), partition_size=8, log=lambda m: None)
+    s1 = run_batch(
+        str(tmp_path / "half.txt"), out, "local:2", model=str(tiny_export), partition_size=8, log=lambda m: None
+    )
     assert s1["classified"] + s1["rejected"] == 30 and len(_rows(out)) == 30
     s2 = run_batch(src, out, "local:2", resume=True, model=str(tiny_export), partition_size=8, log=lambda m: None)
     assert s2["skipped"] == 30 and s2["classified"] + s2["rejected"] == len(items) - 30
@@ -80,16 +82,35 @@ def test_a_killed_worker_costs_time_not_results(tiny_export, synthetic_data, tmp
             paths.append(str(dst))
     listing.write_text("\n".join(paths))
     out = tmp_path / "r.jsonl"
-    proc = subprocess.Popen([EXE, "batch", str(listing), "-o", str(out), "--cluster", "local:2", "--model", str(tiny_export),
-                             "--partition-size", "8"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            EXE,
+            "batch",
+            str(listing),
+            "-o",
+            str(out),
+            "--cluster",
+            "local:2",
+            "--model",
+            str(tiny_export),
+            "--partition-size",
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     killed = threading.Event()
 
     def kill_a_worker():
         deadline = time.time() + 60
         while time.time() < deadline and not killed.is_set():
             if out.exists() and len(out.read_text().splitlines()) >= 100:
-                workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                           if "distributed" in " ".join(c.cmdline()) or "spawn" in " ".join(c.cmdline())]
+                workers = [
+                    c
+                    for c in psutil.Process(proc.pid).children(recursive=True)
+                    if "distributed" in " ".join(c.cmdline()) or "spawn" in " ".join(c.cmdline())
+                ]
                 if workers:
                     workers[0].send_signal(signal.SIGKILL)
                     killed.set()

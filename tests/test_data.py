@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_pneumo.data import discover, find_split, load_images, patient_id, patient_split, stratified_sample
+from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.errors import DatasetError
-from edge_pneumo.preprocess import Preprocessing
+from edge_pneumo.lab.dataset import discover, find_split, load_images, patient_id, patient_split, stratified_sample
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_bad_file_stops_loading_unless_skipped(tmp_path, synthetic_data):
     bad = tmp_path / "PNEUMONIA" / "person9_bacteria_1.jpeg"
     bad.parent.mkdir()
     bad.write_text("not an image")
-    from edge_pneumo.data import Sample
+    from edge_pneumo.lab.dataset import Sample
 
     with_bad = [*samples, Sample(bad, 1, "person9")]
     with pytest.raises(DatasetError, match=r"person9_bacteria_1.jpeg.*--skip-bad"):

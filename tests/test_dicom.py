@@ -10,9 +10,9 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
 
-from edge_pneumo.decode import read_grey  # noqa: E402
+from edge_pneumo.decoders.decode import read_grey  # noqa: E402
+from edge_pneumo.device.preprocess import Preprocessing  # noqa: E402
 from edge_pneumo.errors import InputImageError  # noqa: E402
-from edge_pneumo.preprocess import Preprocessing  # noqa: E402
 
 
 def _dataset(path, syntax=ExplicitVRLittleEndian):

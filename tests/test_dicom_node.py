@@ -57,8 +57,9 @@ def _send(port: int, ds, calling: str) -> tuple[bool, int | None]:
 def test_c_store_from_an_allowed_ae_is_classified_once_and_others_are_refused(tiny_export, tmp_path):
     dport = free_port()
     results = tmp_path / "dicom.jsonl"
-    proc, _, log = start_server(tiny_export, tmp_path, "--dicom-port", str(dport), "--allow-aet", "XRAY01",
-                                "--results", str(results))
+    proc, _, log = start_server(
+        tiny_export, tmp_path, "--dicom-port", str(dport), "--allow-aet", "XRAY01", "--results", str(results)
+    )
     try:
         time.sleep(0.5)
         good = _cr_dataset(synthetic_xray(np.random.default_rng(21), 1, 96))
@@ -76,7 +77,11 @@ def test_c_store_from_an_allowed_ae_is_classified_once_and_others_are_refused(ti
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(rows) == 2, rows
     first = [r for r in rows if r["sop_instance_uid"] == good.SOPInstanceUID][0]
-    assert first["status"] == "classified" and first["calling_ae"] == "XRAY01" and first["label"] in ("NORMAL", "PNEUMONIA")
+    assert (
+        first["status"] == "classified"
+        and first["calling_ae"] == "XRAY01"
+        and first["label"] in ("NORMAL", "PNEUMONIA")
+    )
     second = [r for r in rows if r["sop_instance_uid"] == ct.SOPInstanceUID][0]
     assert second["status"] == "rejected" and "modality CT" in second["reason"]
     text = Path(log).read_text()

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edge_pneumo import infer_cli
-from edge_pneumo.cli import app
-from edge_pneumo.entry import main, parse_infer_args
+from edge_pneumo.apps import infer as infer_cli
+from edge_pneumo.apps.cli import app
+from edge_pneumo.apps.entry import main, parse_infer_args
 
 PLAIN = [
     ["x.jpeg"],
@@ -39,10 +39,23 @@ FOR_TYPER = [
 def _typer_call(monkeypatch, args):
     seen = {}
 
-    def fake(items, directory, model, artifact, fmt, output, threads, batch_size, verify, guard=True, heatmap=None,
-             tta=False):
-        seen.update(items=items, directory=directory, model=model, artifact=artifact, fmt=fmt, output=output,
-                    threads=threads, batch_size=batch_size, verify=verify, guard=guard, heatmap=heatmap, tta=tta)
+    def fake(
+        items, directory, model, artifact, fmt, output, threads, batch_size, verify, guard=True, heatmap=None, tta=False
+    ):
+        seen.update(
+            items=items,
+            directory=directory,
+            model=model,
+            artifact=artifact,
+            fmt=fmt,
+            output=output,
+            threads=threads,
+            batch_size=batch_size,
+            verify=verify,
+            guard=guard,
+            heatmap=heatmap,
+            tta=tta,
+        )
         return 0
 
     monkeypatch.setattr(infer_cli, "run_infer", fake)

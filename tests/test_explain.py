@@ -7,8 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_pneumo.explain import gradcam_map, overlay, to_input_grid
-from edge_pneumo.explain_checks import deletion_test, heat_location, map_agreement, maps_for, randomised_head_agreement
+from edge_pneumo.device.explain import gradcam_map, overlay, to_input_grid
+from edge_pneumo.lab.explain_checks import (
+    deletion_test,
+    heat_location,
+    map_agreement,
+    maps_for,
+    randomised_head_agreement,
+)
 
 
 def test_a_hot_cell_lands_on_the_pixels_it_sees():
@@ -44,7 +50,7 @@ def test_overlay_keeps_the_resolution():
 @pytest.mark.realdata
 def test_maps_point_at_what_the_deployed_model_uses(real_data):
     from edge_pneumo import Classifier
-    from edge_pneumo.data import discover, find_split, load_images
+    from edge_pneumo.lab.dataset import discover, find_split, load_images
 
     clf = Classifier.load(artifact="onnx_int8")
     test = load_images(discover(find_split(real_data, "test")), clf.preprocessing)
@@ -67,7 +73,7 @@ def test_maps_point_at_what_the_deployed_model_uses(real_data):
 def test_heatmap_pngs_from_the_cli(real_data, tmp_path):
     from typer.testing import CliRunner
 
-    from edge_pneumo.cli import app
+    from edge_pneumo.apps.cli import app
 
     imgs = sorted((real_data / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]
     r = CliRunner().invoke(app, ["infer", "--heatmap", str(tmp_path / "maps"), *map(str, imgs)])

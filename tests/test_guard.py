@@ -20,8 +20,8 @@ from ood_images import all_ood, synthetic
 from typer.testing import CliRunner
 
 from edge_pneumo import Classifier
-from edge_pneumo.cli import app
-from edge_pneumo.guard import DICOM_RULES, check_dicom_header, contrast, layout_residual, layout_vector, texture
+from edge_pneumo.apps.cli import app
+from edge_pneumo.device.guard import DICOM_RULES, check_dicom_header, contrast, layout_residual, layout_vector, texture
 
 runner = CliRunner()
 ADULT = REPO.parent / "shared" / "data" / "adult_cxr"
@@ -29,33 +29,48 @@ ADULT = REPO.parent / "shared" / "data" / "adult_cxr"
 
 # --- layer 1: DICOM header rules --------------------------------------------------------
 
-@pytest.mark.parametrize("header, says", [
-    ({"Modality": "CT"}, "modality CT"),
-    ({"Modality": "MR", "BodyPartExamined": "HEAD"}, "modality MR"),
-    ({"Modality": "CR", "BodyPartExamined": "HEAD"}, "body part HEAD"),
-    ({"Modality": "DX", "ViewPosition": "LL"}, "LL view"),
-    ({"Modality": "DX", "ViewPosition": "LATERAL"}, "LATERAL view"),
-    ({"Modality": "CR", "PhotometricInterpretation": "RGB"}, "colour DICOM"),
-    ({"Modality": "CR", "NumberOfFrames": "30"}, "30 frames"),
-])
+
+@pytest.mark.parametrize(
+    "header, says",
+    [
+        ({"Modality": "CT"}, "modality CT"),
+        ({"Modality": "MR", "BodyPartExamined": "HEAD"}, "modality MR"),
+        ({"Modality": "CR", "BodyPartExamined": "HEAD"}, "body part HEAD"),
+        ({"Modality": "DX", "ViewPosition": "LL"}, "LL view"),
+        ({"Modality": "DX", "ViewPosition": "LATERAL"}, "LATERAL view"),
+        ({"Modality": "CR", "PhotometricInterpretation": "RGB"}, "colour DICOM"),
+        ({"Modality": "CR", "NumberOfFrames": "30"}, "30 frames"),
+    ],
+)
 def test_header_rules_refuse_with_a_reason(header, says):
     assert says in check_dicom_header(header)
 
 
-@pytest.mark.parametrize("header", [
-    {}, {"Modality": "CR"}, {"Modality": "dx", "ViewPosition": "pa", "BodyPartExamined": "chest"},
-    {"Modality": "DX", "ViewPosition": "AP", "PhotometricInterpretation": "MONOCHROME1", "NumberOfFrames": "1"},
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        {},
+        {"Modality": "CR"},
+        {"Modality": "dx", "ViewPosition": "pa", "BodyPartExamined": "chest"},
+        {"Modality": "DX", "ViewPosition": "AP", "PhotometricInterpretation": "MONOCHROME1", "NumberOfFrames": "1"},
+    ],
+)
 def test_missing_tags_are_unknown_not_refusals(header):
     assert check_dicom_header(header) is None
 
 
 def test_rules_are_one_table():
-    assert [r.tag for r in DICOM_RULES] == ["Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation",
-                                            "NumberOfFrames"]
+    assert [r.tag for r in DICOM_RULES] == [
+        "Modality",
+        "BodyPartExamined",
+        "ViewPosition",
+        "PhotometricInterpretation",
+        "NumberOfFrames",
+    ]
 
 
 # --- layer 2: the scores ----------------------------------------------------------------
+
 
 def test_scores_tell_blank_noise_and_xray_apart():
     rng = np.random.default_rng(0)
@@ -73,6 +88,7 @@ def test_scores_tell_blank_noise_and_xray_apart():
 
 # --- the guard in the classifier, on the tiny export ---------------------------------
 
+
 @pytest.fixture(scope="module")
 def ood_folder(tmp_path_factory):
     return synthetic(tmp_path_factory.mktemp("ood"))
@@ -80,9 +96,17 @@ def ood_folder(tmp_path_factory):
 
 def test_synthetic_non_xrays_are_rejected_with_reasons(tiny_export, ood_folder):
     clf = Classifier.load(tiny_export)
-    expect = {"blank_white.png": "blank", "black.png": "blank", "grey_constant.jpg": "blank",
-              "noise_colour.png": "colour", "colour_circle.png": "colour", "colour_gradient.jpg": "colour",
-              "noise_grey.png": "texture", "checkerboard_fine.png": "texture", "gradient_grey.png": "no fine detail"}
+    expect = {
+        "blank_white.png": "blank",
+        "black.png": "blank",
+        "grey_constant.jpg": "blank",
+        "noise_colour.png": "colour",
+        "colour_circle.png": "colour",
+        "colour_gradient.jpg": "colour",
+        "noise_grey.png": "texture",
+        "checkerboard_fine.png": "texture",
+        "gradient_grey.png": "no fine detail",
+    }
     for name, says in expect.items():
         r = clf.predict(ood_folder[name])
         assert r.status == "rejected" and r.label is None and r.probability is None, (name, r)
@@ -101,7 +125,9 @@ def test_a_synthetic_xray_passes_and_says_how_sure(tiny_export, tmp_path):
 
 
 def test_no_guard_classifies_anything_and_says_so(tiny_export, ood_folder):
-    r = runner.invoke(app, ["infer", "--model", str(tiny_export), "--no-guard", "-f", "json", str(ood_folder["blank_white.png"])])
+    r = runner.invoke(
+        app, ["infer", "--model", str(tiny_export), "--no-guard", "-f", "json", str(ood_folder["blank_white.png"])]
+    )
     assert r.exit_code == 0, r.output
     row = json.loads(r.stdout)
     assert row["status"] == "classified" and row["label"] in ("NORMAL", "PNEUMONIA")
@@ -122,6 +148,7 @@ def test_rejections_are_results_not_failures(tiny_export, ood_folder, tmp_path):
 
 
 # --- messages: nothing lost, nothing anonymous --------------------------------------------
+
 
 def _png_with_bad_chunk(path: Path, grey: np.ndarray) -> None:
     import struct
@@ -163,8 +190,23 @@ def test_no_error_line_is_lost_in_a_busy_folder(tiny_export, tmp_path):
         (d / f"bad_{i:02d}.jpeg").write_text("not an image")
     exe = Path(sys.executable).parent / "edge-pneumo"
     for _ in range(3):
-        p = subprocess.run([str(exe), "infer", "--model", str(tiny_export), "--dir", str(d), "-f", "json", "-o",
-                            str(tmp_path / "out.jsonl")], capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            [
+                str(exe),
+                "infer",
+                "--model",
+                str(tiny_export),
+                "--dir",
+                str(d),
+                "-f",
+                "json",
+                "-o",
+                str(tmp_path / "out.jsonl"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 24, p.stderr[-2000:]
         assert p.returncode == 1
@@ -182,7 +224,7 @@ def test_a_truncated_dicom_says_truncated(tmp_path):
         pytest.skip("adult chest X-rays not found")
     data = src.read_bytes()
     (tmp_path / "cut.dcm").write_bytes(data[: len(data) // 2])
-    from edge_pneumo.decode import read_grey
+    from edge_pneumo.decoders.decode import read_grey
     from edge_pneumo.errors import InputImageError
 
     with pytest.raises(InputImageError, match="truncated"):
@@ -190,6 +232,7 @@ def test_a_truncated_dicom_says_truncated(tmp_path):
 
 
 # --- real data: the shipped model ------------------------------------------------------
+
 
 def _infer_json(paths, *extra) -> list[dict]:
     r = runner.invoke(app, ["infer", "-f", "json", *extra, *map(str, paths)])

@@ -13,9 +13,9 @@ from conftest import synthetic_xray
 from typer.testing import CliRunner
 
 from edge_pneumo import Classifier
-from edge_pneumo.cli import app
+from edge_pneumo.apps.cli import app
+from edge_pneumo.device.manifest import load_manifest
 from edge_pneumo.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
-from edge_pneumo.manifest import load_manifest
 
 runner = CliRunner()
 
@@ -121,14 +121,33 @@ def test_a_bad_file_in_a_batch_is_reported_and_the_rest_classified(tiny_export, 
     good = cv2.imread(str(d / "grey.jpeg"), cv2.IMREAD_UNCHANGED)
     ok, buf = cv2.imencode(".jpg", cv2.resize(good, (400, 400)))
     (d / "damaged.jpeg").write_bytes(buf.tobytes()[: int(len(buf) * 0.97)])
-    r = runner.invoke(app, ["infer", "--model", str(tiny_export), "--dir", str(d), "--format", "json",
-                            "--image", str(d / "missing.jpeg"), "--image", str(d)])
+    r = runner.invoke(
+        app,
+        [
+            "infer",
+            "--model",
+            str(tiny_export),
+            "--dir",
+            str(d),
+            "--format",
+            "json",
+            "--image",
+            str(d / "missing.jpeg"),
+            "--image",
+            str(d),
+        ],
+    )
     assert r.exit_code == EXIT_PARTIAL
     rows = {row["path"].rsplit("/", 1)[1]: row for row in _json_lines(r.stdout)}
     for name in names:
         assert rows[name]["label"] in ("NORMAL", "PNEUMONIA")
-    for name, says in (("fake.jpeg", "text file"), ("empty.jpeg", "empty"), ("dot.png", "too small"),
-                       ("missing.jpeg", "no such file"), ("imgs", "is a directory")):
+    for name, says in (
+        ("fake.jpeg", "text file"),
+        ("empty.jpeg", "empty"),
+        ("dot.png", "too small"),
+        ("missing.jpeg", "no such file"),
+        ("imgs", "is a directory"),
+    ):
         assert rows[name]["status"] == "failed" and says in rows[name]["reason"] and rows[name]["label"] is None
     damaged = rows["damaged.jpeg"]
     assert damaged["status"] == "classified" and damaged["label"] in ("NORMAL", "PNEUMONIA")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_pneumo.metrics import best_threshold, binary_report, roc_auc, roc_curve
+from edge_pneumo.lab.metrics import best_threshold, binary_report, roc_auc, roc_curve
 
 
 def test_known_confusion_matrix():
@@ -44,7 +44,7 @@ def test_best_threshold_separates_when_possible():
 
 
 def test_temperature_undoes_overconfidence_and_keeps_the_ranking():
-    from edge_pneumo.metrics import apply_temperature, expected_calibration_error, fit_temperature
+    from edge_pneumo.lab.metrics import apply_temperature, expected_calibration_error, fit_temperature
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 4000)
@@ -61,7 +61,7 @@ def test_temperature_undoes_overconfidence_and_keeps_the_ranking():
 
 
 def test_band_thresholds_meet_their_targets():
-    from edge_pneumo.metrics import band_report, band_thresholds
+    from edge_pneumo.lab.metrics import band_report, band_thresholds
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 3000)
@@ -75,7 +75,7 @@ def test_band_thresholds_meet_their_targets():
 
 
 def test_one_standard_error_tolerance_moves_a_noisy_maximum_toward_half():
-    from edge_pneumo.metrics import j_standard_error
+    from edge_pneumo.lab.metrics import j_standard_error
 
     # 165 normals and 291 pneumonias: the maximum of J sits at 0.12 by a single normal, while 0.5
     # is within one standard error of it (two more pneumonias missed).
@@ -96,7 +96,7 @@ def test_one_standard_error_tolerance_moves_a_noisy_maximum_toward_half():
 
 
 def test_j_standard_error_is_zero_for_a_perfect_split_and_grows_with_fewer_images():
-    from edge_pneumo.metrics import j_standard_error
+    from edge_pneumo.lab.metrics import j_standard_error
 
     assert j_standard_error(1.0, 1.0, 10, 10) == 0.0
     assert j_standard_error(0.9, 0.9, 100, 100) > j_standard_error(0.9, 0.9, 1000, 1000) > 0

@@ -27,7 +27,9 @@ BLOCKER = textwrap.dedent(
 
 
 def _run(code: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_infer_end_to_end_with_tensorflow_blocked(tiny_export, tmp_path):
@@ -36,7 +38,7 @@ def test_infer_end_to_end_with_tensorflow_blocked(tiny_export, tmp_path):
     code = f"""
     import sys
     from typer.testing import CliRunner
-    from edge_pneumo.cli import app
+    from edge_pneumo.apps.cli import app
     r = CliRunner().invoke(app, ["infer", "--model", {str(tiny_export)!r}, "--format", "json", {str(img)!r}])
     print(r.stdout, end="")
     assert r.exit_code == 0, r.output
@@ -55,7 +57,7 @@ def test_cli_help_does_not_import_heavy_libraries(tmp_path):
     code = """
     import sys
     from typer.testing import CliRunner
-    from edge_pneumo.cli import app
+    from edge_pneumo.apps.cli import app
     r = CliRunner().invoke(app, ["--help"])
     assert r.exit_code == 0
     heavy = sorted(m for m in ("cv2", "onnxruntime", "numpy", "tensorflow") if m in sys.modules)
@@ -70,7 +72,7 @@ def test_one_image_fast_path_imports_neither_tensorflow_nor_typer(tiny_export, t
     cv2.imwrite(str(img), cv2.resize(synthetic_xray(np.random.default_rng(0), 1, 96), (180, 200)))
     code = f"""
     import sys
-    from edge_pneumo.entry import main
+    from edge_pneumo.apps.entry import main
     try:
         main(["infer", "--model", {str(tiny_export)!r}, "--format", "json", {str(img)!r}])
     except SystemExit as e:
@@ -91,8 +93,20 @@ def test_output_cut_short_by_head_is_quiet(tiny_export, tmp_path):
     rng = np.random.default_rng(3)
     for i in range(300):
         cv2.imwrite(str(d / f"x{i:03d}.png"), synthetic_xray(rng, i % 2, 96))
-    for entry_args in (["-m", "edge_pneumo"], ["-c", "from edge_pneumo.cli import app; app()"]):
-        cmd = [sys.executable, *entry_args, "infer", "--model", str(tiny_export), "--dir", str(d), "--format", "json", "--batch-size", "4"]
+    for entry_args in (["-m", "edge_pneumo"], ["-c", "from edge_pneumo.apps.cli import app; app()"]):
+        cmd = [
+            sys.executable,
+            *entry_args,
+            "infer",
+            "--model",
+            str(tiny_export),
+            "--dir",
+            str(d),
+            "--format",
+            "json",
+            "--batch-size",
+            "4",
+        ]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
         first = p.stdout.readline()
         p.stdout.close()  # like head -1

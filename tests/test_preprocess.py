@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_pneumo.decode import jpeg_size, read_grey
+from edge_pneumo.decoders.decode import jpeg_size, read_grey
+from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.errors import InputImageError
-from edge_pneumo.preprocess import Preprocessing
 
 PRE = Preprocessing()
 
@@ -43,7 +43,7 @@ def test_png_8bit_16bit_bgr_bgra_agree(tmp_path):
 
 def test_sixteen_bit_uses_its_own_range(tmp_path):
     """A 12-bit X-ray in a 16-bit PNG is stretched, not left nearly black."""
-    g = (_grey().astype(np.uint16) * 16)  # values up to 4080
+    g = _grey().astype(np.uint16) * 16  # values up to 4080
     cv2.imwrite(str(tmp_path / "x12.png"), g)
     x, _ = PRE.load(tmp_path / "x12.png")
     assert x.max() >= 250
@@ -134,7 +134,7 @@ def test_contract_round_trips_through_a_dict():
 
 
 def test_clahe_contract_is_recorded_and_round_trips():
-    from edge_pneumo.preprocess import Preprocessing
+    from edge_pneumo.device.preprocess import Preprocessing
 
     pp = Preprocessing(intensity="clahe")
     d = pp.to_dict()
@@ -148,7 +148,7 @@ def test_clahe_contract_is_recorded_and_round_trips():
 
 def test_a_manifest_with_other_clahe_settings_is_refused():
     """The runtime applies its own CLAHE constants, so a contract that records others cannot be honoured."""
-    from edge_pneumo.preprocess import Preprocessing
+    from edge_pneumo.device.preprocess import Preprocessing
 
     d = Preprocessing(intensity="clahe").to_dict()
     d["clahe"] = {"clip_limit": 3.0, "tile_grid": [8, 8]}

@@ -10,9 +10,9 @@ import pytest
 from conftest import REPO
 from typer.testing import CliRunner
 
-from edge_pneumo.cli import app
+from edge_pneumo.apps.cli import app
+from edge_pneumo.device.manifest import load_manifest
 from edge_pneumo.errors import EXIT_OK
-from edge_pneumo.manifest import load_manifest
 
 pytestmark = pytest.mark.realdata
 runner = CliRunner()
@@ -25,8 +25,20 @@ def _accuracy(rows):
 
 def test_shipped_int8_onnx_through_infer_matches_the_manifest(real_data):
     manifest = load_manifest(SHIPPED)
-    r = runner.invoke(app, ["infer", "--model", str(SHIPPED), "--artifact", "onnx_int8", "--dir", str(real_data / "test"),
-                            "--format", "json"])
+    r = runner.invoke(
+        app,
+        [
+            "infer",
+            "--model",
+            str(SHIPPED),
+            "--artifact",
+            "onnx_int8",
+            "--dir",
+            str(real_data / "test"),
+            "--format",
+            "json",
+        ],
+    )
     assert r.exit_code == EXIT_OK, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 624 and {row["artifact"] for row in rows} == {"onnx_int8"}
@@ -39,7 +51,9 @@ def test_evaluate_reproduces_the_recorded_test_figures(real_data):
     """The number the run record (and README) reports is what `evaluate` measures now."""
     pytest.importorskip("tensorflow")
     record = json.loads((SHIPPED / "pneumonia_cnn.record.json").read_text())
-    r = runner.invoke(app, ["evaluate", "--model", str(SHIPPED / "pneumonia_cnn.keras"), "--data", str(real_data / "test"), "--json"])
+    r = runner.invoke(
+        app, ["evaluate", "--model", str(SHIPPED / "pneumonia_cnn.keras"), "--data", str(real_data / "test"), "--json"]
+    )
     assert r.exit_code == EXIT_OK, r.output
     m = json.loads(r.stdout)
     assert m["n"] == 624 and {"accuracy", "auc", "sensitivity", "specificity"} <= set(m)
@@ -61,9 +75,9 @@ def test_brief_training_on_a_subset_learns(real_data, tmp_path):
     """Three epochs on ~900 real images (threshold from a patient-wise validation part) must
     beat the majority-class rate on held-out test images."""
     pytest.importorskip("tensorflow")
-    from edge_pneumo.data import discover, find_split, load_images, patient_split, stratified_sample
-    from edge_pneumo.metrics import binary_report
-    from edge_pneumo.preprocess import Preprocessing
+    from edge_pneumo.device.preprocess import Preprocessing
+    from edge_pneumo.lab.dataset import discover, find_split, load_images, patient_split, stratified_sample
+    from edge_pneumo.lab.metrics import binary_report
     from edge_pneumo.training.fit import Recipe, fit, predict
 
     pre = Preprocessing(intensity="equalize")

@@ -34,9 +34,12 @@ def free_port() -> int:
 def start_server(model: Path, tmp: Path, *args: str, env: dict | None = None):
     port = free_port()
     log = open(tmp / f"serve-{port}.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "edge-pneumo"), "serve", "--model", str(model),
-                             "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "edge-pneumo"), "serve", "--model", str(model), "--port", str(port), *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -53,8 +56,14 @@ def start_server(model: Path, tmp: Path, *args: str, env: dict | None = None):
 
 def multipart(data: bytes, filename: str = "x.png", field: str = "file") -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -82,8 +91,9 @@ def server(tiny_export, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     spool = tmp / "tmpdir"
     spool.mkdir()
-    proc, url, log = start_server(tiny_export, tmp, "--queue", "1", "--max-upload-mb", "2",
-                                  env={"EDGE_PNEUMO_TOKEN": TOKEN, "TMPDIR": str(spool)})
+    proc, url, log = start_server(
+        tiny_export, tmp, "--queue", "1", "--max-upload-mb", "2", env={"EDGE_PNEUMO_TOKEN": TOKEN, "TMPDIR": str(spool)}
+    )
     yield url, log, spool
     proc.terminate()
     proc.wait(timeout=10)
@@ -106,7 +116,7 @@ def test_classify_returns_an_infer_row(server, xray_png, tiny_export):
     url, _, _ = server
     status, row, _ = post(url, xray_png)
     assert status == 200, row
-    from edge_pneumo.result import FIELDS
+    from edge_pneumo.device.result import FIELDS
 
     assert set(FIELDS) <= set(row) and row["status"] == "classified" and row["label"] in ("NORMAL", "PNEUMONIA")
     assert row["path"] is None and len(row["content_sha256"]) == 64
@@ -127,11 +137,19 @@ def test_bad_uploads_get_json_errors_and_the_server_lives(server, xray_png):
     # 413 from the Content-Length alone: the client sends only the headers and gets its answer.
     host, port = url.rsplit("/", 1)[1].split(":")
     with socket.create_connection((host, int(port))) as s:
-        s.sendall((f"POST /api/v1/classify HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
-                   f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {3 << 20}\r\n\r\n").encode())
+        s.sendall(
+            (
+                f"POST /api/v1/classify HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {3 << 20}\r\n\r\n"
+            ).encode()
+        )
         assert s.recv(4096).split(b"\r\n")[0].endswith(b"413 Request Entity Too Large")
-    req = urllib.request.Request(f"{url}/api/v1/classify", data=b"x=1", method="POST",
-                                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-www-form-urlencoded"})
+    req = urllib.request.Request(
+        f"{url}/api/v1/classify",
+        data=b"x=1",
+        method="POST",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-www-form-urlencoded"},
+    )
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req)
     assert e.value.code == 415
@@ -144,8 +162,10 @@ def test_a_full_queue_answers_503_with_retry_after(server, xray_png):
     host, port = url.rsplit("/", 1)[1].split(":")
     body, ctype = multipart(xray_png)
     slow = socket.create_connection((host, int(port)))
-    head = (f"POST /api/v1/classify HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /api/v1/classify HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     slow.sendall(head + body[:100])
     time.sleep(0.5)
     try:
@@ -161,8 +181,11 @@ def test_a_full_queue_answers_503_with_retry_after(server, xray_png):
 
 def test_nothing_uploaded_reaches_the_disk_or_the_log(server, xray_png):
     url, log, spool = server
-    big = cv2.imencode(".png", cv2.resize(synthetic_xray(np.random.default_rng(12), 0, 96), (1200, 1200)),
-                       [cv2.IMWRITE_PNG_COMPRESSION, 0])[1].tobytes()
+    big = cv2.imencode(
+        ".png",
+        cv2.resize(synthetic_xray(np.random.default_rng(12), 0, 96), (1200, 1200)),
+        [cv2.IMWRITE_PNG_COMPRESSION, 0],
+    )[1].tobytes()
     assert len(big) > 1 << 20  # above Starlette's 1 MB spooling threshold
     status, row, _ = post(url, big, filename="PATIENT_DOE_JOHN.png")
     assert status == 200
@@ -174,16 +197,23 @@ def test_nothing_uploaded_reaches_the_disk_or_the_log(server, xray_png):
 def test_a_lan_address_needs_a_token(tiny_export):
     exe = str(Path(sys.executable).parent / "edge-pneumo")
     env = {k: v for k, v in os.environ.items() if k != "EDGE_PNEUMO_TOKEN"}
-    p = subprocess.run([exe, "serve", "--model", str(tiny_export), "--host", "0.0.0.0", "--port", str(free_port())],
-                       capture_output=True, text=True, timeout=60, env=env)
+    p = subprocess.run(
+        [exe, "serve", "--model", str(tiny_export), "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert p.returncode == 2 and "without a token" in p.stderr and "Traceback" not in p.stderr
 
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-@pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-                    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+@pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
+)
 def test_the_page_in_a_real_browser(tiny_export, tmp_path):
     """Upload a real test X-ray through the page, with the token, and read the answer and the heatmap."""
     webdriver = pytest.importorskip("selenium.webdriver")
@@ -202,8 +232,17 @@ def test_the_page_in_a_real_browser(tiny_export, tmp_path):
     proc, url, _ = start_server(model, tmp_path, env={"EDGE_PNEUMO_TOKEN": TOKEN})
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
@@ -215,8 +254,11 @@ def test_the_page_in_a_real_browser(tiny_export, tmp_path):
         wait.until(lambda d: d.find_element(By.ID, "label").text not in ("", "classifying..."))
         label = driver.find_element(By.ID, "label").text
         assert label in ("NORMAL", "PNEUMONIA"), (label, driver.find_element(By.ID, "details").text)
-        wait.until(lambda d: d.execute_script(
-            "const i = document.getElementById('heatmap'); return i.complete && i.naturalWidth > 0"))
+        wait.until(
+            lambda d: d.execute_script(
+                "const i = document.getElementById('heatmap'); return i.complete && i.naturalWidth > 0"
+            )
+        )
         assert "probability of pneumonia" in driver.find_element(By.ID, "details").text
     finally:
         driver.quit()

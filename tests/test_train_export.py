@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_pneumo.cli import app
+from edge_pneumo.apps.cli import app
+from edge_pneumo.device.artifact_formats import FORMATS
+from edge_pneumo.device.manifest import load_manifest, sha256_of
+from edge_pneumo.device.preprocess import Preprocessing
+from edge_pneumo.device.runtime import open_backend
 from edge_pneumo.errors import EXIT_FAILED, EXIT_VALIDATION
-from edge_pneumo.formats import FORMATS
-from edge_pneumo.manifest import load_manifest, sha256_of
-from edge_pneumo.preprocess import Preprocessing
-from edge_pneumo.runtime import open_backend
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -26,7 +26,17 @@ def test_model_shape_is_the_seed_architecture():
     m = build_seed_model()
     assert m.input_shape == (None, 64, 64, 3) and m.output_shape == (None, 1)
     kinds = [type(layer).__name__ for layer in m.layers[1:]]
-    assert kinds == ["Rescaling", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Dropout", "Flatten", "Dense", "Dense"]
+    assert kinds == [
+        "Rescaling",
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Dropout",
+        "Flatten",
+        "Dense",
+        "Dense",
+    ]
     assert m.count_params() == 1_625_281
 
 
@@ -62,7 +72,7 @@ def test_every_format_is_exported_validated_and_described(tiny_export):
 
 
 def test_artifacts_run_and_match_each_other(tiny_export, synthetic_data):
-    from edge_pneumo.data import discover, find_split, load_images
+    from edge_pneumo.lab.dataset import discover, find_split, load_images
 
     x = load_images(discover(find_split(synthetic_data, "test")), Preprocessing(intensity="none")).x
     ref = open_backend(tiny_export / FORMATS["onnx_float32"].file).predict(x)
@@ -75,9 +85,26 @@ def test_artifacts_run_and_match_each_other(tiny_export, synthetic_data):
 
 def test_impossible_budget_fails_loudly_and_writes_nothing(exported_copy, synthetic_data):
     before = {p.name: p.stat().st_mtime_ns for p in exported_copy.iterdir()}
-    r = runner.invoke(app, ["export", "--model", str(exported_copy / "pneumonia_cnn.keras"), "--data", str(synthetic_data),
-                            "--out", str(exported_copy), "--formats", "onnx_float32,onnx_int8", "--budget-scale", "0",
-                            "--calibration-images", "40", "--validation-images", "40"])
+    r = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(exported_copy / "pneumonia_cnn.keras"),
+            "--data",
+            str(synthetic_data),
+            "--out",
+            str(exported_copy),
+            "--formats",
+            "onnx_float32,onnx_int8",
+            "--budget-scale",
+            "0",
+            "--calibration-images",
+            "40",
+            "--validation-images",
+            "40",
+        ],
+    )
     assert r.exit_code == EXIT_VALIDATION, r.output
     assert "export refused" in r.output and "onnx_int8" in r.output
     after = {p.name: p.stat().st_mtime_ns for p in exported_copy.iterdir()}
@@ -91,8 +118,22 @@ def test_export_bad_inputs_are_one_line_errors(exported_copy, synthetic_data, tm
     assert r.exit_code == EXIT_FAILED and "not a loadable Keras model" in r.output
     r = runner.invoke(app, ["export", "--model", str(exported_copy / "pneumonia_cnn.keras"), "--formats", "onnx_int4"])
     assert r.exit_code == 2 and "unknown format 'onnx_int4'" in r.output
-    r = runner.invoke(app, ["export", "--model", str(exported_copy / "pneumonia_cnn.keras"), "--data", str(synthetic_data),
-                            "--out", str(tmp_path / "o"), "--formats", "onnx_int8", "--calibration-images", "10"])
+    r = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(exported_copy / "pneumonia_cnn.keras"),
+            "--data",
+            str(synthetic_data),
+            "--out",
+            str(tmp_path / "o"),
+            "--formats",
+            "onnx_int8",
+            "--calibration-images",
+            "10",
+        ],
+    )
     assert r.exit_code == EXIT_FAILED and "calibration images" in r.output
     assert not list((tmp_path / "o").glob("*.onnx"))
 
@@ -115,8 +156,24 @@ def test_export_is_deterministic(tiny_export, synthetic_data, tmp_path):
     out.mkdir()
     for f in ("pneumonia_cnn.keras", "pneumonia_cnn.record.json"):
         shutil.copy(tiny_export / f, out / f)
-    r = runner.invoke(app, ["export", "--model", str(out / "pneumonia_cnn.keras"), "--data", str(synthetic_data),
-                            "--out", str(out), "--formats", "device", "--calibration-images", "40", "--validation-images", "40"])
+    r = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(out / "pneumonia_cnn.keras"),
+            "--data",
+            str(synthetic_data),
+            "--out",
+            str(out),
+            "--formats",
+            "device",
+            "--calibration-images",
+            "40",
+            "--validation-images",
+            "40",
+        ],
+    )
     assert r.exit_code == 0, r.output
     first, again = load_manifest(tiny_export), load_manifest(out)
     assert set(again.artifacts) == {"onnx_float32", "onnx_int8", "tflite_int8"}

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_pneumo import tta
-from edge_pneumo.classifier import Classifier
-from edge_pneumo.cli import app
-from edge_pneumo.decode import read_grey
+from edge_pneumo.apps.cli import app
+from edge_pneumo.decoders.decode import read_grey
+from edge_pneumo.device import tta
+from edge_pneumo.device.classifier import Classifier
+from edge_pneumo.device.manifest import load_manifest
 from edge_pneumo.errors import EXIT_FAILED, ModelFileError
-from edge_pneumo.manifest import load_manifest
 
 runner = CliRunner()
 
@@ -72,7 +72,9 @@ def test_an_export_without_a_tta_operating_point_says_so(exported_copy, syntheti
 
 
 def test_infer_tta_through_the_cli(tiny_export, synthetic_data):
-    r = runner.invoke(app, ["infer", "--model", str(tiny_export), "--tta", "-f", "json", "--dir", str(synthetic_data / "test")])
+    r = runner.invoke(
+        app, ["infer", "--model", str(tiny_export), "--tta", "-f", "json", "--dir", str(synthetic_data / "test")]
+    )
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 32 and {row["tta"] for row in rows} == {"flip"}
@@ -80,8 +82,22 @@ def test_infer_tta_through_the_cli(tiny_export, synthetic_data):
 
 def test_watch_once_with_tta_records_flip_rows(tiny_export, synthetic_data, tmp_path):
     out = tmp_path / "results.jsonl"
-    r = runner.invoke(app, ["watch", str(synthetic_data / "test" / "NORMAL"), "--once", "--poll", "--stable-seconds", "0",
-                            "--model", str(tiny_export), "--tta", "--output", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "watch",
+            str(synthetic_data / "test" / "NORMAL"),
+            "--once",
+            "--poll",
+            "--stable-seconds",
+            "0",
+            "--model",
+            str(tiny_export),
+            "--tta",
+            "--output",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 16 and {row["tta"] for row in rows} == {"flip"}

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_pneumo.cli import app
-from edge_pneumo.compare import Row, target_checks
+from edge_pneumo.apps.cli import app
+from edge_pneumo.apps.verify import verify_folder, verify_inputs
+from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
-from edge_pneumo.metrics import agreement_stats
-from edge_pneumo.preprocess import Preprocessing
-from edge_pneumo.verify import verify_folder, verify_inputs
+from edge_pneumo.lab.compare import Row, target_checks
+from edge_pneumo.lab.metrics import agreement_stats
 
 runner = CliRunner()
 
@@ -47,16 +47,22 @@ def test_verify_fails_on_tampered_or_changed_artifacts(exported_copy):
     assert r.exit_code == EXIT_FAILED
     rows = {row["name"]: row for row in json.loads(r.stdout)["artifacts"]}
     assert rows["onnx_int8"]["status"] == "FAILED" and "sha256" in rows["onnx_int8"]["notes"][0]
-    assert rows["onnx_float32"]["status"] == "FAILED" and "differ from those recorded" in rows["onnx_float32"]["notes"][0]
+    assert (
+        rows["onnx_float32"]["status"] == "FAILED" and "differ from those recorded" in rows["onnx_float32"]["notes"][0]
+    )
     assert rows["tflite_int8"]["status"] in ("ok", "skipped")
 
 
 def test_agreement_and_checks_by_hand():
     ref = np.array([0.1, 0.6, 0.9, 0.4])
     s = agreement_stats(np.array([0.1, 0.4, 0.95, 0.4]), ref, 0.5)
-    assert s["agreement"] == 0.75 and s["max_abs_dp"] == pytest.approx(0.2) and s["mean_abs_dp"] == pytest.approx(0.0625)
+    assert (
+        s["agreement"] == 0.75 and s["max_abs_dp"] == pytest.approx(0.2) and s["mean_abs_dp"] == pytest.approx(0.0625)
+    )
     reference = Row("ref", "onnx", "float32", "f", metrics={"accuracy": 0.9, "auc": 0.95}, probabilities=ref)
-    good = Row("q", "onnx", "int8", "q", metrics={"accuracy": 0.895, "auc": 0.948, "agreement": 0.99}, probabilities=ref)
+    good = Row(
+        "q", "onnx", "int8", "q", metrics={"accuracy": 0.895, "auc": 0.948, "agreement": 0.99}, probabilities=ref
+    )
     bad = Row("b", "tflite", "int8", "b", metrics={"accuracy": 0.87, "auc": 0.95, "agreement": 0.99}, probabilities=ref)
     checks = {c["name"]: c["passed"] for c in target_checks([reference, good, bad], reference)}
     assert checks == {"q": True, "b": False}
@@ -67,8 +73,20 @@ def test_compare_reports_every_row_and_survives_bad_artifacts(exported_copy, syn
     t = exported_copy / "pneumonia_float16.tflite"
     t.write_bytes(t.read_bytes()[:-4] + b"abcd")
     out = tmp_path / "reports"
-    r = runner.invoke(app, ["compare", "--data", str(synthetic_data), "--models", str(exported_copy), "--out", str(out),
-                            "--latency-runs", "5"])
+    r = runner.invoke(
+        app,
+        [
+            "compare",
+            "--data",
+            str(synthetic_data),
+            "--models",
+            str(exported_copy),
+            "--out",
+            str(out),
+            "--latency-runs",
+            "5",
+        ],
+    )
     assert r.exit_code == EXIT_PARTIAL, r.output
     report = json.loads((out / "report.json").read_text())
     rows = {row["name"]: row for row in report["rows"]}
@@ -97,8 +115,8 @@ def test_compare_reports_every_row_and_survives_bad_artifacts(exported_copy, syn
 
 def test_manifest_and_reports_never_hold_nan(tmp_path):
     """A metric with nothing to divide by is NaN; readers other than Python reject a bare NaN."""
+    from edge_pneumo.device.manifest import write_manifest
     from edge_pneumo.jsonout import dumps
-    from edge_pneumo.manifest import write_manifest
 
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
@@ -111,7 +129,7 @@ def test_manifest_and_reports_never_hold_nan(tmp_path):
 
 def test_the_shipped_model_is_found_from_any_folder(tmp_path, monkeypatch):
     """`pip install -e .` or `pip install .`, then `edge-pneumo infer x.jpeg` from another folder."""
-    from edge_pneumo.manifest import MANIFEST_NAME, default_model_folder, load_manifest
+    from edge_pneumo.device.manifest import MANIFEST_NAME, default_model_folder, load_manifest
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("EDGE_PNEUMO_MODEL", raising=False)
@@ -121,8 +139,8 @@ def test_the_shipped_model_is_found_from_any_folder(tmp_path, monkeypatch):
 
 
 def test_verify_checks_the_guard_and_records_the_fastest_artifact(exported_copy, tmp_path, monkeypatch):
-    from edge_pneumo.manifest import load_manifest
-    from edge_pneumo.profile import preferred_artifact, read_profile
+    from edge_pneumo.device.device_profile import preferred_artifact, read_profile
+    from edge_pneumo.device.manifest import load_manifest
 
     monkeypatch.setenv("EDGE_PNEUMO_PROFILE", str(tmp_path / "profile.json"))
     report = verify_folder(exported_copy, runs=3)
@@ -147,8 +165,8 @@ def test_verify_checks_the_guard_and_records_the_fastest_artifact(exported_copy,
 def test_without_a_profile_litert_is_preferred_when_installed(exported_copy, tmp_path, monkeypatch):
     from importlib.util import find_spec
 
-    from edge_pneumo.manifest import load_manifest
-    from edge_pneumo.profile import preferred_artifact
+    from edge_pneumo.device.device_profile import preferred_artifact
+    from edge_pneumo.device.manifest import load_manifest
 
     monkeypatch.setenv("EDGE_PNEUMO_PROFILE", str(tmp_path / "none.json"))
     expected = "tflite_int8" if find_spec("ai_edge_litert") is not None else "onnx_int8"
@@ -156,8 +174,8 @@ def test_without_a_profile_litert_is_preferred_when_installed(exported_copy, tmp
 
 
 def test_report_states_the_band_the_runner_uses_when_a_rule_point_crosses_the_threshold():
-    from edge_pneumo.classifier import INDETERMINATE, Calibration
-    from edge_pneumo.compare import _effective_band
+    from edge_pneumo.device.classifier import INDETERMINATE, Calibration
+    from edge_pneumo.lab.compare import _effective_band
 
     crossed = {"rule_out": 0.098, "rule_in": 0.111}  # the shipped model's shape: rule-in below the threshold
     text = _effective_band(crossed, 0.306)

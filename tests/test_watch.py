@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import synthetic_xray
 
-from edge_pneumo.ledger import ResultSink, repair_jsonl
+from edge_pneumo.apps.ledger import ResultSink, repair_jsonl
 
 pytest.importorskip("watchdog")
 EXE = str(Path(sys.executable).parent / "edge-pneumo")
@@ -56,14 +56,18 @@ def test_slow_copies_new_files_and_duplicates(tiny_export, tmp_path):
     inbox, out = tmp_path / "in", tmp_path / "results.jsonl"
     inbox.mkdir()
     (inbox / "before.png").write_bytes(_png(1))
-    proc = subprocess.Popen([EXE, "watch", str(inbox), "--model", str(tiny_export), "-o", str(out),
-                             "--stable-seconds", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [EXE, "watch", str(inbox), "--model", str(tiny_export), "-o", str(out), "--stable-seconds", "0.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert _wait_for(lambda: len(_rows(out)) == 1), "the file already there was not classified"
         data = _png(2)
         with open(inbox / "slow.png", "wb") as f:  # a copy that takes 2 s: never read half-written
             for i in range(0, len(data), len(data) // 8 + 1):
-                f.write(data[i:i + len(data) // 8 + 1])
+                f.write(data[i : i + len(data) // 8 + 1])
                 f.flush()
                 time.sleep(0.25)
         (inbox / "copy_of_before.png").write_bytes(_png(1))  # same content: classified once
@@ -107,9 +111,25 @@ def test_kill_9_and_restart_lose_nothing_and_repeat_nothing(tiny_export, tmp_pat
 def test_move_done_and_polling(tiny_export, tmp_path):
     inbox, done, out = tmp_path / "in", tmp_path / "done", tmp_path / "r.jsonl"
     inbox.mkdir()
-    proc = subprocess.Popen([EXE, "watch", str(inbox), "--model", str(tiny_export), "-o", str(out), "--poll",
-                             "--move-done", str(done), "--stable-seconds", "0.3"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            EXE,
+            "watch",
+            str(inbox),
+            "--model",
+            str(tiny_export),
+            "-o",
+            str(out),
+            "--poll",
+            "--move-done",
+            str(done),
+            "--stable-seconds",
+            "0.3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         time.sleep(1.0)
         (inbox / "sub").mkdir()

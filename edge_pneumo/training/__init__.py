@@ -1,7 +1,7 @@
 """Training side: TensorFlow/Keras and tf2onnx live here and only here.
 
 Installed with the `train` extra. This package may import the runtime side
-(`edge_pneumo.preprocess`, `edge_pneumo.data`, ...); the runtime side never imports this.
+(`edge_pneumo.device.preprocess`, `edge_pneumo.lab.dataset`, ...); the runtime side never imports this.
 """
 
 import os as _os

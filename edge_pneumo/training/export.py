@@ -19,19 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..data import discover, find_split, load_images, patient_split, selection_split, stratified_sample
-from ..errors import EdgePneumoError, ValidationError
-from ..formats import DEFAULT_ARTIFACT, ExportFormat
-from ..guard import feature_distance
-from ..manifest import SCHEMA_VERSION, sha256_of, write_manifest, write_params
-from ..metrics import agreement_stats
-from ..runtime import open_backend
-from ..verify import verify_inputs
-from .calibration import CalibrationImages
-from .fit import predict
-from .guard_fit import fit_feature_guard, fit_pixel_guard, pixel_stats
-from .keras_io import KerasModel
+from edge_pneumo import __version__
+from edge_pneumo.device.artifact_formats import DEFAULT_ARTIFACT, ExportFormat
+from edge_pneumo.device.guard import feature_distance
+from edge_pneumo.device.manifest import SCHEMA_VERSION, sha256_of, write_manifest, write_params
+from edge_pneumo.device.probe_inputs import verify_inputs
+from edge_pneumo.device.runtime import open_backend
+from edge_pneumo.errors import EdgePneumoError, ValidationError
+from edge_pneumo.lab.dataset import discover, find_split, load_images, patient_split, selection_split, stratified_sample
+from edge_pneumo.lab.metrics import agreement_stats
+from edge_pneumo.training.fit import predict
+from edge_pneumo.training.guard_fit import fit_feature_guard, fit_pixel_guard, pixel_stats
+from edge_pneumo.training.int8_calibration import CalibrationImages
+from edge_pneumo.training.keras_io import KerasModel
 
 ONNX_OPSET = 17
 PARAMS_FILE = "pneumonia_params.f32"
@@ -55,8 +55,11 @@ def device_model(model):
     is unchanged; the extra outputs are tensors the model computes anyway."""
     import keras
 
-    return keras.Model(model.input, [model.output, model.get_layer("dense").output, model.get_layer("pool2").output],
-                       name="seed_cnn_device")
+    return keras.Model(
+        model.input,
+        [model.output, model.get_layer("dense").output, model.get_layer("pool2").output],
+        name="seed_cnn_device",
+    )
 
 
 def _serving_function(model, input_shape):
@@ -115,7 +118,7 @@ def _name_onnx_io(path: Path) -> None:
     and no producer timestamp noise."""
     import onnx
 
-    from ..runtime import output_kind
+    from edge_pneumo.device.runtime import output_kind
 
     m = onnx.load(str(path))
     renames = {m.graph.input[0].name: "image"}
@@ -162,7 +165,9 @@ def _canonical_names(graph) -> None:
         vi.name = canon(vi.name)
 
 
-def _export_onnx_quantized(fmt: ExportFormat, float_path: Path, calib: CalibrationImages, path: Path, scratch: Path) -> None:
+def _export_onnx_quantized(
+    fmt: ExportFormat, float_path: Path, calib: CalibrationImages, path: Path, scratch: Path
+) -> None:
     from onnxruntime.quantization import (
         QuantFormat,
         QuantType,
@@ -177,9 +182,13 @@ def _export_onnx_quantized(fmt: ExportFormat, float_path: Path, calib: Calibrati
         quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
     else:
         quantize_static(
-            str(prepared), str(path), calib.onnx_reader("image"),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            str(prepared),
+            str(path),
+            calib.onnx_reader("image"),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
         )
     prepared.unlink(missing_ok=True)
 
@@ -199,15 +208,25 @@ class ArtifactValidation:
         return {k: (round(v, 8) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
     def summary(self) -> str:
-        return (f"agreement {100 * self.agreement:.2f}%  max|dp| {self.max_abs_dp:.2e}  mean|dp| {self.mean_abs_dp:.2e}  "
-                f"accuracy {self.accuracy:.4f} (float {self.reference_accuracy:.4f})")
+        return (
+            f"agreement {100 * self.agreement:.2f}%  max|dp| {self.max_abs_dp:.2e}  mean|dp| {self.mean_abs_dp:.2e}  "
+            f"accuracy {self.accuracy:.4f} (float {self.reference_accuracy:.4f})"
+        )
 
 
-def validate_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, threshold: float,
-                     fmt: ExportFormat, budget_scale: float = 1.0) -> ArtifactValidation:
+def validate_outputs(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    fmt: ExportFormat,
+    budget_scale: float = 1.0,
+) -> ArtifactValidation:
     """Compare an artifact's probabilities with the float model's on the same images (Optimum-style)."""
     if candidate.shape != reference.shape:
-        raise ValidationError(f"{fmt.name}: output shape {candidate.shape} differs from the float model's {reference.shape}")
+        raise ValidationError(
+            f"{fmt.name}: output shape {candidate.shape} differs from the float model's {reference.shape}"
+        )
     stats = agreement_stats(candidate, reference, threshold)
     agree = stats["agreement"]
     b = fmt.budget
@@ -215,10 +234,14 @@ def validate_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.nd
     min_agree = None if b.min_agreement is None else 1.0 - (1.0 - b.min_agreement) * budget_scale
     passed = (max_dp is None or stats["max_abs_dp"] <= max_dp) and (min_agree is None or agree >= min_agree)
     return ArtifactValidation(
-        n=int(len(reference)), agreement=agree, max_abs_dp=stats["max_abs_dp"], mean_abs_dp=stats["mean_abs_dp"],
+        n=int(len(reference)),
+        agreement=agree,
+        max_abs_dp=stats["max_abs_dp"],
+        mean_abs_dp=stats["mean_abs_dp"],
         accuracy=float(np.mean((candidate >= threshold) == labels.astype(bool))),
         reference_accuracy=float(np.mean((reference >= threshold) == labels.astype(bool))),
-        budget={"max_abs_dp": max_dp, "min_agreement": min_agree}, passed=passed,
+        budget={"max_abs_dp": max_dp, "min_agreement": min_agree},
+        passed=passed,
     )
 
 
@@ -228,9 +251,17 @@ def _tta_section(record: dict) -> dict:
     if not tta:
         return {}
     c = tta["calibration"]
-    return {"tta": {"views": tta["views"], "combine": tta["combine"], "threshold": tta["threshold"],
-                    "temperature": c["temperature"], "rule_out": c["rule_out"], "rule_in": c["rule_in"],
-                    "rule": "as `threshold` and `calibration`, on the same validation images scored with flip TTA"}}
+    return {
+        "tta": {
+            "views": tta["views"],
+            "combine": tta["combine"],
+            "threshold": tta["threshold"],
+            "temperature": c["temperature"],
+            "rule_out": c["rule_out"],
+            "rule_in": c["rule_in"],
+            "rule": "as `threshold` and `calibration`, on the same validation images scored with flip TTA",
+        }
+    }
 
 
 def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
@@ -243,8 +274,10 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
     pre = km.preprocessing
     calibration = km.record.get("calibration")
     if not calibration:
-        raise EdgePneumoError(f"{km.path}: its run record has no calibration (temperature, confidence band); "
-                              "retrain with this version of `edge-pneumo train`")
+        raise EdgePneumoError(
+            f"{km.path}: its run record has no calibration (temperature, confidence band); "
+            "retrain with this version of `edge-pneumo train`"
+        )
     samples = discover(find_split(cfg.data, "train"))
     train_s, val_s = patient_split(samples, cfg.val_fraction, cfg.seed)
     calib_s = stratified_sample(train_s, cfg.calibration_images, cfg.seed)
@@ -261,8 +294,10 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
     everything = load_images(samples, pre, skip_bad=True)
     fit_part = np.array([s in fit_set for s in everything.samples])
     pixel_section, arrays = fit_pixel_guard(pixel_stats(everything.samples, pre), fit_part)
-    log(f"guard: {int(fit_part.sum())} fit / {int((~fit_part).sum())} held-out training images; layout refuse > "
-        f"{pixel_section['layout']['refuse']:.3f}, warn > {pixel_section['layout']['warn']:.3f}")
+    log(
+        f"guard: {int(fit_part.sum())} fit / {int((~fit_part).sum())} held-out training images; layout refuse > "
+        f"{pixel_section['layout']['refuse']:.3f}, warn > {pixel_section['layout']['warn']:.3f}"
+    )
     weights = km.model.get_layer("dense").get_weights()[0], km.model.get_layer("pneumonia").get_weights()[0][:, 0]
     x_verify = verify_inputs(pre)
 
@@ -283,17 +318,24 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
             else:
                 if not float_onnx.exists():
                     _export_onnx_float(km, float_onnx)
-                src = scratch / "pneumonia_float32.onnx" if (scratch / "pneumonia_float32.onnx").exists() else float_onnx
+                src = (
+                    scratch / "pneumonia_float32.onnx" if (scratch / "pneumonia_float32.onnx").exists() else float_onnx
+                )
                 _export_onnx_quantized(fmt, src, calib, path, scratch)
             backend = open_backend(path, threads=2)
             v = validate_outputs(reference, backend.predict(check.x), check.y, km.threshold, fmt, cfg.budget_scale)
-            problems = [] if v.passed else [f"{fmt.name} (budget {v.budget}, got agreement {v.agreement:.4f}, "
-                                                 f"max|dp| {v.max_abs_dp:.2e})"]
+            problems = (
+                []
+                if v.passed
+                else [f"{fmt.name} (budget {v.budget}, got agreement {v.agreement:.4f}, max|dp| {v.max_abs_dp:.2e})"]
+            )
             if backend.outputs != ("probability", "features", "conv"):
                 problems.append(f"{fmt.name} (outputs {backend.outputs}, expected probability, features, conv)")
             failures += problems
-            log(f"{fmt.name:<20} {path.stat().st_size / 1e6:6.2f} MB  {v.summary()}  [{'FAILED' if problems else 'ok'}] "
-                f"({time.time() - t0:.1f} s)")
+            log(
+                f"{fmt.name:<20} {path.stat().st_size / 1e6:6.2f} MB  {v.summary()}  [{'FAILED' if problems else 'ok'}] "
+                f"({time.time() - t0:.1f} s)"
+            )
             feats = _features(backend, everything.x)
             limits, farrays = fit_feature_guard(feats, fit_part)
             pixel_section["features"][fmt.name] = limits
@@ -304,7 +346,9 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
             entry = _artifact_entry(fmt, path, backend, v, pre)
             out_v = backend.run(x_verify)
             entry["verify_feature_distances"] = [
-                round(float(d), 4) for d in feature_distance(out_v.features, farrays["feature_mean"], farrays["feature_whitening"])]
+                round(float(d), 4)
+                for d in feature_distance(out_v.features, farrays["feature_mean"], farrays["feature_whitening"])
+            ]
             entries.append(entry)
         if failures:
             raise ValidationError("export refused, nothing was written: " + "; ".join(failures))
@@ -319,26 +363,48 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
             "model_version": f"seed-cnn-{str(km.record.get('created', ''))[:10]}-{source_sha[:12]}",
             "class_names": list(km.record.get("class_names", ["NORMAL", "PNEUMONIA"])),
             "output": "probability of class_names[1] (PNEUMONIA); PNEUMONIA when >= threshold",
-            "outputs": {"probability": "(batch, 1)", "features": "(batch, 128): Dense(128) activations, for the guard",
-                        "conv": "(batch, 14, 14, 64): pooled conv-2 activations, for Grad-CAM"},
+            "outputs": {
+                "probability": "(batch, 1)",
+                "features": "(batch, 128): Dense(128) activations, for the guard",
+                "conv": "(batch, 14, 14, 64): pooled conv-2 activations, for Grad-CAM",
+            },
             "threshold": km.threshold,
             "threshold_rule": km.record.get("threshold_rule", ""),
             "calibration": calibration,
             **_tta_section(km.record),
             "preprocessing": pre.to_dict(),
             "guard": pixel_section,
-            "params_file": {"file": PARAMS_FILE, "sha256": sha256_of(params_path), "arrays": params_index,
-                            "holds": "guard statistics (layout model, feature mean and whitening per artifact) and "
-                                     "Grad-CAM head weights per artifact"},
-            "default_artifact": DEFAULT_ARTIFACT if any(e["name"] == DEFAULT_ARTIFACT for e in entries) else entries[0]["name"],
-            "source_model": {"file": km.path.name, "sha256": source_sha,
-                             "test_metrics": km.record.get("test"), "validation_metrics": km.record.get("validation")},
-            "validation_data": {"images": int(len(check.y)), "calibration_images": len(calib),
-                                "source": "patient-wise validation split of train/ (never calibration images)",
-                                "seed": cfg.seed, "val_fraction": cfg.val_fraction},
+            "params_file": {
+                "file": PARAMS_FILE,
+                "sha256": sha256_of(params_path),
+                "arrays": params_index,
+                "holds": "guard statistics (layout model, feature mean and whitening per artifact) and "
+                "Grad-CAM head weights per artifact",
+            },
+            "default_artifact": DEFAULT_ARTIFACT
+            if any(e["name"] == DEFAULT_ARTIFACT for e in entries)
+            else entries[0]["name"],
+            "source_model": {
+                "file": km.path.name,
+                "sha256": source_sha,
+                "test_metrics": km.record.get("test"),
+                "validation_metrics": km.record.get("validation"),
+            },
+            "validation_data": {
+                "images": int(len(check.y)),
+                "calibration_images": len(calib),
+                "source": "patient-wise validation split of train/ (never calibration images)",
+                "seed": cfg.seed,
+                "val_fraction": cfg.val_fraction,
+            },
             "artifacts": entries,
-            "versions": {"edge_pneumo": __version__, "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__,
-                         "onnxruntime": onnxruntime.__version__, "onnx": _onnx_version()},
+            "versions": {
+                "edge_pneumo": __version__,
+                "tensorflow": tf.__version__,
+                "tf2onnx": tf2onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "onnx": _onnx_version(),
+            },
         }
         for e in entries:
             os.replace(scratch / e["file"], cfg.out / e["file"])
@@ -350,12 +416,12 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
 
 
 def _features(backend, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([backend.run(x[i:i + batch]).features for i in range(0, len(x), batch)])
+    return np.concatenate([backend.run(x[i : i + batch]).features for i in range(0, len(x), batch)])
 
 
 def gradcam_channel_weights(w1: np.ndarray, grid: tuple[int, int, int] = (14, 14, 64)) -> np.ndarray:
     """Dense(128) kernel (h*w*c, 128), flattened channels-last -> (c, 128): its spatial mean per
-    channel, which is what Grad-CAM's channel weights need (see edge_pneumo.explain)."""
+    channel, which is what Grad-CAM's channel weights need (see edge_pneumo.device.explain)."""
     h, w, c = grid
     return (w1.reshape(h, w, c, -1).sum(axis=(0, 1)) / (h * w)).astype(np.float32)
 
@@ -403,13 +469,19 @@ def _tflite_int8_head(path: Path, float_weights: tuple) -> tuple[np.ndarray, np.
 
     # Without XNNPACK (it repacks weights and frees the originals); two runs on different
     # inputs tell the constant weights from the activations of the same shape.
-    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it = Interpreter(
+        model_path=str(path),
+        experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     it.allocate_tensors()
     n_in, n_hidden = float_weights[0].shape
     inp = it.get_input_details()[0]
-    wanted = [d for d in it.get_tensor_details()
-              if d["dtype"] == np.int8 and tuple(int(v) for v in d["shape"]) in ((n_hidden, n_in), (1, n_hidden))]
+    wanted = [
+        d
+        for d in it.get_tensor_details()
+        if d["dtype"] == np.int8 and tuple(int(v) for v in d["shape"]) in ((n_hidden, n_in), (1, n_hidden))
+    ]
     runs = []
     for fill in (0, 200):
         it.set_tensor(inp["index"], np.full(inp["shape"], fill, inp["dtype"]))
@@ -423,7 +495,11 @@ def _tflite_int8_head(path: Path, float_weights: tuple) -> tuple[np.ndarray, np.
         qp = d["quantization_parameters"]
         scales, zeros = np.asarray(qp["scales"], np.float32), np.asarray(qp["zero_points"], np.float32)
         q = q.astype(np.float32)
-        w = (q - zeros[:, None]) * scales[:, None] if scales.size > 1 else (q - float(zeros.ravel()[0] if zeros.size else 0)) * float(scales.ravel()[0])
+        w = (
+            (q - zeros[:, None]) * scales[:, None]
+            if scales.size > 1
+            else (q - float(zeros.ravel()[0] if zeros.size else 0)) * float(scales.ravel()[0])
+        )
         found["w1" if tuple(q.shape) == (n_hidden, n_in) else "w2"] = w
     if "w1" not in found or "w2" not in found:
         raise EdgePneumoError(f"{path}: cannot find the quantised Dense weights for Grad-CAM")

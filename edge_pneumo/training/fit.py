@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..metrics import ONE_SE, apply_temperature, best_threshold, binary_report
+from edge_pneumo.lab.metrics import ONE_SE, apply_temperature, best_threshold, binary_report
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,9 @@ class Recipe:
             raise ValueError("distill_alpha must be in [0, 1]")
         if self.teacher_temperature <= 0:
             raise ValueError("teacher_temperature must be positive")
-        if self.threshold_tolerance != ONE_SE and (isinstance(self.threshold_tolerance, str) or self.threshold_tolerance < 0):
+        if self.threshold_tolerance != ONE_SE and (
+            isinstance(self.threshold_tolerance, str) or self.threshold_tolerance < 0
+        ):
             raise ValueError(f"threshold_tolerance must be a number >= 0 or {ONE_SE!r} (one standard error)")
 
     def to_dict(self) -> dict:
@@ -77,11 +79,17 @@ def targets(y: np.ndarray, recipe: Recipe, teacher: np.ndarray | None) -> np.nda
     return (recipe.distill_alpha * y + (1.0 - recipe.distill_alpha) * soft).astype(np.float32)
 
 
-def _dataset(x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int, weights: dict[int, float] | None,
-             teacher: np.ndarray | None = None):
+def _dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    recipe: Recipe,
+    seed: int,
+    weights: dict[int, float] | None,
+    teacher: np.ndarray | None = None,
+):
     import tensorflow as tf
 
-    from .model import build_augmenter
+    from edge_pneumo.training.model import build_augmenter
 
     augment = build_augmenter(recipe.augment, seed)
     sw = np.array([weights[int(c)] for c in y], np.float32) if weights else np.ones(len(y), np.float32)
@@ -99,7 +107,9 @@ def _compile(model, recipe: Recipe, steps_per_epoch: int, epochs: int) -> None:
     import keras
 
     if recipe.lr_schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=steps_per_epoch * epochs, alpha=0.05)
+        lr = keras.optimizers.schedules.CosineDecay(
+            recipe.learning_rate, decay_steps=steps_per_epoch * epochs, alpha=0.05
+        )
     else:
         lr = recipe.learning_rate
     loss = keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing)
@@ -119,7 +129,7 @@ def predict(model, x: np.ndarray, batch_size: int = 256, tta: bool = False) -> n
     """Probabilities of PNEUMONIA for uint8 inputs (the model rescales itself); with `tta`, the
     runner's flip TTA (the same `tta` functions the Classifier calls)."""
     if tta:
-        from .. import tta as flip_tta
+        from edge_pneumo.device import tta as flip_tta
 
         return flip_tta.predict(lambda b: predict(model, b, batch_size), x)
     out = []
@@ -160,7 +170,7 @@ def fit(
     `teacher`: the teacher's probability for each training image (distillation);
     `build`: the model builder (default: the seed CNN).
     """
-    from .model import build_seed_model
+    from edge_pneumo.training.model import build_seed_model
 
     build = build or build_seed_model
     set_determinism(seed)

@@ -1,4 +1,4 @@
-"""Fit the input guard's limits on training images, at export (see `edge_pneumo.guard`).
+"""Fit the input guard's limits on training images, at export (see `edge_pneumo.device.guard`).
 
 Every limit comes from training images, by a rule written into the manifest next to it:
 - pixel limits from all of train/: colour, contrast (blank pages) and texture (noise);
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import Sample
-from ..decode import read_grey
-from ..guard import contrast, feature_distance, layout_residual, layout_vector, rules_as_data, texture
-from ..preprocess import Preprocessing
+from edge_pneumo.decoders.decode import read_grey
+from edge_pneumo.device.guard import contrast, feature_distance, layout_residual, layout_vector, rules_as_data, texture
+from edge_pneumo.device.preprocess import Preprocessing
+from edge_pneumo.lab.dataset import Sample
 
 LAYOUT_COMPONENTS = 8
 COLOUR_FLOOR = 8.0  # chroma noise of a grey image saved as a colour JPEG, in 0..255 units
@@ -50,18 +50,26 @@ def pixel_stats(samples: Sequence[Sample], pre: Preprocessing, threads: int = 2)
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
         rows = list(pool.map(one, samples, chunksize=32))
-    return PixelStats(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
-                      np.array([r[2] for r in rows]), np.stack([r[3] for r in rows]))
+    return PixelStats(
+        np.array([r[0] for r in rows]),
+        np.array([r[1] for r in rows]),
+        np.array([r[2] for r in rows]),
+        np.stack([r[3] for r in rows]),
+    )
 
 
 def _threshold(held_out: np.ndarray) -> dict:
-    return {"refuse": round(float(np.percentile(held_out, REFUSE_QUANTILE) * REFUSE_MARGIN), 4),
-            "warn": round(float(np.percentile(held_out, WARN_QUANTILE)), 4),
-            "held_out_max": round(float(held_out.max()), 4)}
+    return {
+        "refuse": round(float(np.percentile(held_out, REFUSE_QUANTILE) * REFUSE_MARGIN), 4),
+        "warn": round(float(np.percentile(held_out, WARN_QUANTILE)), 4),
+        "held_out_max": round(float(held_out.max()), 4),
+    }
 
 
-_LIMIT_RULE = (f"warn above the {WARN_QUANTILE:g}th percentile and refuse above {REFUSE_MARGIN:g} x the "
-               f"{REFUSE_QUANTILE:g}th percentile of")
+_LIMIT_RULE = (
+    f"warn above the {WARN_QUANTILE:g}th percentile and refuse above {REFUSE_MARGIN:g} x the "
+    f"{REFUSE_QUANTILE:g}th percentile of"
+)
 
 
 def fit_pixel_guard(all_train: PixelStats, fit_part: np.ndarray) -> tuple[dict, dict]:
@@ -81,15 +89,20 @@ def fit_pixel_guard(all_train: PixelStats, fit_part: np.ndarray) -> tuple[dict, 
             "max_texture": round(float(all_train.texture.max() * MARGINS["texture"]), 4),
             "min_texture": round(float(all_train.texture.min() * MARGINS["smoothness"]), 5),
             "aspect": list(ASPECT_RANGE),
-            "rule": (f"colour: 2 x the training maximum + {COLOUR_FLOOR}; contrast: {MARGINS['contrast']} x the training "
-                     f"minimum; texture: {MARGINS['texture']} x the training maximum and {MARGINS['smoothness']} x the minimum (all {len(all_train.colour)} train/ "
-                     "images); aspect: set by hand, the dataset's copies are all square"),
-            "train_range": {"colour": [float(all_train.colour.min()), float(all_train.colour.max())],
-                            "contrast": [float(all_train.contrast.min()), float(all_train.contrast.max())],
-                            "texture": [float(all_train.texture.min()), float(all_train.texture.max())]},
+            "rule": (
+                f"colour: 2 x the training maximum + {COLOUR_FLOOR}; contrast: {MARGINS['contrast']} x the training "
+                f"minimum; texture: {MARGINS['texture']} x the training maximum and {MARGINS['smoothness']} x the minimum (all {len(all_train.colour)} train/ "
+                "images); aspect: set by hand, the dataset's copies are all square"
+            ),
+            "train_range": {
+                "colour": [float(all_train.colour.min()), float(all_train.colour.max())],
+                "contrast": [float(all_train.contrast.min()), float(all_train.contrast.max())],
+                "texture": [float(all_train.texture.min()), float(all_train.texture.max())],
+            },
         },
         "layout": {
-            "size": int(round(np.sqrt(lay_fit.shape[1]))), "components": LAYOUT_COMPONENTS,
+            "size": int(round(np.sqrt(lay_fit.shape[1]))),
+            "components": LAYOUT_COMPONENTS,
             **_threshold(held),
             "rule": f"principal components of {len(lay_fit)} fit images; {_LIMIT_RULE} {len(held)} held-out images",
         },
@@ -107,6 +120,8 @@ def fit_feature_guard(features: np.ndarray, fit_part: np.ndarray) -> tuple[dict,
     evals, evecs = np.linalg.eigh(cov)
     whitening = (evecs / np.sqrt(np.maximum(evals, 1e-12))).T  # W^T W = cov^-1
     d = feature_distance(f_held, mean.astype(np.float32), whitening.astype(np.float32))
-    limits = {**_threshold(d),
-              "rule": f"Mahalanobis distance (shrinkage {FEATURE_SHRINKAGE}) from {len(f_fit)} fit images; {_LIMIT_RULE} {len(d)} held-out images"}
+    limits = {
+        **_threshold(d),
+        "rule": f"Mahalanobis distance (shrinkage {FEATURE_SHRINKAGE}) from {len(f_fit)} fit images; {_LIMIT_RULE} {len(d)} held-out images",
+    }
     return limits, {"feature_mean": mean.astype(np.float32), "feature_whitening": whitening.astype(np.float32)}

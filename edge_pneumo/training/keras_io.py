@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelFileError
-from ..preprocess import Preprocessing
+from edge_pneumo.device.preprocess import Preprocessing
+from edge_pneumo.errors import ModelFileError
 
 MODEL_NAME = "pneumonia_cnn.keras"
 
@@ -23,7 +23,7 @@ def record_path(model_path: Path) -> Path:
 
 def save_model(model, path: Path) -> None:
     """Save weights and architecture only (no optimizer state), atomically."""
-    from .model import build_seed_model
+    from edge_pneumo.training.model import build_seed_model
 
     clean = build_seed_model(tuple(model.input_shape[1:]))
     clean.set_weights(model.get_weights())
@@ -62,12 +62,16 @@ def load_keras(path: str | os.PathLike) -> KerasModel:
         pre = Preprocessing.from_dict(record["preprocessing"])
         threshold = float(record["threshold"])
     except FileNotFoundError:
-        raise ModelFileError(f"{rp}: the model's run record is missing; it states the preprocessing and threshold") from None
+        raise ModelFileError(
+            f"{rp}: the model's run record is missing; it states the preprocessing and threshold"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelFileError(f"{rp}: unreadable run record ({e})") from None
     shape = tuple(model.input_shape[1:])
     if shape != pre.input_shape or model.output_shape[-1] != 1:
-        raise ModelFileError(f"{path}: input {shape} / output {model.output_shape} do not fit the record's contract {pre.input_shape} -> 1")
+        raise ModelFileError(
+            f"{path}: input {shape} / output {model.output_shape} do not fit the record's contract {pre.input_shape} -> 1"
+        )
     return KerasModel(model, path, record, pre, threshold)
 
 
@@ -77,7 +81,7 @@ def versions() -> dict:
     import keras
     import tensorflow as tf
 
-    from .. import __version__
+    from edge_pneumo import __version__
 
     return {
         "edge_pneumo": __version__,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..decode import read_grey
-from ..preprocess import Preprocessing
+from edge_pneumo.decoders.decode import read_grey
+from edge_pneumo.device.preprocess import Preprocessing
 
 
 def _gamma(g: float):
@@ -35,6 +35,7 @@ def _sharpen(amount: float):
     def f(img):
         soft = cv2.GaussianBlur(img, (0, 0), 2.0).astype(np.float32)
         return np.clip(img + amount * (img - soft), 0, 255).astype(np.uint8)
+
     return f
 
 
@@ -42,6 +43,7 @@ def _noise(std: float, seed: int = 0):
     def f(img):
         rng = np.random.default_rng(seed + int(img.sum()) % 100003)
         return np.clip(img + rng.normal(0, std, img.shape), 0, 255).astype(np.uint8)
+
     return f
 
 
@@ -49,6 +51,7 @@ def _jpeg(quality: int):
     def f(img):
         _, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
         return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+
     return f
 
 
@@ -57,6 +60,7 @@ def _crop(keep: float):
         h, w = img.shape
         dy, dx = int(h * (1 - keep) / 2), int(w * (1 - keep) / 2)
         return img[dy : h - dy, dx : w - dx]
+
     return f
 
 
@@ -65,11 +69,13 @@ def _pad(fraction: float):
         h, w = img.shape
         py, px = int(h * fraction), int(w * fraction)
         return cv2.copyMakeBorder(img, py, py, px, px, cv2.BORDER_CONSTANT, value=0)
+
     return f
 
 
 def _width(factor: float):
     """Anatomy wider (crop back to the frame) or narrower (black bars): another original aspect ratio."""
+
     def f(img):
         h, w = img.shape
         nw = round(w * factor)
@@ -78,6 +84,7 @@ def _width(factor: float):
             return r[:, (nw - w) // 2 : (nw - w) // 2 + w]
         left = (w - nw) // 2
         return cv2.copyMakeBorder(r, 0, 0, left, w - nw - left, cv2.BORDER_CONSTANT, value=0)
+
     return f
 
 

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import jsonout
-from ..data import Sample, discover, find_split, load_images, patient_folds, selection_split
-from ..errors import DatasetError
-from ..metrics import binary_report
-from ..preprocess import Preprocessing
-from .fit import Recipe, fit, predict
+from edge_pneumo import jsonout
+from edge_pneumo.device.preprocess import Preprocessing
+from edge_pneumo.errors import DatasetError
+from edge_pneumo.lab.dataset import Sample, discover, find_split, load_images, patient_folds, selection_split
+from edge_pneumo.lab.metrics import binary_report
+from edge_pneumo.training.fit import Recipe, fit, predict
 
 SOFT_LABELS_SCHEMA = 1
 TEACHER_RECIPE = Recipe(max_epochs=14, patience=5, augment="strong")
@@ -72,15 +72,17 @@ def content_hash(path: Path) -> str:
 
 def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
     """Train the teacher (one model per seed, probabilities averaged) and write the soft labels."""
-    from .keras_io import versions
-    from .model import build_teacher_model
+    from edge_pneumo.training.keras_io import versions
+    from edge_pneumo.training.model import build_teacher_model
 
     started = time.time()
     split_dir = find_split(cfg.data, "train")
     samples = discover(split_dir)
     fit_s, sel_s = selection_split(samples, cfg.val_fraction, cfg.split_seed, cfg.holdout_family)
     pre = Preprocessing(size=cfg.size, intensity=cfg.intensity)
-    log(f"teacher: {len(fit_s)} fit / {len(sel_s)} selection images at {cfg.size} px (held-out family: {cfg.holdout_family})")
+    log(
+        f"teacher: {len(fit_s)} fit / {len(sel_s)} selection images at {cfg.size} px (held-out family: {cfg.holdout_family})"
+    )
     full = load_images(samples, pre)
     sel_set = set(sel_s)
     in_sel = np.array([s in sel_set for s in full.samples])
@@ -99,11 +101,21 @@ def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
             fits = ~in_sel & (fold != k) if cfg.folds > 1 else ~in_sel
 
             def show(r, tag=tag, t0=t0):
-                log(f"[teacher {tag}] epoch {r['epoch']:>2}  loss {r['loss']:.4f}  "
-                    f"selection AUC {r.get('val_auc', float('nan')):.4f}  ({time.time() - t0:.0f} s)")
+                log(
+                    f"[teacher {tag}] epoch {r['epoch']:>2}  loss {r['loss']:.4f}  "
+                    f"selection AUC {r.get('val_auc', float('nan')):.4f}  ({time.time() - t0:.0f} s)"
+                )
 
-            res = fit(full.x[fits], full.y[fits], cfg.recipe, seed, x_sel, y_sel, on_epoch=show,
-                      build=lambda shape: build_teacher_model(shape, cfg.width))
+            res = fit(
+                full.x[fits],
+                full.y[fits],
+                cfg.recipe,
+                seed,
+                x_sel,
+                y_sel,
+                on_epoch=show,
+                build=lambda shape: build_teacher_model(shape, cfg.width),
+            )
             p = predict(res.model, full.x, batch_size=64)
             if cfg.folds > 1:
                 held = fold == k
@@ -111,14 +123,21 @@ def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
                 p_seed[in_sel] += p[in_sel] / cfg.folds
             else:
                 p_seed = p
-            member = {"seed": seed, "best_epoch": res.best_epoch, "fit_images": int(fits.sum()),
-                      "seconds": round(time.time() - t0, 1), "selection": binary_report(y_sel, p[in_sel], 0.5)}
+            member = {
+                "seed": seed,
+                "best_epoch": res.best_epoch,
+                "fit_images": int(fits.sum()),
+                "seconds": round(time.time() - t0, 1),
+                "selection": binary_report(y_sel, p[in_sel], 0.5),
+            }
             if cfg.folds > 1:
                 held = fold == k
                 member.update(fold=k, out_of_fold=binary_report(full.y[held], p[held], 0.5))
             members.append(member)
-            log(f"[teacher {tag}] best epoch {res.best_epoch}, selection AUC {member['selection']['auc']:.4f}"
-                + (f", out-of-fold AUC {member['out_of_fold']['auc']:.4f}" if cfg.folds > 1 else ""))
+            log(
+                f"[teacher {tag}] best epoch {res.best_epoch}, selection AUC {member['selection']['auc']:.4f}"
+                + (f", out-of-fold AUC {member['out_of_fold']['auc']:.4f}" if cfg.folds > 1 else "")
+            )
             if cfg.save_models:
                 suffix = f".seed{seed}" + (f".fold{k}" if cfg.folds > 1 else "")
                 res.model.save(cfg.out.with_name(f"{cfg.out.stem}{suffix}.keras"))
@@ -131,11 +150,19 @@ def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
         "seeds": list(cfg.seeds),
         "preprocessing": pre.to_dict(),
         "recipe": cfg.recipe.to_dict(),
-        "split": {"split_seed": cfg.split_seed, "val_fraction": cfg.val_fraction, "holdout_family": cfg.holdout_family,
-                  "fit_images": int((~in_sel).sum()), "selection_images": int(in_sel.sum())},
+        "split": {
+            "split_seed": cfg.split_seed,
+            "val_fraction": cfg.val_fraction,
+            "holdout_family": cfg.holdout_family,
+            "fit_images": int((~in_sel).sum()),
+            "selection_images": int(in_sel.sum()),
+        },
         "folds": cfg.folds,
-        "soft_labels_on_fit_images": ("out of fold: each from the teacher(s) that never saw it" if cfg.folds > 1
-                                      else "in sample: from the teacher(s) fitted on them"),
+        "soft_labels_on_fit_images": (
+            "out of fold: each from the teacher(s) that never saw it"
+            if cfg.folds > 1
+            else "in sample: from the teacher(s) fitted on them"
+        ),
         "members": members,
         "selection": binary_report(y_sel, mean[in_sel], 0.5),
         "out_of_fold": binary_report(full.y[~in_sel], mean[~in_sel], 0.5) if cfg.folds > 1 else None,
@@ -143,11 +170,15 @@ def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
         "versions": versions(),
         "seconds": round(time.time() - started, 1),
     }
-    labels = {sample_key(s, split_dir): {"p": round(float(q), 6), "sha256": content_hash(s.path)}
-              for s, q in zip(full.samples, mean)}
+    labels = {
+        sample_key(s, split_dir): {"p": round(float(q), 6), "sha256": content_hash(s.path)}
+        for s, q in zip(full.samples, mean)
+    }
     save_soft_labels(cfg.out, record, labels)
-    log(f"teacher: selection AUC {record['selection']['auc']:.4f} ({len(cfg.seeds)} seed(s)); wrote {cfg.out} "
-        f"({record['seconds']:.0f} s)")
+    log(
+        f"teacher: selection AUC {record['selection']['auc']:.4f} ({len(cfg.seeds)} seed(s)); wrote {cfg.out} "
+        f"({record['seconds']:.0f} s)"
+    )
     return record
 
 
@@ -164,7 +195,9 @@ class SoftLabels:
             key = sample_key(s, split_dir)
             entry = self.labels.get(key)
             if entry is None:
-                raise DatasetError(f"{self.path}: no soft label for {key}; the teacher was trained on another copy of the data")
+                raise DatasetError(
+                    f"{self.path}: no soft label for {key}; the teacher was trained on another copy of the data"
+                )
             if check_hashes and content_hash(s.path) != entry["sha256"]:
                 raise DatasetError(f"{self.path}: {key} has changed since the teacher labelled it (sha256 differs)")
             out[i] = entry["p"]
@@ -199,11 +232,16 @@ def merge_soft_labels(paths: list[Path], data: Path, out: Path, log: Callable[[s
     if len(paths) < 2:
         raise DatasetError("give at least two soft-label files to merge")
     members = [load_soft_labels(p) for p in paths]
-    splits = [{k: (m.record.get("split") or {}).get(k) for k in ("split_seed", "val_fraction", "holdout_family")}
-              for m in members]
+    splits = [
+        {k: (m.record.get("split") or {}).get(k) for k in ("split_seed", "val_fraction", "holdout_family")}
+        for m in members
+    ]
     if any(sp != splits[0] for sp in splits[1:]):
-        raise DatasetError("the teachers were fitted on different splits ("
-                           + "; ".join(f"{m.path}: {sp}" for m, sp in zip(members, splits)) + "); merge only files of one split")
+        raise DatasetError(
+            "the teachers were fitted on different splits ("
+            + "; ".join(f"{m.path}: {sp}" for m, sp in zip(members, splits))
+            + "); merge only files of one split"
+        )
     split = splits[0]
     split_dir = find_split(data, "train")
     samples = discover(split_dir)
@@ -213,8 +251,10 @@ def merge_soft_labels(paths: list[Path], data: Path, out: Path, log: Callable[[s
         for key in keys:
             entry = m.labels.get(key)
             if entry is None or key not in first or entry["sha256"] != first[key]["sha256"]:
-                raise DatasetError(f"{m.path}: {key} is missing or differs from {members[0].path}'s copy; "
-                                   "the teachers labelled different copies of the data")
+                raise DatasetError(
+                    f"{m.path}: {key} is missing or differs from {members[0].path}'s copy; "
+                    "the teachers labelled different copies of the data"
+                )
     p = np.mean([[m.labels[k]["p"] for k in keys] for m in members], axis=0)
     y = np.array([s.label for s in samples])
     _, sel_s = selection_split(samples, float(split["val_fraction"]), int(split["split_seed"]), split["holdout_family"])
@@ -225,8 +265,8 @@ def merge_soft_labels(paths: list[Path], data: Path, out: Path, log: Callable[[s
         "command": " ".join(["edge-pneumo", *sys.argv[1:]]) if sys.argv else "",
         "model": "ensemble (mean probability) of " + "; ".join(str(m.record.get("model", m.path)) for m in members),
         "split": {**(members[0].record.get("split") or {}), **split},
-        "soft_labels_on_fit_images": "mean of: " + "; ".join(str(m.record.get("soft_labels_on_fit_images", "?"))
-                                                              for m in members),
+        "soft_labels_on_fit_images": "mean of: "
+        + "; ".join(str(m.record.get("soft_labels_on_fit_images", "?")) for m in members),
         "members": [{"file": str(m.path), "record": m.record} for m in members],
         "selection": binary_report(y[in_sel], p[in_sel], 0.5),
         "test_looked_at": False,
@@ -234,5 +274,7 @@ def merge_soft_labels(paths: list[Path], data: Path, out: Path, log: Callable[[s
     labels = {k: {"p": round(float(q), 6), "sha256": first[k]["sha256"]} for k, q in zip(keys, p)}
     save_soft_labels(out, record, labels)
     member_aucs = ", ".join(f"{(m.record.get('selection') or {}).get('auc', float('nan')):.4f}" for m in members)
-    log(f"merged {len(members)} teachers: selection AUC {record['selection']['auc']:.4f} (members: {member_aucs}); wrote {out}")
+    log(
+        f"merged {len(members)} teachers: selection AUC {record['selection']['auc']:.4f} (members: {member_aucs}); wrote {out}"
+    )
     return record

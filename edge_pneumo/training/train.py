@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import jsonout
-from ..data import CLASS_NAMES, discover, find_split, image_family, load_images, selection_split
-from ..errors import DatasetError
-from ..metrics import (
+from edge_pneumo import jsonout
+from edge_pneumo.device.preprocess import Preprocessing
+from edge_pneumo.errors import DatasetError
+from edge_pneumo.lab.dataset import CLASS_NAMES, discover, find_split, image_family, load_images, selection_split
+from edge_pneumo.lab.metrics import (
     ONE_SE,
     apply_temperature,
     band_report,
@@ -27,9 +28,8 @@ from ..metrics import (
     fit_temperature,
     youden,
 )
-from ..preprocess import Preprocessing
-from .fit import Recipe, fit, predict
-from .keras_io import MODEL_NAME, record_path, save_model, versions
+from edge_pneumo.training.fit import Recipe, fit, predict
+from edge_pneumo.training.keras_io import MODEL_NAME, record_path, save_model, versions
 
 TEST_LOG = "test_evaluations.jsonl"
 TIEBREAKS = ("half", "shifts")  # among equally good thresholds: the one nearest 0.5, or the most shift-robust
@@ -40,7 +40,9 @@ class TrainConfig:
     data: Path
     out: Path
     seed: int = 0
-    split_seed: int | None = None  # the patient split's seed; None: the teacher's split seed with --teacher, else `seed`
+    split_seed: int | None = (
+        None  # the patient split's seed; None: the teacher's split seed with --teacher, else `seed`
+    )
     val_fraction: float = 0.15
     refit_full: bool = True
     skip_bad: bool = False
@@ -56,7 +58,9 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.threshold_tiebreak not in TIEBREAKS:
-            raise ValueError(f"threshold tie-break must be one of {', '.join(TIEBREAKS)}, not {self.threshold_tiebreak!r}")
+            raise ValueError(
+                f"threshold tie-break must be one of {', '.join(TIEBREAKS)}, not {self.threshold_tiebreak!r}"
+            )
 
 
 def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
@@ -67,18 +71,27 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     samples = discover(split_dir)
     soft = None
     if cfg.teacher is not None:
-        from .teacher import load_soft_labels
+        from edge_pneumo.training.teacher import load_soft_labels
 
         soft = load_soft_labels(cfg.teacher)
     split_seed = _split_seed(cfg, soft)
     train_s, val_s = selection_split(samples, cfg.val_fraction, split_seed, cfg.holdout_family)
     held = [s for s in val_s if cfg.holdout_family and image_family(s.path.name) == cfg.holdout_family]
-    log(f"train/: {len(samples)} images; patient-wise split (seed {split_seed}): {len(train_s)} fit, "
-        f"{len(val_s)} selection images" + (f" (incl. all {len(held)} {cfg.holdout_family} images, held out as an "
-                                            "unseen acquisition batch)" if held else ""))
+    log(
+        f"train/: {len(samples)} images; patient-wise split (seed {split_seed}): {len(train_s)} fit, "
+        f"{len(val_s)} selection images"
+        + (
+            f" (incl. all {len(held)} {cfg.holdout_family} images, held out as an unseen acquisition batch)"
+            if held
+            else ""
+        )
+    )
     full = load_images(samples, preprocessing, skip_bad=cfg.skip_bad)
     if full.skipped:
-        log(f"skipped {len(full.skipped)} unusable file(s): {full.skipped[0]}" + (" ..." if len(full.skipped) > 1 else ""))
+        log(
+            f"skipped {len(full.skipped)} unusable file(s): {full.skipped[0]}"
+            + (" ..." if len(full.skipped) > 1 else "")
+        )
     val_set = set(val_s)
     in_val = np.array([s in val_set for s in full.samples])
     if in_val.all() or not in_val.any():
@@ -94,49 +107,79 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     teacher_p = None
     if soft is not None:
         teacher_p = soft.for_samples(full.samples, split_dir)
-        log(f"teacher: {cfg.teacher} ({soft.record.get('model', '')}; selection AUC "
+        log(
+            f"teacher: {cfg.teacher} ({soft.record.get('model', '')}; selection AUC "
             f"{soft.record.get('selection', {}).get('auc', float('nan')):.4f}); targets = {cfg.recipe.distill_alpha} x label "
-            f"+ {1 - cfg.recipe.distill_alpha:.2f} x teacher" + (f" (softened, T = {cfg.recipe.teacher_temperature})"
-                                                                   if cfg.recipe.teacher_temperature != 1.0 else ""))
+            f"+ {1 - cfg.recipe.distill_alpha:.2f} x teacher"
+            + (f" (softened, T = {cfg.recipe.teacher_temperature})" if cfg.recipe.teacher_temperature != 1.0 else "")
+        )
 
     def epoch_line(stage):
         def show(r):
             extra = f"  val_auc {r['val_auc']:.4f}  val_acc@0.5 {r['val_accuracy']:.4f}" if "val_auc" in r else ""
             log(f"[{stage}] epoch {r['epoch']:>2}  loss {r['loss']:.4f}  acc {r['accuracy']:.4f}{extra}")
+
         return show
 
-    chosen = fit(x_tr, y_tr, cfg.recipe, cfg.seed, x_va, y_va, on_epoch=epoch_line("validation run"),
-                 teacher=None if teacher_p is None else teacher_p[~in_val], threshold_on=shift_set)
+    chosen = fit(
+        x_tr,
+        y_tr,
+        cfg.recipe,
+        cfg.seed,
+        x_va,
+        y_va,
+        on_epoch=epoch_line("validation run"),
+        teacher=None if teacher_p is None else teacher_p[~in_val],
+        threshold_on=shift_set,
+    )
     vm = chosen.val_metrics
     p_va = predict(chosen.model, x_va)
     threshold, robustness = chosen.threshold, None
     if cfg.threshold_tiebreak == "shifts":
         on_shift = [full.samples[i] for i in np.flatnonzero(in_val)[shift_set]]
-        robustness = shift_robust_threshold(chosen.model, on_shift, y_va[shift_set], p_va[shift_set], preprocessing,
-                                            cfg.recipe.threshold_tolerance)
+        robustness = shift_robust_threshold(
+            chosen.model, on_shift, y_va[shift_set], p_va[shift_set], preprocessing, cfg.recipe.threshold_tolerance
+        )
         threshold = robustness["threshold"]
         vm = binary_report(y_va, p_va, threshold)
-        log(f"threshold tie broken by robustness to {len(robustness['shifted_j'])} acquisition shifts: "
+        log(
+            f"threshold tie broken by robustness to {len(robustness['shifted_j'])} acquisition shifts: "
             f"{threshold:.4f} (nearest 0.5: {robustness['threshold_nearest_half']:.4f}); mean shifted balanced accuracy "
-            f"{robustness['mean_shifted_balanced_accuracy']:.4f} (nearest 0.5: {robustness['mean_shifted_balanced_accuracy_half']:.4f})")
+            f"{robustness['mean_shifted_balanced_accuracy']:.4f} (nearest 0.5: {robustness['mean_shifted_balanced_accuracy_half']:.4f})"
+        )
     calibration = _calibration(y_va, p_va, shift_set, threshold, cfg)
     selection_figures = {
         "validation": binary_report(y_va[plain_val], p_va[plain_val], threshold),
         "shift_set": (binary_report(y_va[shift_set], p_va[shift_set], threshold) if has_family else None),
         "shift_set_is": f"{shift_family} normals ({'held out of fitting' if cfg.holdout_family else 'validation patients'}) + validation pneumonia",
     }
-    where = (f"{'held-out' if cfg.holdout_family else 'validation'} {shift_family} normals + validation pneumonia"
-             if has_family else "validation")
-    log(f"validation run: best epoch {chosen.best_epoch}, threshold {threshold:.4f} (max balanced accuracy on {where}); "
+    where = (
+        f"{'held-out' if cfg.holdout_family else 'validation'} {shift_family} normals + validation pneumonia"
+        if has_family
+        else "validation"
+    )
+    log(
+        f"validation run: best epoch {chosen.best_epoch}, threshold {threshold:.4f} (max balanced accuracy on {where}); "
         f"selection accuracy {vm['accuracy']:.4f}, AUC {vm['auc']:.4f}; temperature {calibration['temperature']:.3f}, "
-        f"band [{calibration['rule_out']:.4f}, {calibration['rule_in']:.4f})")
+        f"band [{calibration['rule_out']:.4f}, {calibration['rule_in']:.4f})"
+    )
     tta = _tta_operating_point(y_va, predict(chosen.model, x_va, tta=True), shift_set, plain_val, cfg)
-    log(f"flip TTA: threshold {tta['threshold']:.4f}, selection AUC {tta['selection_figures']['validation']['auc']:.4f}, "
-        f"temperature {tta['calibration']['temperature']:.3f}")
+    log(
+        f"flip TTA: threshold {tta['threshold']:.4f}, selection AUC {tta['selection_figures']['validation']['auc']:.4f}, "
+        f"temperature {tta['calibration']['temperature']:.3f}"
+    )
     final, final_history = chosen, None
     if cfg.refit_full:
-        final = fit(full.x, full.y, cfg.recipe, cfg.seed, epochs=chosen.best_epoch, threshold=threshold,
-                    on_epoch=epoch_line("full-train refit"), teacher=teacher_p)
+        final = fit(
+            full.x,
+            full.y,
+            cfg.recipe,
+            cfg.seed,
+            epochs=chosen.best_epoch,
+            threshold=threshold,
+            on_epoch=epoch_line("full-train refit"),
+            teacher=teacher_p,
+        )
         final_history = final.history
 
     record: dict = {
@@ -147,17 +190,28 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "class_names": list(CLASS_NAMES),
         "threshold": threshold,
         "threshold_rule": f"max balanced accuracy on {where} (validation run), ties within "
-                          + ("one standard error of it" if cfg.recipe.threshold_tolerance == ONE_SE
-                             else str(cfg.recipe.threshold_tolerance)) + " broken "
-                          + ("by the best mean balanced accuracy over the same images under acquisition shifts, then "
-                             if robustness else "") + "toward 0.5",
+        + (
+            "one standard error of it"
+            if cfg.recipe.threshold_tolerance == ONE_SE
+            else str(cfg.recipe.threshold_tolerance)
+        )
+        + " broken "
+        + (
+            "by the best mean balanced accuracy over the same images under acquisition shifts, then "
+            if robustness
+            else ""
+        )
+        + "toward 0.5",
         "threshold_robustness": None if robustness is None else {k: v for k, v in robustness.items() if k != "scores"},
         "calibration": calibration,
         "selection_figures": selection_figures,
         # The validation run's scores, so a new threshold or band rule can be checked without retraining.
-        "selection_scores": {"label": y_va.astype(int).tolist(), "shift_set": shift_set.astype(int).tolist(),
-                             "probability": [round(float(v), 6) for v in p_va],
-                             "shifted_shift_set": None if robustness is None else robustness["scores"]},
+        "selection_scores": {
+            "label": y_va.astype(int).tolist(),
+            "shift_set": shift_set.astype(int).tolist(),
+            "probability": [round(float(v), 6) for v in p_va],
+            "shifted_shift_set": None if robustness is None else robustness["scores"],
+        },
         "tta": tta,
         "teacher": None if cfg.teacher is None else {"file": str(cfg.teacher), "record": soft.record},
         "preprocessing": preprocessing.to_dict(),
@@ -191,17 +245,24 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             p_test = predict(final.model, test.x)
             tm = binary_report(test.y, p_test, threshold)
             tm["ece"] = expected_calibration_error(test.y, p_test)
-            tm["ece_calibrated"] = expected_calibration_error(test.y, apply_temperature(p_test, calibration["temperature"]))
+            tm["ece_calibrated"] = expected_calibration_error(
+                test.y, apply_temperature(p_test, calibration["temperature"])
+            )
             tm["band"] = band_report(test.y, p_test, threshold, calibration["rule_out"], calibration["rule_in"])
-            log(f"test ({tm['n']} images, threshold {tm['threshold']:.4f}): accuracy {tm['accuracy']:.4f}  "
+            log(
+                f"test ({tm['n']} images, threshold {tm['threshold']:.4f}): accuracy {tm['accuracy']:.4f}  "
                 f"AUC {tm['auc']:.4f}  sensitivity {tm['sensitivity']:.4f}  specificity {tm['specificity']:.4f}  "
-                f"ECE {tm['ece']:.3f} -> {tm['ece_calibrated']:.3f}  decided {tm['band']['decided_share']:.3f}")
+                f"ECE {tm['ece']:.3f} -> {tm['ece_calibrated']:.3f}  decided {tm['band']['decided_share']:.3f}"
+            )
             p_tta = predict(final.model, test.x, tta=True)
             tm["tta"] = binary_report(test.y, p_tta, tta["threshold"])
-            tm["tta"]["band"] = band_report(test.y, p_tta, tta["threshold"], tta["calibration"]["rule_out"],
-                                            tta["calibration"]["rule_in"])
-            log(f"test with flip TTA (threshold {tta['threshold']:.4f}): accuracy {tm['tta']['accuracy']:.4f}  "
-                f"AUC {tm['tta']['auc']:.4f}")
+            tm["tta"]["band"] = band_report(
+                test.y, p_tta, tta["threshold"], tta["calibration"]["rule_out"], tta["calibration"]["rule_in"]
+            )
+            log(
+                f"test with flip TTA (threshold {tta['threshold']:.4f}): accuracy {tm['tta']['accuracy']:.4f}  "
+                f"AUC {tm['tta']['auc']:.4f}"
+            )
             record["test"] = tm
             record["test_evaluations"] = _log_test_look(cfg.out, record, tm)
     record["seconds"] = round(time.time() - started, 1)
@@ -214,15 +275,18 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     return record
 
 
-def shift_robust_threshold(model, samples: list, y: np.ndarray, p: np.ndarray, preprocessing: Preprocessing,
-                           tolerance: float | str) -> dict:
+def shift_robust_threshold(
+    model, samples: list, y: np.ndarray, p: np.ndarray, preprocessing: Preprocessing, tolerance: float | str
+) -> dict:
     """The threshold among the equally good ones (within `tolerance` of the best balanced accuracy
     on these images) that best survives acquisition shifts of the same images (`shifts.SHIFTS`),
     beside the one the plain rule picks (nearest 0.5). The shifts stand in for the unseen scanner
     batch a deployed model meets; they are made from the validation images alone."""
-    from .shifts import shifted_sets
+    from edge_pneumo.training.shifts import shifted_sets
 
-    shifted = {name: predict(model, x) for name, x in shifted_sets([str(s.path) for s in samples], preprocessing).items()}
+    shifted = {
+        name: predict(model, x) for name, x in shifted_sets([str(s.path) for s in samples], preprocessing).items()
+    }
     robust = best_threshold(y, p, tolerance, shifted=list(shifted.values()))
     half = best_threshold(y, p, tolerance)
     # J of each shifted copy (rows) at the two thresholds (columns); balanced accuracy = (J + 1) / 2
@@ -245,14 +309,21 @@ def _split_seed(cfg: TrainConfig, soft) -> int:
     if soft is not None:
         split = soft.record.get("split") or {}
         teacher_seed = split.get("split_seed")
-        if teacher_seed is not None and abs(float(split.get("val_fraction", cfg.val_fraction)) - cfg.val_fraction) > 1e-9:
-            raise DatasetError(f"{cfg.teacher}: the teacher was fitted with --val-fraction {split['val_fraction']}; "
-                               f"train the student with the same (not {cfg.val_fraction})")
+        if (
+            teacher_seed is not None
+            and abs(float(split.get("val_fraction", cfg.val_fraction)) - cfg.val_fraction) > 1e-9
+        ):
+            raise DatasetError(
+                f"{cfg.teacher}: the teacher was fitted with --val-fraction {split['val_fraction']}; "
+                f"train the student with the same (not {cfg.val_fraction})"
+            )
     if cfg.split_seed is None:
         return int(teacher_seed) if teacher_seed is not None else cfg.seed
     if teacher_seed is not None and int(teacher_seed) != cfg.split_seed:
-        raise DatasetError(f"{cfg.teacher}: the teacher was fitted on the patient split of seed {teacher_seed}, which "
-                           f"overlaps this run's validation split (seed {cfg.split_seed}); use --split-seed {teacher_seed}")
+        raise DatasetError(
+            f"{cfg.teacher}: the teacher was fitted on the patient split of seed {teacher_seed}, which "
+            f"overlaps this run's validation split (seed {cfg.split_seed}); use --split-seed {teacher_seed}"
+        )
     return cfg.split_seed
 
 
@@ -263,21 +334,25 @@ def _calibration(y: np.ndarray, p: np.ndarray, shift_set: np.ndarray, threshold:
     rule_out, rule_in = band_thresholds(y[shift_set], p[shift_set], cfg.rule_out_sensitivity, cfg.rule_in_specificity)
     return {
         "temperature": temperature,
-        "rule_out": rule_out, "rule_in": rule_in,
-        "rule": (f"temperature: min NLL on the {len(y)} selection images; rule-out: sensitivity >= "
-                 f"{cfg.rule_out_sensitivity}, rule-in: specificity >= {cfg.rule_in_specificity} on the images the "
-                 "threshold was chosen on"),
+        "rule_out": rule_out,
+        "rule_in": rule_in,
+        "rule": (
+            f"temperature: min NLL on the {len(y)} selection images; rule-out: sensitivity >= "
+            f"{cfg.rule_out_sensitivity}, rule-in: specificity >= {cfg.rule_in_specificity} on the images the "
+            "threshold was chosen on"
+        ),
         "ece_selection": expected_calibration_error(y, p),
         "ece_selection_calibrated": expected_calibration_error(y, apply_temperature(p, temperature)),
         "band_selection": band_report(y[shift_set], p[shift_set], threshold, rule_out, rule_in),
     }
 
 
-def _tta_operating_point(y: np.ndarray, p: np.ndarray, shift_set: np.ndarray, plain_val: np.ndarray,
-                        cfg: TrainConfig) -> dict:
+def _tta_operating_point(
+    y: np.ndarray, p: np.ndarray, shift_set: np.ndarray, plain_val: np.ndarray, cfg: TrainConfig
+) -> dict:
     """Flip TTA's own threshold, temperature and band, by the same rules on the same validation
     images: averaged probabilities are less extreme, so the plain operating point does not fit them."""
-    from .. import tta as flip_tta
+    from edge_pneumo.device import tta as flip_tta
 
     threshold = best_threshold(y[shift_set], p[shift_set], cfg.recipe.threshold_tolerance)
     return {
@@ -285,18 +360,27 @@ def _tta_operating_point(y: np.ndarray, p: np.ndarray, shift_set: np.ndarray, pl
         "combine": flip_tta.DESCRIPTION,
         "threshold": threshold,
         "calibration": _calibration(y, p, shift_set, threshold, cfg),
-        "selection_figures": {"validation": binary_report(y[plain_val], p[plain_val], threshold),
-                              "shift_set": binary_report(y[shift_set], p[shift_set], threshold)},
+        "selection_figures": {
+            "validation": binary_report(y[plain_val], p[plain_val], threshold),
+            "shift_set": binary_report(y[shift_set], p[shift_set], threshold),
+        },
     }
 
 
 def _log_test_look(out: Path, record: dict, tm: dict) -> list[dict]:
     """Every look at the test split is logged, so the reported number says how often test was seen."""
     path = out / TEST_LOG
-    entry = {"created": record["created"], "command": record["command"], "seed": record["seed"],
-             "recipe": record["recipe"], "intensity": record["preprocessing"]["intensity"],
-             "teacher": (record.get("teacher") or {}).get("file"), "threshold": tm["threshold"],
-             "accuracy": tm["accuracy"], "auc": tm["auc"]}
+    entry = {
+        "created": record["created"],
+        "command": record["command"],
+        "seed": record["seed"],
+        "recipe": record["recipe"],
+        "intensity": record["preprocessing"]["intensity"],
+        "teacher": (record.get("teacher") or {}).get("file"),
+        "threshold": tm["threshold"],
+        "accuracy": tm["accuracy"],
+        "auc": tm["auc"],
+    }
     if "tta" in tm:
         entry.update(tta_threshold=tm["tta"]["threshold"], tta_accuracy=tm["tta"]["accuracy"], tta_auc=tm["tta"]["auc"])
     with path.open("a") as f:

@@ -1,0 +1,787 @@
+"""`edge-pneumo`: train -> export -> compare -> infer.
+
+Thin commands: options are declared here, the work is imported inside each command so
+`edge-pneumo --help` and `infer` start fast and never import TensorFlow. Known failures
+become one line and an exit code; EDGE_PNEUMO_DEBUG=1 shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edge_pneumo.errors import EXIT_FAILED, EXIT_OK, EdgePneumoError, report
+
+app = typer.Typer(
+    name="edge-pneumo",
+    help="Pneumonia screening on chest X-rays for CPU-only edge devices.\n\n"
+    "Workflow: train -> export -> compare -> infer. `verify` checks a device after install.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data",
+        help="The chest_xray folder (with train/ and test/), e.g. ../shared/data/chest_xray.",
+        envvar="EDGE_PNEUMO_DATA",
+    ),
+]
+TtaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tta",
+        help="Flip test-time augmentation: average the image and its mirror image (twice the model time; its own threshold, chosen on validation).",
+    ),
+]
+
+
+def handle_errors(fn):
+    """Known errors -> one line on stderr and the error's exit code; no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (EdgePneumoError, KeyboardInterrupt) as e:
+            raise typer.Exit(report(e)) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=lambda v: _print_version(v)
+        ),
+    ] = False,
+) -> None:
+    """Options shared by every command."""
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from edge_pneumo import __version__
+
+        print(__version__)
+        raise typer.Exit(EXIT_OK)
+
+
+def _tolerance(text: str) -> float | str:
+    """--threshold-tolerance text -> 'se' or a number (`Recipe` checks the range)."""
+    from edge_pneumo.lab.metrics import ONE_SE
+
+    if text.strip().lower() == ONE_SE:
+        return ONE_SE
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--threshold-tolerance must be a number or 'se', not {text!r}") from None
+
+
+@app.command()
+@handle_errors
+def train(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="Where to write the model and its run record.")] = Path("exported"),
+    epochs: Annotated[
+        int,
+        typer.Option(
+            help="Most epochs of the validation run (cosine decay over them); the epoch with the best validation AUC is kept. 50 is the shipped recipe (rounds 5-11: longer schedules ranked better on validation).",
+            min=1,
+        ),
+    ] = 50,
+    patience: Annotated[
+        int,
+        typer.Option(
+            help="Stop the validation run after this many epochs without a better validation AUC. The shipped recipe runs the whole cosine schedule (50 = --epochs; rounds 10-11).",
+            min=1,
+        ),
+    ] = 50,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed for the weights, shuffling and augmentation (and the split, unless --split-seed or --teacher says otherwise)."
+        ),
+    ] = 0,
+    split_seed: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Seed of the patient-wise validation split. Default: the teacher's (with --teacher), else --seed.",
+            show_default=False,
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of train/ patients held out for validation.", min=0.01, max=0.9)
+    ] = 0.15,
+    class_weight: Annotated[bool, typer.Option(help="Weight classes to balance the 3:1 PNEUMONIA imbalance.")] = True,
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="'seed' (flip, zoom 0.2, shear 0.2), 'strong' (+ rotation, brightness, contrast), 'robust' (+ translation), 'photometric' (+ gamma, blur) or 'aspect' (+ horizontal-only zoom)."
+        ),
+    ] = "strong",
+    label_smoothing: Annotated[
+        float, typer.Option(help="Label smoothing of the cross-entropy targets (0 = off).", min=0.0, max=0.49)
+    ] = 0.0,
+    intensity: Annotated[
+        str,
+        typer.Option(
+            help="Intensity normalisation in the shared preprocessing: 'clahe' (local), 'equalize' (global) or 'none'."
+        ),
+    ] = "clahe",
+    refit: Annotated[
+        bool,
+        typer.Option(
+            help="Refit on all of train/ for the chosen number of epochs. Off in the shipped recipe (rounds 8-11): the validation-run model ships, so its threshold and band are chosen on the very model that runs, and the refit's time goes to epochs."
+        ),
+    ] = False,
+    teacher: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Soft labels from `edge-pneumo teacher` (distillation; the student stays the seed CNN).",
+            show_default=False,
+        ),
+    ] = None,
+    distill_alpha: Annotated[
+        float,
+        typer.Option(
+            help="With --teacher: target = alpha x label + (1 - alpha) x teacher probability.", min=0.0, max=1.0
+        ),
+    ] = 0.5,
+    teacher_temperature: Annotated[
+        float,
+        typer.Option(
+            help="With --teacher: soften the teacher's probabilities first, sigmoid(logit(p) / T) (1 = as they are).",
+            min=0.05,
+        ),
+    ] = 1.0,
+    threshold_tolerance: Annotated[
+        str,
+        typer.Option(
+            help="Balanced-accuracy slack of the threshold choice (the threshold nearest 0.5 within it wins): a number, or 'se' for one standard error of the maximum (the shipped recipe, round 7)."
+        ),
+    ] = "se",
+    threshold_family: Annotated[
+        str,
+        typer.Option(
+            help="The harder acquisition batch of validation normals the threshold and rule-in are chosen on, with validation pneumonia ('none': all of validation)."
+        ),
+    ] = "NORMAL2",
+    threshold_tiebreak: Annotated[
+        str,
+        typer.Option(
+            help="Among thresholds equally good by --threshold-tolerance: 'half' (the one nearest 0.5) or 'shifts' (the best mean balanced accuracy over the same validation images under 11 acquisition shifts: exposure, blur, noise, JPEG, crop, border, aspect; the shipped recipe, rounds 10-11)."
+        ),
+    ] = "shifts",
+    holdout_family: Annotated[
+        str,
+        typer.Option(help="Experimental: hold this batch out of the validation run's fitting entirely ('none': off)."),
+    ] = "none",
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them) instead of stopping.")
+    ] = False,
+) -> None:
+    """Train the seed CNN: epochs and threshold chosen on a patient-wise validation split, then test."""
+    from edge_pneumo.device.preprocess import Preprocessing
+    from edge_pneumo.training.fit import Recipe
+    from edge_pneumo.training.train import TrainConfig, run_training
+
+    try:
+        recipe = Recipe(
+            max_epochs=epochs,
+            patience=patience,
+            class_weight=class_weight,
+            augment=augment,
+            label_smoothing=label_smoothing,
+            distill_alpha=distill_alpha if teacher is not None else 1.0,
+            teacher_temperature=teacher_temperature if teacher is not None else 1.0,
+            threshold_tolerance=_tolerance(threshold_tolerance),
+        )
+        Preprocessing(intensity=intensity)  # checks the name
+        cfg = TrainConfig(
+            data=data,
+            out=out,
+            seed=seed,
+            split_seed=split_seed,
+            val_fraction=val_fraction,
+            refit_full=refit,
+            skip_bad=skip_bad,
+            intensity=intensity,
+            recipe=recipe,
+            teacher=teacher,
+            holdout_family=None if holdout_family.lower() == "none" else holdout_family,
+            threshold_family=None if threshold_family.lower() == "none" else threshold_family,
+            threshold_tiebreak=threshold_tiebreak.lower(),
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    run_training(cfg, log=lambda m: print(m, flush=True))
+
+
+@app.command()
+@handle_errors
+def teacher(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="The soft-label file to write (JSON, with the teacher's record).")] = Path(
+        "exported/teacher_soft_labels.json"
+    ),
+    seeds: Annotated[
+        list[int], typer.Option("--seed", help="One teacher per seed (repeatable); their probabilities are averaged.")
+    ] = [0],
+    size: Annotated[
+        int, typer.Option(help="The teacher's input size in pixels (the student stays at 64).", min=32)
+    ] = 128,
+    width: Annotated[
+        int, typer.Option(help="Channels of the teacher's first stage (ResNet-18 shape: x1, x2, x4, x8).", min=8)
+    ] = 32,
+    epochs: Annotated[
+        int, typer.Option(help="Most epochs per teacher; the best by selection AUC is kept.", min=1)
+    ] = 14,
+    holdout_family: Annotated[
+        str, typer.Option(help="Acquisition batch held out of fitting for selection ('none' for plain validation).")
+    ] = "NORMAL2",
+    save_models: Annotated[
+        bool, typer.Option("--save-models", help="Also save each teacher as .keras beside the file.")
+    ] = False,
+    folds: Annotated[
+        int,
+        typer.Option(
+            help="k > 1: out-of-fold soft labels (k teachers per seed, each labels the patients it did not fit).", min=1
+        ),
+    ] = 1,
+) -> None:
+    """Train a larger CNN (from scratch, no downloads) once and save its soft labels for `train --teacher`."""
+    from dataclasses import replace
+
+    from edge_pneumo.training.teacher import TEACHER_RECIPE, TeacherConfig, run_teacher
+
+    cfg = TeacherConfig(
+        data=data,
+        out=out,
+        seeds=tuple(seeds),
+        size=size,
+        width=width,
+        holdout_family=None if holdout_family.lower() == "none" else holdout_family,
+        recipe=replace(TEACHER_RECIPE, max_epochs=epochs),
+        save_models=save_models,
+        folds=folds,
+    )
+    run_teacher(cfg, log=lambda m: print(m, flush=True))
+
+
+@app.command("merge-teachers")
+@handle_errors
+def merge_teachers(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Two or more soft-label files from `edge-pneumo teacher`, made on the same split.", show_default=False
+        ),
+    ],
+    data: DataOpt,
+    out: Annotated[
+        Path, typer.Option(help="The merged soft-label file to write (for `train --teacher`).", show_default=False)
+    ],
+) -> None:
+    """Average several teachers' soft labels into one ensemble teacher file (each member's record kept)."""
+    from edge_pneumo.training.teacher import merge_soft_labels
+
+    merge_soft_labels(files, data, out, log=lambda m: print(m, flush=True))
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    model: Annotated[
+        Path,
+        typer.Option(help="A .keras model (needs the train extra), an .onnx/.tflite artifact, or an exported/ folder."),
+    ] = Path("exported"),
+    data: Annotated[
+        Path, typer.Option(help="Labelled images: DIR/test or DIR/{NORMAL,PNEUMONIA}.", envvar="EDGE_PNEUMO_DATA")
+    ] = Path("../shared/data/chest_xray/test"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them).")] = False,
+    threshold: Annotated[Optional[float], typer.Option(help="Override the model's decision threshold.")] = None,
+) -> None:
+    """Accuracy, ROC AUC, sensitivity, specificity, precision, F1 and confusion matrix at the model's threshold."""
+    from edge_pneumo import jsonout
+    from edge_pneumo.lab.evaluate import evaluate as score
+    from edge_pneumo.lab.evaluate import format_report, load_labelled
+
+    if model.suffix == ".keras":
+        from edge_pneumo.training.fit import predict
+        from edge_pneumo.training.keras_io import load_keras
+
+        km = load_keras(model)
+        predict_fn, pre, thr, name = (lambda x: predict(km.model, x)), km.preprocessing, km.threshold, str(model)
+    else:
+        from edge_pneumo.device.classifier import Classifier
+
+        clf = Classifier.load(model)
+        predict_fn, pre, thr, name = (
+            clf.predict_array,
+            clf.preprocessing,
+            clf.threshold,
+            str(clf.entry.path(clf.manifest.folder)),
+        )
+    images = load_labelled(data, pre, skip_bad=skip_bad)
+    report = score(predict_fn, images, thr if threshold is None else threshold)
+    report["model"] = name
+    report["data"] = str(data)
+    if json_out:
+        print(jsonout.dumps(report))
+    else:
+        print(format_report(report, f"{name} on {data}"))
+
+
+@app.command()
+@handle_errors
+def export(
+    model: Annotated[
+        Path, typer.Option(help="The float Keras model to export (its .record.json must be beside it).")
+    ] = Path("exported/pneumonia_cnn.keras"),
+    data: DataOpt = Path("../shared/data/chest_xray"),
+    out: Annotated[Path, typer.Option(help="Folder for the artifacts and manifest.json.")] = Path("exported"),
+    formats: Annotated[
+        list[str],
+        typer.Option(
+            "--formats",
+            help="Format names or presets, comma separated: 'all', 'device' (float32 ONNX, int8 ONNX, int8 TFLite) or any of the names `edge-pneumo formats` lists.",
+        ),
+    ] = ["all"],
+    calibration_images: Annotated[
+        int, typer.Option(help="Training images for int8 calibration (stratified).", min=1)
+    ] = 300,
+    validation_images: Annotated[int, typer.Option(help="Held-out images each artifact is checked on.", min=1)] = 400,
+    budget_scale: Annotated[
+        float, typer.Option(help="Multiply every budget's tolerance (below 1 tightens).", min=0.0)
+    ] = 1.0,
+) -> None:
+    """Export to TFLite and ONNX (float and int8), validate each against the float model, write manifest.json."""
+    from edge_pneumo.device.artifact_formats import resolve_formats
+
+    try:
+        fmts = tuple(resolve_formats(formats))
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--formats") from None
+    from edge_pneumo.training.export import ExportConfig, export_all
+    from edge_pneumo.training.keras_io import load_keras
+
+    km = load_keras(model)
+    split = km.record.get("split", {})
+    seed = int(split.get("split_seed", km.record.get("seed", 0)))  # the training run's own patient split
+    val_fraction = float(split.get("val_fraction", 0.15))
+    cfg = ExportConfig(
+        data=data,
+        out=out,
+        formats=fmts,
+        calibration_images=calibration_images,
+        validation_images=validation_images,
+        seed=seed,
+        val_fraction=val_fraction,
+        budget_scale=budget_scale,
+    )
+    manifest = export_all(km, cfg, log=lambda m: print(m, flush=True))
+    print(f"wrote {len(manifest['artifacts'])} artifacts and {out / 'manifest.json'}")
+
+
+@app.command("formats")
+def list_formats() -> None:
+    """List the export formats and their validation budgets."""
+    from edge_pneumo.device.artifact_formats import FORMATS
+
+    for f in FORMATS.values():
+        b = (
+            f"max|dp| <= {f.budget.max_abs_dp:g}"
+            if f.budget.max_abs_dp is not None
+            else f"agreement >= {100 * f.budget.min_agreement:g}%"
+        )
+        print(f"{f.name:<20} {f.runtime:<7} {f.precision:<13} {f.file:<32} {b}{'  (device)' if f.device else ''}")
+
+
+@app.command()
+@handle_errors
+def infer(
+    paths: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="Image files; '-' reads paths from standard input.", show_default=False),
+    ] = None,
+    image: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--image", "-i", help="An image file (repeatable); '-' reads paths from standard input.", show_default=False
+        ),
+    ] = None,
+    directory: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--dir", "-d", help="Classify every image file under this folder (recursive).", show_default=False
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model",
+            "-m",
+            help="An .onnx/.tflite artifact or an exported/ folder. Default: the shipped int8 ONNX.",
+            show_default=False,
+        ),
+    ] = None,
+    artifact: Annotated[
+        Optional[str],
+        typer.Option(
+            help="With a folder: the manifest's artifact name, e.g. tflite_int8. Default: this device's fastest (see verify).",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text, json (JSON lines) or csv.")] = "text",
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", "-o", help="Write results to this file instead of standard output.", show_default=False
+        ),
+    ] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(help="CPU threads for the model and decoding (default: all cores).", min=1, show_default=False),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per model call in folder runs.", min=1)] = 32,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Run an artifact whose sha256 does not match its manifest.")
+    ] = False,
+    no_guard: Annotated[
+        bool,
+        typer.Option(
+            "--no-guard",
+            help="Turn the input guard off, on purpose: every image is classified, even a blank page (each result says so).",
+        ),
+    ] = False,
+    heatmap: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--heatmap", help="Write a Grad-CAM overlay PNG per classified image into this folder.", show_default=False
+        ),
+    ] = None,
+    tta: TtaOpt = False,
+) -> None:
+    """Classify X-rays as NORMAL or PNEUMONIA with onnxruntime or LiteRT (no TensorFlow).
+
+    Each result has a status: classified (label, calibrated probability, confidence: confident or
+    indeterminate), rejected (the input guard says it is not a frontal chest X-ray, and why) or
+    failed (unreadable file). Exit code 0: every image classified or rejected; 1: some images
+    failed (the others have results); 3: nothing could run (bad model, no images).
+    """
+    from edge_pneumo.apps.infer import FORMATS, run_infer
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter("choose text, json or csv", param_hint="--format")
+    code = run_infer(
+        [*(paths or []), *(image or [])],
+        directory,
+        model,
+        artifact,
+        fmt,
+        output,
+        threads,
+        batch_size,
+        not no_verify,
+        guard=not no_guard,
+        heatmap=heatmap,
+        tta=tta,
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.", min=1, max=65535)] = 8000,
+    token_file: Annotated[
+        Optional[Path],
+        typer.Option(help="A file holding the access token (or set EDGE_PNEUMO_TOKEN).", show_default=False),
+    ] = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model", "-m", help="An exported/ folder or artifact. Default: the shipped model.", show_default=False
+        ),
+    ] = None,
+    artifact: Annotated[
+        Optional[str],
+        typer.Option(help="The manifest's artifact name. Default: this device's fastest.", show_default=False),
+    ] = None,
+    max_upload_mb: Annotated[
+        float, typer.Option(help="Uploads above this size get 413 without being read.", min=0.01)
+    ] = 32.0,
+    queue: Annotated[int, typer.Option(help="Requests in flight at most; more get 503 with Retry-After.", min=1)] = 8,
+    dicom_port: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Also run a DICOM C-STORE node on this port (CR/DX storage).", min=1, max=65535, show_default=False
+        ),
+    ] = None,
+    ae_title: Annotated[str, typer.Option(help="The DICOM node's own AE title.")] = "EDGEPNEUMO",
+    allow_aet: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--allow-aet",
+            help="A calling AE title allowed to send (repeatable); others are refused.",
+            show_default=False,
+        ),
+    ] = None,
+    results: Annotated[
+        Path, typer.Option(help="The DICOM node's results: JSON lines with the SOPInstanceUID, each image once.")
+    ] = Path("dicom_results.jsonl"),
+    tta: TtaOpt = False,
+) -> None:
+    """Serve a LAN page and JSON API (and optionally a DICOM node) for a clinic appliance.
+
+    GET / (a page for people), GET /healthz, GET /api/v1/info, POST /api/v1/classify (multipart
+    field 'file'; ?heatmap=1 adds the Grad-CAM overlay). Results are a screening aid, unverified
+    by a radiologist. Nothing uploaded is written to disk.
+    """
+    from edge_pneumo.apps.serve import check_exposure, read_token, run_server
+    from edge_pneumo.decoders.stderr_capture import protect_python_stderr
+    from edge_pneumo.device.classifier import Classifier
+
+    protect_python_stderr()
+    token = read_token(token_file)
+    check_exposure(host, token)
+    clf = Classifier.load(model, artifact=artifact, tta=tta)
+    node = None
+    if dicom_port is not None:
+        from edge_pneumo.apps.dicom_node import DicomNode
+        from edge_pneumo.apps.ledger import ResultSink
+
+        if not allow_aet:
+            raise typer.BadParameter(
+                "name at least one sender with --allow-aet (e.g. --allow-aet XRAY01)", param_hint="--allow-aet"
+            )
+        node = DicomNode(clf, ResultSink(results, key_field="sop_instance_uid"), dicom_port, ae_title, allow_aet)
+    run_server(clf, host, port, token, max_upload_mb, queue, node)
+
+
+@app.command()
+@handle_errors
+def watch(
+    folder: Annotated[
+        Path, typer.Argument(help="The folder to watch (recursive); images already there are classified first.")
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Results, one JSON line per image (appended; each image exactly once)."),
+    ] = Path("results.jsonl"),
+    model: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model", "-m", help="An exported/ folder or artifact. Default: the shipped model.", show_default=False
+        ),
+    ] = None,
+    artifact: Annotated[
+        Optional[str],
+        typer.Option(help="The manifest's artifact name. Default: this device's fastest.", show_default=False),
+    ] = None,
+    poll: Annotated[
+        bool,
+        typer.Option("--poll", help="Poll the folder instead of inotify (network shares: SMB/NFS send no events)."),
+    ] = False,
+    move_done: Annotated[
+        Optional[Path],
+        typer.Option("--move-done", help="Move each image here once its result is recorded.", show_default=False),
+    ] = None,
+    ledger: Annotated[
+        Optional[Path], typer.Option(help="The SQLite ledger (default: OUTPUT.ledger.sqlite).", show_default=False)
+    ] = None,
+    stable_seconds: Annotated[
+        float, typer.Option(help="A file is read once its size and mtime have not changed for this long.", min=0.0)
+    ] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Classify what is there now, then exit (for cron).")] = False,
+    no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose.")] = False,
+    tta: TtaOpt = False,
+) -> None:
+    """Classify every image in a folder, then each new one as it arrives: nothing lost, nothing twice.
+
+    A SQLite ledger keyed by each file's content hash makes results survive kill -9 and restart.
+    """
+    import signal
+
+    from edge_pneumo.apps.ledger import ResultSink
+    from edge_pneumo.apps.watch import Watcher
+    from edge_pneumo.decoders.stderr_capture import protect_python_stderr
+    from edge_pneumo.device.classifier import Classifier
+
+    protect_python_stderr()
+    if not folder.is_dir():
+        raise EdgePneumoError(f"{folder}: no such folder to watch")
+    clf = Classifier.load(model, artifact=artifact, guard=not no_guard, tta=tta)
+    sink = ResultSink(output, ledger)
+    w = Watcher(
+        clf,
+        folder,
+        sink,
+        poll=poll,
+        move_done=move_done,
+        stable_seconds=stable_seconds,
+        log=lambda m: print(m, flush=True),
+    )
+    signal.signal(signal.SIGTERM, lambda *_: w.stop())
+    try:
+        counts = w.run(once=once)
+    except KeyboardInterrupt:
+        counts = w.counts
+    finally:
+        sink.close()
+    print(
+        f"{counts['classified']} classified, {counts['rejected']} rejected, {counts['failed']} failed, "
+        f"{counts['already']} already recorded; results in {output}",
+        flush=True,
+    )
+
+
+@app.command()
+@handle_errors
+def batch(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A folder (recursive), a text file listing paths/URLs, or an fsspec URL (s3://bucket/prefix, file:///data/*.dcm)."
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="results.jsonl, results.csv or results.parquet (infer's rows).")
+    ],
+    cluster: Annotated[
+        str,
+        typer.Option(
+            help="local (all cores), local:N (an embedded cluster of N processes) or a scheduler address tcp://HOST:8786."
+        ),
+    ] = "local",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep the results already in OUTPUT and classify only the rest.")
+    ] = False,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="An exported/ folder readable by every worker. Default: the model inside the package.",
+            show_default=False,
+        ),
+    ] = None,
+    artifact: Annotated[
+        Optional[str],
+        typer.Option(help="The manifest's artifact name. Default: each worker's fastest.", show_default=False),
+    ] = None,
+    partition_size: Annotated[int, typer.Option(help="Inputs per Dask task.", min=1)] = 128,
+    no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose.")] = False,
+    tta: TtaOpt = False,
+) -> None:
+    """Score a whole archive on a Dask cluster: the same rows as infer, streamed, resumable, each input once."""
+    import sys
+
+    from edge_pneumo.apps.batch import run_batch
+    from edge_pneumo.decoders.stderr_capture import protect_python_stderr
+
+    protect_python_stderr()
+    bar = None
+    if sys.stderr.isatty():
+        bar = typer.progressbar(length=1, label="classifying", file=sys.stderr)
+        bar.__enter__()
+
+    def progress(done, total):
+        if bar is not None:
+            bar.length = total
+            bar.update(done - bar.pos)
+
+    try:
+        summary = run_batch(
+            source,
+            output,
+            cluster,
+            resume,
+            model,
+            artifact,
+            partition_size,
+            not no_guard,
+            progress,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+            tta=tta,
+        )
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    rate = f" ({summary['images_per_s']:.0f} images/s once the cluster was up)" if summary["images_per_s"] else ""
+    print(
+        f"{summary['classified']} classified, {summary['rejected']} rejected, {summary['failed']} failed, "
+        f"{summary['skipped']} already done{rate}; results in {output}",
+        file=sys.stderr,
+    )
+    raise typer.Exit(1 if summary["failed"] else 0)
+
+
+@app.command()
+@handle_errors
+def verify(
+    folder: Annotated[
+        Optional[Path], typer.Argument(help="The exported/ folder. Default: the shipped one.", show_default=False)
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    runs: Annotated[int, typer.Option(help="Timed runs per artifact for the latency figure.", min=1)] = 20,
+    no_profile: Annotated[
+        bool, typer.Option("--no-profile", help="Do not record the fastest artifact in this device's profile.")
+    ] = False,
+) -> None:
+    """Device self-check: hashes, loading, agreement on fixed inputs, the guard's parameters, and a device report.
+
+    Records the fastest artifact on this device in its profile (~/.config/edge-pneumo/device_profile.json,
+    or $EDGE_PNEUMO_PROFILE); infer and serve then use it by default. No dataset needed.
+    """
+    from edge_pneumo import jsonout
+    from edge_pneumo.apps.verify import format_verify_report, verify_folder
+
+    report = verify_folder(folder, runs=runs, write_profile=not no_profile)
+    print(jsonout.dumps(report, indent=2) if json_out else format_verify_report(report))
+    raise typer.Exit(EXIT_OK if report["passed"] else EXIT_FAILED)
+
+
+@app.command()
+@handle_errors
+def compare(
+    data: Annotated[
+        Path, typer.Option(help="Labelled images: DIR/test or DIR/{NORMAL,PNEUMONIA}.", envvar="EDGE_PNEUMO_DATA")
+    ] = Path("../shared/data/chest_xray/test"),
+    models: Annotated[Path, typer.Option(help="The exported/ folder whose artifacts to compare.")] = Path("exported"),
+    out: Annotated[Path, typer.Option(help="Folder for REPORT.md, report.json and report.png.")] = Path("reports"),
+    keras_model: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--keras-model",
+            help="The float Keras reference (default: the manifest's source model, if TensorFlow is installed).",
+            show_default=False,
+        ),
+    ] = None,
+    threads: Annotated[
+        int, typer.Option(help="Threads per artifact for latency (fixed for a fair comparison).", min=1)
+    ] = 1,
+    latency_runs: Annotated[int, typer.Option(help="Timed batch-1 runs per artifact.", min=5)] = 50,
+    no_figure: Annotated[bool, typer.Option("--no-figure", help="Skip the PNG figure (needs matplotlib).")] = False,
+) -> None:
+    """Compare every artifact with the float model: accuracy, AUC, agreement, size, latency, memory."""
+    from edge_pneumo.lab.compare import run_compare
+
+    code = run_compare(data, models, out, keras_model, threads, latency_runs, not no_figure)
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,279 @@
+"""`edge-pneumo serve`: a small LAN appliance: a page for people, a JSON API, a health check.
+
+Safety first, because it listens on a clinic's network:
+- 127.0.0.1 by default; any other address refuses to start without a token
+  (EDGE_PNEUMO_TOKEN or --token-file), compared in constant time;
+- uploads over the limit get 413 from their Content-Length, before the body is read, or as
+  soon as a streamed body passes the limit;
+- a bounded queue: when every slot is taken, 503 with Retry-After;
+- the upload is parsed in memory (never spooled to a temporary file, as Starlette's form
+  parser does above 1 MB); nothing is written to disk;
+- logs carry only a content hash, the status, label, score and timing: no file names, no
+  DICOM patient tags; uvicorn's access log is off;
+- every failure is a JSON error; no request can take the server down.
+The rows are exactly `infer --format json` rows (result.Result.to_dict()).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from email.parser import BytesParser
+from email.policy import HTTP
+from pathlib import Path
+
+from edge_pneumo.errors import EdgePneumoError, MissingRuntimeError
+
+TOKEN_ENV = "EDGE_PNEUMO_TOKEN"
+DEFAULT_MAX_UPLOAD_MB = 32
+LOG = logging.getLogger("edge_pneumo.apps.serve")
+PAGE = Path(__file__).with_name("serve_page.html")
+
+
+class ServeConfigError(EdgePneumoError):
+    exit_code = 2
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(token_file: Path | None) -> str | None:
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as e:
+            raise ServeConfigError(f"{token_file}: cannot read the token file ({e.strerror or e})") from None
+        if len(token) < 16:
+            raise ServeConfigError(
+                f"{token_file}: the token is shorter than 16 characters; use a long random one "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    return token or None
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    if not is_loopback(host) and not token:
+        raise ServeConfigError(
+            f"refusing to listen on {host} without a token: anyone on the network could use it. Set {TOKEN_ENV} "
+            "or pass --token-file FILE (or keep the default --host 127.0.0.1)"
+        )
+
+
+def parse_upload(body: bytes, content_type: str, field: str = "file") -> bytes | None:
+    """The bytes of one multipart/form-data field, parsed in memory (stdlib email parser)."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    msg = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not msg.is_multipart():
+        return None
+    for part in msg.iter_parts():
+        if part.get_param("name", header="content-disposition") == field:
+            return part.get_payload(decode=True) or b""
+    return None
+
+
+class Slots:
+    """A bounded count of requests in flight (waiting or running)."""
+
+    def __init__(self, size: int):
+        self.size, self.used = size, 0
+
+    def take(self) -> bool:
+        if self.used >= self.size:
+            return False
+        self.used += 1
+        return True
+
+    def give(self) -> None:
+        self.used -= 1
+
+
+def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD_MB << 20, queue: int = 8):
+    try:
+        from starlette.applications import Starlette
+        from starlette.responses import HTMLResponse, JSONResponse
+        from starlette.routing import Route
+    except ImportError:
+        raise MissingRuntimeError("serve needs Starlette and uvicorn: pip install 'edge-pneumo[serve]'") from None
+    from edge_pneumo import jsonout
+
+    model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")  # LiteRT interpreters are not thread-safe
+    slots = Slots(queue)
+
+    class JSON(JSONResponse):
+        def render(self, content) -> bytes:
+            return jsonout.dumps(content).encode("utf-8")
+
+    def authorised(request) -> bool:
+        if token is None:
+            return True
+        got = request.headers.get("authorization", "")
+        scheme, _, value = got.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+    def denied():
+        return JSON(
+            {"error": "missing or wrong token: send Authorization: Bearer TOKEN"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    async def healthz(request):
+        return JSON({"status": "ok", "model_version": clf.model_version})
+
+    async def info(request):
+        if not authorised(request):
+            return denied()
+        m = clf.manifest
+        cal = clf.calibration
+        return JSON(
+            {
+                "model_version": clf.model_version,
+                "artifact": clf.entry.name,
+                "file": clf.entry.file,
+                "sha256": clf.entry.sha256,
+                "runtime": clf.entry.runtime,
+                "precision": clf.entry.precision,
+                "class_names": list(clf.class_names),
+                "tta": "flip" if clf.tta else None,
+                "threshold": {"raw": cal.threshold, "calibrated": cal.calibrate(cal.threshold)},
+                "calibration": {"temperature": cal.temperature, "rule_out": cal.rule_out, "rule_in": cal.rule_in},
+                "guard": None
+                if clf.guard is None
+                else {
+                    "dicom_rules": m.raw["guard"]["rules"],
+                    "pixels": {k: v for k, v in m.raw["guard"]["pixels"].items() if k != "train_range"},
+                    "layout": m.raw["guard"]["layout"],
+                    "features": m.raw["guard"]["features"].get(clf.entry.name),
+                },
+                "limits": {"max_upload_bytes": max_upload, "queue": queue},
+                "notice": "screening aid only: results are not verified by a radiologist",
+            }
+        )
+
+    async def classify(request):
+        if not authorised(request):
+            return denied()
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                if int(length) > max_upload:
+                    return JSON({"error": f"upload larger than {max_upload} bytes"}, status_code=413)
+            except ValueError:
+                return JSON({"error": "bad Content-Length"}, status_code=400)
+        ctype = request.headers.get("content-type", "")
+        if not ctype.lower().startswith("multipart/form-data"):
+            return JSON({"error": "send the image as multipart/form-data, field 'file'"}, status_code=415)
+        if not slots.take():
+            return JSON(
+                {"error": "busy: every slot of the queue is taken; retry shortly"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        try:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_upload:
+                    return JSON({"error": f"upload larger than {max_upload} bytes"}, status_code=413)
+            data = parse_upload(bytes(body), ctype)
+            del body
+            if data is None:
+                return JSON({"error": "no 'file' field in the upload"}, status_code=400)
+            want_map = request.query_params.get("heatmap", "").lower() in ("1", "true", "yes")
+            t0 = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            r = await loop.run_in_executor(model, lambda: clf.explain(data) if want_map else clf.predict_bytes(data))
+            row = r.to_dict()
+            row["path"] = None  # an upload has no path; its content hash names it
+            if want_map and r.heatmap is not None:
+                row["heatmap_png"] = await loop.run_in_executor(model, _overlay_png, data, r)
+            LOG.info(
+                "classify sha256=%s status=%s label=%s p=%s ms=%.1f",
+                (r.content_sha256 or "")[:16],
+                r.status,
+                r.label,
+                None if r.probability is None else round(r.probability, 4),
+                1000 * (time.perf_counter() - t0),
+            )
+            if r.status == "failed":
+                return JSON({"error": r.reason, **row}, status_code=422)
+            return JSON(row)
+        finally:
+            slots.give()
+
+    async def page(request):
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    async def crash(request, exc):
+        LOG.error("internal error: %s", type(exc).__name__)
+        return JSON({"error": f"internal error ({type(exc).__name__}); the server is still running"}, status_code=500)
+
+    app = Starlette(
+        routes=[
+            Route("/", page),
+            Route("/healthz", healthz),
+            Route("/api/v1/info", info),
+            Route("/api/v1/classify", classify, methods=["POST"]),
+        ],
+        exception_handlers={Exception: crash},
+    )
+    return app
+
+
+def _overlay_png(data: bytes, r) -> str:
+    """The upload with its heatmap over it, at most 1024 px a side, as a PNG data URL."""
+    import cv2
+
+    from edge_pneumo.decoders.decode import decode_bytes
+    from edge_pneumo.device.explain import result_overlay
+
+    grey = decode_bytes(data, "upload").pixels
+    scale = 1024 / max(grey.shape)
+    if scale < 1:
+        grey = cv2.resize(grey, (int(grey.shape[1] * scale), int(grey.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    ok, png = cv2.imencode(".png", result_overlay(grey, r))
+    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
+
+
+def run_server(clf, host: str, port: int, token: str | None, max_upload_mb: float, queue: int, dicom=None) -> None:
+    """Start the DICOM node (if asked) and the HTTP server; block until stopped."""
+    check_exposure(host, token)
+    try:
+        import uvicorn
+    except ImportError:
+        raise MissingRuntimeError("serve needs Starlette and uvicorn: pip install 'edge-pneumo[serve]'") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    app = create_app(clf, token, int(max_upload_mb * (1 << 20)), queue)
+    node = None
+    if dicom is not None:
+        node = dicom.start()
+        LOG.info(
+            "DICOM node %s listening on port %d (allowed: %s)", dicom.ae_title, dicom.port, ", ".join(dicom.allowed)
+        )
+    LOG.info(
+        "serving %s (%s) on http://%s:%d%s",
+        clf.model_version,
+        clf.entry.name,
+        host,
+        port,
+        "" if token is None else " (token required)",
+    )
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        if node is not None:
+            dicom.stop()

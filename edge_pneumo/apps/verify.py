@@ -1,0 +1,221 @@
+"""`edge-pneumo verify`: the self-check a user runs right after installing on a device.
+
+No dataset needed: a fixed set of synthetic inputs, generated the same way on every
+machine, goes through every artifact. Each artifact must reproduce the outputs recorded
+for it at export time (so a broken runtime build shows up), and agree with the float32
+reference within the manifest's budgets.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_pneumo.device.manifest import Manifest, default_model_folder, load_manifest
+from edge_pneumo.device.probe_inputs import VERIFY_IMAGES, VERIFY_SEED, verify_inputs  # noqa: F401
+from edge_pneumo.device.runtime import open_backend
+from edge_pneumo.errors import EdgePneumoError, MissingRuntimeError
+from edge_pneumo.lab.metrics import agreement_stats
+
+# How far an artifact may drift from the outputs recorded at export, on another CPU/runtime build.
+REPRODUCE_TOLERANCE = {"float32": 1e-4, "float16": 1e-3, "dynamic_int8": 2 / 255, "int8": 2 / 255}
+GUARD_TOLERANCE = 0.05  # relative drift of the guard's feature distances from export
+
+
+def reference_artifact(manifest: Manifest) -> str | None:
+    """The float32 artifact others are compared with (ONNX first: its runtime is in the base install)."""
+    for runtime in ("onnx", "tflite"):
+        for name, e in manifest.artifacts.items():
+            if e.precision == "float32" and e.runtime == runtime:
+                return name
+    return None
+
+
+def device_info() -> dict:
+    info = {
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "cores": os.cpu_count(),
+        "cpu": _cpu_name(),
+    }
+    versions = {}
+    for mod in ("numpy", "cv2", "onnxruntime", "ai_edge_litert"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = None
+        except AttributeError:
+            versions[mod] = "installed"
+    info["versions"] = versions
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or "unknown"
+    for key in ("model name", "Model", "Hardware", "CPU part"):
+        for line in text.splitlines():
+            if line.split(":")[0].strip() == key:
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write_profile: bool = True) -> dict:
+    """Check every artifact of an exported folder, and the guard's parameters; record this
+    device's fastest artifact in its profile. The report says what passed and why not."""
+    manifest = load_manifest(Path(folder) if folder else default_model_folder())
+    x = verify_inputs(manifest.preprocessing)
+    ref_name = reference_artifact(manifest)
+    rows, outputs, features = [], {}, {}
+    guard_row = {
+        "name": "guard parameters",
+        "file": manifest.raw.get("params_file", {}).get("file", "-"),
+        "runtime": "-",
+        "precision": "-",
+        "status": "ok",
+        "notes": [],
+    }
+    arrays = None
+    try:
+        arrays = manifest.params(verify=True)
+        from edge_pneumo.device.guard import Guard
+
+        for name in manifest.artifacts:
+            Guard.from_manifest(manifest.raw["guard"], arrays, name)
+            manifest.gradcam_params(name)
+    except EdgePneumoError as e:
+        guard_row["status"], arrays = "FAILED", None
+        guard_row["notes"].append(str(e))
+    except (KeyError, TypeError, ValueError) as e:
+        guard_row["status"], arrays = "FAILED", None
+        guard_row["notes"].append(f"guard section or parameters incomplete ({type(e).__name__}: {e}); re-export")
+    for name, entry in manifest.artifacts.items():
+        row = {
+            "name": name,
+            "file": entry.file,
+            "runtime": entry.runtime,
+            "precision": entry.precision,
+            "status": "ok",
+            "notes": [],
+        }
+        rows.append(row)
+        try:
+            manifest.verify(entry)
+            t0 = time.perf_counter()
+            backend = open_backend(entry.path(manifest.folder), threads=1)
+            row["load_ms"] = round(1000 * (time.perf_counter() - t0), 2)
+            run = backend.run(x)
+            probs = run.probability
+            outputs[name], features[name] = probs, run.features
+            times = []
+            for i in range(runs):
+                t0 = time.perf_counter()
+                backend.predict(x[i % len(x)][None])
+                times.append(time.perf_counter() - t0)
+            row["latency_ms_p50"] = round(1000 * float(np.median(times)), 3)
+        except MissingRuntimeError as e:
+            row["status"] = "skipped"
+            row["notes"].append(str(e).split(": ", 1)[-1])
+            continue
+        except EdgePneumoError as e:
+            row["status"] = "FAILED"
+            row["notes"].append(str(e))
+            continue
+        recorded = entry.raw.get("verify_outputs")
+        if recorded is not None:
+            tol = REPRODUCE_TOLERANCE.get(entry.precision, 1e-4)
+            drift = float(np.max(np.abs(probs - np.asarray(recorded, np.float32))))
+            row["max_drift_from_export"] = drift
+            if drift > tol:
+                row["status"] = "FAILED"
+                row["notes"].append(
+                    f"outputs differ from those recorded at export by {drift:.2e} (> {tol:.1e}): broken runtime build?"
+                )
+        recorded_d = entry.raw.get("verify_feature_distances")
+        if arrays is not None and recorded_d is not None and features.get(name) is not None:
+            from edge_pneumo.device.guard import feature_distance
+
+            d = feature_distance(features[name], arrays[f"{name}/feature_mean"], arrays[f"{name}/feature_whitening"])
+            gap = float(np.max(np.abs(d - np.asarray(recorded_d)) / (1.0 + np.abs(np.asarray(recorded_d)))))
+            row["guard_drift"] = gap
+            if gap > GUARD_TOLERANCE:
+                row["status"] = "FAILED"
+                row["notes"].append(
+                    f"guard feature distances differ from export by {gap:.1%} (> {GUARD_TOLERANCE:.0%})"
+                )
+    ref = outputs.get(ref_name) if ref_name else None
+    for row in rows:
+        if row["status"] != "ok" or ref is None or row["name"] == ref_name:
+            continue
+        budget = manifest.artifacts[row["name"]].raw.get("validation", {}).get("budget", {})
+        probs = outputs[row["name"]]
+        stats = agreement_stats(probs, ref, manifest.threshold)
+        dp = stats["max_abs_dp"]
+        row.update(max_abs_dp_vs_reference=dp, agreement_vs_reference=stats["agreement"])
+        if budget.get("max_abs_dp") is not None and dp > budget["max_abs_dp"] * 10:
+            row["status"] = "FAILED"
+            row["notes"].append(f"max|dp| {dp:.2e} vs {ref_name} exceeds 10x its export budget")
+    passed = (
+        all(r["status"] != "FAILED" for r in rows)
+        and any(r["status"] == "ok" for r in rows)
+        and guard_row["status"] == "ok"
+    )
+    ok = [r for r in rows if r["status"] == "ok"]
+    fastest = min(ok, key=lambda r: r["load_ms"] + r["latency_ms_p50"])["name"] if ok else None
+    report = {
+        "folder": str(manifest.folder),
+        "reference": ref_name,
+        "inputs": len(x),
+        "device": device_info(),
+        "artifacts": rows + [guard_row],
+        "passed": passed,
+        "fastest": fastest,
+        "profile": None,
+    }
+    if passed and fastest and write_profile:
+        from edge_pneumo.device.device_profile import write_profile as save
+
+        try:
+            report["profile"] = str(save(manifest, fastest, {r["name"]: r["latency_ms_p50"] for r in ok}))
+        except OSError as e:
+            report["profile_error"] = f"could not write the device profile ({e.strerror or e})"
+    return report
+
+
+def format_verify_report(report: dict) -> str:
+    d = report["device"]
+    v = ", ".join(f"{k} {val}" for k, val in d["versions"].items() if val)
+    lines = [
+        f"device   {d['cpu']} ({d['machine']}, {d['cores']} cores), {d['system']}, Python {d['python']}",
+        f"runtime  {v}",
+        f"model    {report['folder']}  ({report['inputs']} fixed inputs, reference {report['reference']})",
+        "",
+        f"{'artifact':<20} {'status':<8} {'load ms':>8} {'ms/img':>8} {'drift':>9} {'|dp| ref':>9}  notes",
+    ]
+    for r in report["artifacts"]:
+        drift = f"{r['max_drift_from_export']:.1e}" if "max_drift_from_export" in r else "-"
+        dp = f"{r['max_abs_dp_vs_reference']:.1e}" if "max_abs_dp_vs_reference" in r else "-"
+        lines.append(
+            f"{r['name']:<20} {r['status']:<8} {r.get('load_ms', '-'):>8} {r.get('latency_ms_p50', '-'):>8} "
+            f"{drift:>9} {dp:>9}  {'; '.join(r['notes'])}"
+        )
+    if report.get("fastest"):
+        lines += [
+            "",
+            f"fastest here: {report['fastest']} (load + one image)"
+            + (f"; recorded in {report['profile']}, the default for infer and serve" if report.get("profile") else ""),
+        ]
+    lines += [
+        "",
+        "PASSED: this device runs the shipped model as exported, guard included."
+        if report["passed"]
+        else "FAILED: see the notes above.",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Image files -> grey pixels, with every decoder complaint attached to its own file.
+
+The format is told from the bytes, not the name. JPEG: `jpeg.py` (simplejpeg, damage reported
+as data). PNG, BMP and TIFF: OpenCV with fd 2 captured (`native_output.capture`), so a libpng
+or libtiff complaint becomes this file's warning. DICOM: `dicom.py` (the `dicom` extra).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_pneumo.decoders.jpeg import decode_jpeg, jpeg_size  # noqa: F401  (jpeg_size: re-exported)
+from edge_pneumo.decoders.pixels import GreyImage, colourfulness, to_grey_uint8
+from edge_pneumo.decoders.stderr_capture import capture
+from edge_pneumo.errors import InputImageError
+
+JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
+MIN_SIDE = 16  # smaller than this is not an X-ray, whatever the header says
+
+
+def read_grey(path: str | os.PathLike, min_side_hint: int | None = None, dicom_check=None) -> GreyImage:
+    """Decode any supported file to a 2-D uint8 grey image.
+
+    `min_side_hint`: a JPEG whose smaller side is at least this many pixels after a 1/2, 1/4
+    or 1/8 reduction is decoded at that reduced scale (much faster for full-resolution X-rays;
+    the resize to the model input averages anyway). `dicom_check(header) -> reason | None`
+    runs on a DICOM's header before its pixels are decoded (the guard's rule table).
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if not p.exists():
+        raise InputImageError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputImageError(f"{p}: is a directory, not an image (use --dir to classify a folder)")
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputImageError(
+            f"{p}: unsupported file type '{suffix or '(none)'}'; use one of {', '.join(sorted(IMAGE_SUFFIXES))}"
+        )
+    return decode_bytes(read_bytes(p), str(p), min_side_hint, dicom_check)
+
+
+def decode_bytes(data: bytes, name: str, min_side_hint: int | None = None, dicom_check=None) -> GreyImage:
+    """The same as `read_grey` for bytes already in memory (an upload, a DICOM C-STORE)."""
+    if not data:
+        raise InputImageError(f"{name}: file is empty")
+    if name.lower().endswith(".dcm") or is_dicom(data):
+        from edge_pneumo.decoders.dicom import read_dicom  # optional extra, imported only when needed
+
+        image = read_dicom(data, name, dicom_check, min_side_hint)
+    elif data[:3] == b"\xff\xd8\xff":
+        image = decode_jpeg(name, data, min_side_hint)
+    elif _looks_like_image(data):
+        image = _decode_other(name, data)
+    else:
+        kind = "a text file" if _is_text(data) else "not an image"
+        named = f", although named {Path(name).suffix}" if Path(name).suffix else ""
+        raise InputImageError(f"{name}: {kind}{named}; expected a JPEG, PNG, BMP, TIFF or DICOM file")
+    h, w = image.pixels.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise InputImageError(
+            f"{name}: image is {w}x{h} px, too small to be an X-ray (need at least {MIN_SIDE} px a side)"
+        )
+    return image
+
+
+def read_bytes(p: Path) -> bytes:
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise InputImageError(f"{p}: no such file") from None
+    except PermissionError:
+        raise InputImageError(f"{p}: permission denied") from None
+    except OSError as e:
+        raise InputImageError(f"{p}: cannot read ({e.strerror or e})") from None
+    if not data:
+        raise InputImageError(f"{p}: file is empty")
+    return data
+
+
+def is_dicom(data: bytes) -> bool:
+    return len(data) > 132 and data[128:132] == b"DICM"
+
+
+def _looks_like_image(data: bytes) -> bool:
+    head = data[:8]
+    return head.startswith((b"\x89PNG", b"BM", b"II*\x00", b"MM\x00*"))
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data[:512].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _decode_other(name: str, data: bytes) -> GreyImage:
+    with capture() as said:
+        try:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            img = None
+    if img is None:
+        raise InputImageError(
+            f"{name}: corrupt image that cannot be decoded" + (f" ({said.lines[0]})" if said.lines else "")
+        )
+    warnings = [f"decoder: {line}" for line in said.lines[:3]]
+    fmt = "png" if data[:4] == b"\x89PNG" else "bmp" if data[:2] == b"BM" else "tiff"
+    try:
+        grey = to_grey_uint8(img, name)
+    except cv2.error as e:
+        raise InputImageError(
+            f"{name}: cannot convert this {fmt} to grey ({str(e).strip().splitlines()[-1][:80]})"
+        ) from None
+    return GreyImage(grey, warnings, colourfulness(img), (img.shape[1], img.shape[0]), fmt)

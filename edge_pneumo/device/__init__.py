@@ -1,0 +1,1 @@
+"""Everything a device runs: manifest, runtime backends, preprocessing, guard, classifier, result, explanation."""

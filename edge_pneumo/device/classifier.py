@@ -1,0 +1,402 @@
+"""The Python API for integrators, used by every front end (CLI, server, watcher, batch).
+
+    from edge_pneumo import Classifier
+    clf = Classifier.load("exported/")          # the device's fastest artifact (see profile.py)
+    r = clf.predict("x.jpeg")                   # Result(status='classified', label='PNEUMONIA', probability=0.97, ...)
+    for r in clf.predict_many(paths): ...       # one Result per path, in order; r.to_dict() is the row
+    r = clf.explain("x.jpeg")                   # the same, plus r.heatmap (Grad-CAM, 64x64 in [0, 1])
+
+Each image: decode -> resize -> input guard (pixels) -> CLAHE -> model -> input guard (the
+model's own features) -> calibrated probability, label and confidence band.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from edge_pneumo.decoders.decode import GreyImage, decode_bytes, read_grey
+from edge_pneumo.device import tta as flip_tta
+from edge_pneumo.device.manifest import ArtifactEntry, Manifest, default_model_folder, load_manifest
+from edge_pneumo.device.result import CLASSIFIED, CONFIDENT, INDETERMINATE, REJECTED, Result, failure
+from edge_pneumo.device.runtime import RUNTIME_BY_SUFFIX, Backend, Outputs, default_threads, open_backend
+from edge_pneumo.device.scoring import apply_temperature, effective_band
+from edge_pneumo.errors import InputImageError, InputRejected, ModelFileError
+
+GUARD_OFF_WARNING = "input guard turned off (--no-guard): nothing checked that this is a frontal chest X-ray"
+
+
+class Calibration:
+    """Temperature scaling and the confidence band, all chosen on validation at training time.
+
+    `threshold` is on the model's raw probability; below `rule_out`: NORMAL with sensitivity >=
+    the target on validation; at or above `rule_in`: PNEUMONIA with specificity >= the target."""
+
+    __slots__ = ("threshold", "temperature", "rule_out", "rule_in")
+
+    def __init__(
+        self, threshold: float, temperature: float = 1.0, rule_out: float | None = None, rule_in: float | None = None
+    ):
+        self.threshold, self.temperature, self.rule_out, self.rule_in = threshold, temperature, rule_out, rule_in
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, tta: bool = False) -> Calibration:
+        """The plain operating point, or (tta=True) the one chosen on validation with flip TTA."""
+        if not tta:
+            c = manifest.raw.get("calibration") or {}
+            return cls(manifest.threshold, float(c.get("temperature", 1.0)), c.get("rule_out"), c.get("rule_in"))
+        c = manifest.raw.get("tta") or {}
+        if "threshold" not in c:
+            raise ModelFileError(
+                f"{manifest.folder}: this export has no operating point for flip TTA (its manifest "
+                "has no 'tta' section); re-export with this version, or run without --tta"
+            )
+        return cls(float(c["threshold"]), float(c.get("temperature", 1.0)), c.get("rule_out"), c.get("rule_in"))
+
+    def calibrate(self, p: float) -> float:
+        """sigmoid(logit(p) / T): the same ranking, probabilities that mean what they say."""
+        return float(p) if self.temperature == 1.0 else float(apply_temperature(p, self.temperature))
+
+    def confidence(self, p: float) -> str:
+        lo, hi = effective_band(self.threshold, self.rule_out, self.rule_in)
+        return INDETERMINATE if lo <= p < hi else CONFIDENT
+
+
+class _Prepared:
+    """An image that passed the pixel checks, ready for the model (a plain class: no dataclass
+    machinery at import, on every `infer` start)."""
+
+    __slots__ = ("path", "x", "warnings", "guard", "seconds", "content_sha256")
+
+    def __init__(
+        self,
+        path: str,
+        x: np.ndarray,
+        warnings: list[str],
+        guard: dict,
+        seconds: float,
+        content_sha256: str | None = None,
+    ):
+        self.path, self.x, self.warnings, self.guard = path, x, warnings, guard
+        self.seconds, self.content_sha256 = seconds, content_sha256
+
+
+class Classifier:
+    """One artifact, with the preprocessing, guard, calibration and threshold its manifest states."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        manifest: Manifest,
+        entry: ArtifactEntry,
+        guard=None,
+        gradcam=None,
+        use_guard: bool = True,
+        tta: bool = False,
+    ):
+        self.backend = backend
+        self.manifest = manifest
+        self.entry = entry
+        self.preprocessing = manifest.preprocessing
+        self.class_names = manifest.class_names
+        self.tta = tta
+        self.calibration = Calibration.from_manifest(manifest, tta)
+        self.threshold = self.calibration.threshold
+        self.guard = guard if use_guard else None
+        self.gradcam = gradcam
+        self.model_version = str(manifest.raw.get("model_version", ""))
+        self._model_lock = threading.Lock()  # a LiteRT interpreter serves one call at a time
+        self._dicom_check = None
+        if self.guard is not None:
+            from edge_pneumo.device.guard import check_dicom_header
+
+            self._dicom_check = check_dicom_header
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike | None = None,
+        *,
+        artifact: str | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+        guard: bool = True,
+        tta: bool = False,
+    ) -> Classifier:
+        """`model`: an exported/ folder, or an .onnx/.tflite file beside its manifest.json.
+
+        `artifact`: a manifest name; default: this device's fastest (its profile, else int8
+        TFLite when LiteRT is installed, else int8 ONNX). The artifact's and the parameter
+        file's sha256 are checked against the manifest first (`verify=False` skips it).
+        `guard=False` turns the input guard off (every result then says so). `tta=True` runs
+        each image and its mirror image and averages them (flip TTA: twice the model time), with
+        the operating point the manifest states for it.
+        """
+        path = Path(model) if model is not None else default_model_folder()
+        if path.is_dir():
+            manifest = load_manifest(path)
+            name = artifact or _preferred_artifact(manifest)
+            if name not in manifest.artifacts:
+                raise ModelFileError(
+                    f"{path}: no artifact named '{name}' in the manifest; it has {', '.join(manifest.artifacts)}"
+                )
+            entry = manifest.artifacts[name]
+        elif path.suffix.lower() in RUNTIME_BY_SUFFIX:
+            if not path.exists():
+                raise ModelFileError(f"{path}: model file not found")
+            manifest = load_manifest(path.parent)
+            entry = manifest.entry_for_file(path)
+            if entry is None:
+                raise ModelFileError(
+                    f"{path}: not described by {path.parent / 'manifest.json'}, so its input contract is unknown; "
+                    "export it with `edge-pneumo export`"
+                )
+        elif path.exists():
+            raise ModelFileError(f"{path}: not a model file; expected .onnx or .tflite, or an exported/ folder")
+        else:
+            raise ModelFileError(f"{path}: no such model file or folder")
+        if verify:
+            manifest.verify(entry)
+        arrays = manifest.params(verify=verify) if guard else None
+        backend = open_backend(entry.path(manifest.folder), threads or default_threads())
+        guard_obj = None
+        if guard:
+            from edge_pneumo.device.guard import Guard
+
+            try:
+                guard_obj = Guard.from_manifest(manifest.raw["guard"], arrays, entry.name)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ModelFileError(
+                    f"{manifest.folder}: the manifest's guard section is unusable ({e}); re-run "
+                    "`edge-pneumo export`, or pass --no-guard on purpose"
+                ) from None
+        return cls(backend, manifest, entry, guard_obj, None, use_guard=guard, tta=tta)
+
+    # -- one image ------------------------------------------------------------------------
+
+    def predict(self, image: str | os.PathLike) -> Result:
+        """Classify one image file (never raises for a bad image: the result says `failed`)."""
+        return next(self.predict_many([image], decode_threads=1))
+
+    def predict_bytes(self, data: bytes, name: str = "upload", content_hash: bool = True) -> Result:
+        """Classify an image held in memory (an upload, a DICOM received over the network)."""
+        return self._run_batch([self._prepare_bytes(data, name, content_hash)])[0]
+
+    def explain(self, image: str | os.PathLike | bytes, name: str = "upload") -> Result:
+        """`predict`, plus `result.heatmap`: Grad-CAM from this artifact's own activations."""
+        prepared = self._prepare_bytes(image, name, True) if isinstance(image, bytes) else self._prepare(image)
+        return self._run_batch([prepared], explain=True)[0]
+
+    def predict_array(self, batch: np.ndarray) -> np.ndarray:
+        """Raw probabilities for already preprocessed uint8 images (n, size, size, channels); no guard."""
+        return self.backend.predict(batch)
+
+    # -- many images ----------------------------------------------------------------------
+
+    def predict_many(
+        self,
+        paths: Iterable[str | os.PathLike],
+        batch_size: int = 32,
+        decode_threads: int | None = None,
+        on_result: Callable[[Result], None] | None = None,
+        explain: bool = False,
+    ) -> Iterator[Result]:
+        """Classify many files, in order: decoding runs on a thread pool while the model runs
+        batches (with `decode_threads=1`, in this thread: no pool to start for one image).
+        A file that cannot be used gives a `failed` result; the others still get theirs."""
+        threads = decode_threads or default_threads()
+        with _decoder_pool(threads) as pool:
+            prepared = (
+                map(self._prepare, paths) if pool is None else _bounded_map(pool, self._prepare, paths, 8 * batch_size)
+            )
+            pending: list = []
+            # Ramp up: the first model calls take 4, 8, 16... images, so the model starts while
+            # the decoders fill the pipeline instead of waiting for a whole first batch.
+            target = min(batch_size, 4)
+            for item in prepared:
+                pending.append(item)
+                if len(pending) >= target:
+                    for r in self._run_batch(pending, explain):
+                        yield _notify(r, on_result)
+                    pending = []
+                    target = min(batch_size, 2 * target)
+            for r in self._run_batch(pending, explain):
+                yield _notify(r, on_result)
+
+    # -- the steps ------------------------------------------------------------------------
+
+    def _prepare(self, path) -> _Prepared | Result:
+        hint = self.preprocessing.min_side_hint
+        return self._decoded(str(path), lambda: read_grey(path, hint, self._dicom_check))
+
+    def _prepare_bytes(self, data: bytes, name: str, content_hash: bool) -> _Prepared | Result:
+        digest = hashlib.sha256(data).hexdigest() if content_hash else None
+        hint = self.preprocessing.min_side_hint
+        return self._decoded(name, lambda: decode_bytes(data, name, hint, self._dicom_check), digest)
+
+    def _decoded(self, path: str, decode, digest: str | None = None) -> _Prepared | Result:
+        """Decode (a file or bytes), then the pixel checks: a prepared image, or its rejected/failed result."""
+        t0 = time.perf_counter()
+        try:
+            image = decode()
+        except InputRejected as e:
+            return self._rejected(path, e.reason, e.check, e.details, time.perf_counter() - t0, digest=digest)
+        except InputImageError as e:
+            return failure(
+                path, str(e), ms=1000 * (time.perf_counter() - t0), content_sha256=digest, **self._provenance()
+            )
+        return self._check(path, image, t0, digest)
+
+    def _check(self, path: str, image: GreyImage, t0: float, digest: str | None) -> _Prepared | Result:
+        small = self.preprocessing.resize(image.pixels)
+        warnings = list(image.warnings)
+        scores: dict = {}
+        if image.dicom:
+            scores["dicom"] = {k: v for k, v in image.dicom.items() if k != "SOPInstanceUID"}
+        if self.guard is None:
+            warnings.append(GUARD_OFF_WARNING)
+            scores["enabled"] = False
+        else:
+            verdict = self.guard.check_pixels(image, small)
+            scores.update(verdict.scores)
+            if verdict.reason:
+                return self._rejected(
+                    path, verdict.reason, verdict.check, scores, time.perf_counter() - t0, warnings, digest
+                )
+            warnings += verdict.warnings
+            if verdict.inverted:
+                small = 255 - small
+        x = self.preprocessing.finish(small)
+        return _Prepared(path, x, warnings, scores, time.perf_counter() - t0, digest)
+
+    def _run_batch(self, items: list, explain: bool = False) -> list[Result]:
+        """Model + feature guard + calibration for the prepared items; rejected/failed pass through, in order."""
+        ready = [p for p in items if isinstance(p, _Prepared)]
+        results: dict[int, Result] = {}
+        if ready:
+            t0 = time.perf_counter()
+            want = ("probability", "features", "conv") if explain else ("probability", "features")
+            batch = np.stack([p.x for p in ready])
+            with self._model_lock:
+                out = self.backend.run(flip_tta.with_mirrors(batch) if self.tta else batch, want)
+            if self.tta:  # the guard and the heatmap look at the image as it came
+                n = len(ready)
+                out = Outputs(
+                    flip_tta.combine(out.probability, n),
+                    None if out.features is None else out.features[:n],
+                    None if out.conv is None else out.conv[:n],
+                )
+            share = (time.perf_counter() - t0) / len(ready)
+            verdicts = (
+                self.guard.check_features(out.features)
+                if self.guard is not None and out.features is not None
+                else [(float("nan"), None, None)] * len(ready)
+            )
+            for i, (p, prob, (dist, reason, warning)) in enumerate(zip(ready, out.probability, verdicts)):
+                guard = dict(p.guard)
+                if not math.isnan(dist):
+                    guard["features"] = round(dist, 3)
+                ms = 1000 * (p.seconds + share)
+                if reason:
+                    results[id(p)] = self._rejected(
+                        p.path, reason, "features", guard, ms / 1000, p.warnings, p.content_sha256
+                    )
+                    continue
+                r = self._classified(p, float(prob), guard, ms, p.warnings + ([warning] if warning else []))
+                if explain and out.conv is not None:
+                    r.heatmap = self._heatmap(out.conv[i], out.features[i])
+                results[id(p)] = r
+        return [results[id(p)] if isinstance(p, _Prepared) else p for p in items]
+
+    def _classified(self, p: _Prepared, prob: float, guard: dict, ms: float, warnings: list[str]) -> Result:
+        cal = self.calibration
+        label = self.class_names[1] if prob >= cal.threshold else self.class_names[0]
+        return Result(
+            path=p.path,
+            status=CLASSIFIED,
+            label=label,
+            probability=cal.calibrate(prob),
+            confidence=cal.confidence(prob),
+            warnings=warnings,
+            raw_probability=prob,
+            threshold=cal.calibrate(cal.threshold),
+            guard=guard,
+            ms=ms,
+            content_sha256=p.content_sha256,
+            **self._provenance(),
+        )
+
+    def _rejected(self, path, reason, check, scores, seconds, warnings=None, digest=None) -> Result:
+        guard = dict(scores or {})
+        if check:
+            guard["check"] = check
+        return Result(
+            path=str(path),
+            status=REJECTED,
+            reason=reason,
+            warnings=list(warnings or []),
+            guard=guard,
+            ms=1000 * seconds,
+            content_sha256=digest,
+            **self._provenance(),
+        )
+
+    def _provenance(self) -> dict:
+        return {
+            "artifact": self.entry.name,
+            "sha256": self.entry.sha256[:16],
+            "model_version": self.model_version,
+            "tta": flip_tta.NAME if self.tta else None,
+        }
+
+    def _heatmap(self, conv: np.ndarray, features: np.ndarray) -> np.ndarray:
+        from edge_pneumo.device.explain import gradcam_map
+
+        if self.gradcam is None:
+            self.gradcam = self.manifest.gradcam_params(self.entry.name)
+        return gradcam_map(conv, features, *self.gradcam, size=self.preprocessing.size)
+
+
+def _preferred_artifact(manifest: Manifest) -> str:
+    from edge_pneumo.device.device_profile import preferred_artifact
+
+    return preferred_artifact(manifest)
+
+
+@contextmanager
+def _decoder_pool(threads: int):
+    """A thread pool for decoding, or None for one thread (imported only when needed)."""
+    if threads <= 1:
+        yield None
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        yield pool
+
+
+def _bounded_map(pool, fn, items, window: int):
+    """pool.map that keeps at most `window` items in flight (a huge folder does not fill memory)
+    and keeps the pool busy: a new item is submitted each time the oldest one is taken."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _notify(result, callback):
+    if callback:
+        callback(result)
+    return result

@@ -1,0 +1,287 @@
+"""The input guard: refuse what is not a frontal chest X-ray, before the model is believed.
+
+A sigmoid model answers for anything; its own confidence says nothing about whether the
+input is an X-ray (a blank page scores PNEUMONIA 0.99). So the guard never looks at the
+output probability. It has three layers, cheapest first:
+
+1. **DICOM header rules** (`DICOM_RULES`, one table, as data), before any pixel is decoded:
+   a CT, an ultrasound, a lateral view, a head, a colour or multi-frame file is refused from
+   its tags. A missing tag is "unknown", not a refusal.
+2. **Pixel checks** on the grey image resized to the model's input, before CLAHE (which
+   would stretch a blank page into texture): colour, near-constant images, extreme aspect
+   ratios, fine texture or noise (or none at all), and the *layout* of a frontal chest X-ray: a 16x16
+   thumbnail, normalised, compared with the principal components of the training images.
+   An image whose negative fits the layout (a MONOCHROME1/2 mix-up) is re-inverted, with a
+   warning.
+3. **The deployed model's own features**: the Mahalanobis distance of the Dense(128)
+   activations (a second output of every artifact) from the training images'.
+
+Every limit is derived from training images at export (`training/guard_fit.py`) and lives
+in the manifest and its parameter file; `verify` checks them. Two levels per score: above
+`refuse` the image is rejected with a reason a person can act on; above `warn` it is
+classified with a warning that it is unlike the training population (e.g. an adult).
+Only OpenCV and numpy here: this runs on the device.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edge_pneumo.decoders.pixels import GreyImage
+
+LAYOUT_SIZE = 16  # thumbnail side for the layout check
+
+
+class HeaderRule:
+    """One DICOM tag: a present value outside `accept` refuses the file with `reason` (formatted with {value}).
+
+    Plain classes in this module, not dataclasses: each @dataclass costs ~0.5 ms at import,
+    on every `infer` start."""
+
+    __slots__ = ("tag", "accept", "reason")
+
+    def __init__(self, tag: str, accept: frozenset, reason: str):
+        self.tag, self.accept, self.reason = tag, accept, reason
+
+    def check(self, header: dict) -> str | None:
+        value = header.get(self.tag)
+        if value is None:
+            return None  # missing: unknown, not a refusal
+        if self.tag == "NumberOfFrames":
+            try:
+                return None if int(float(value)) <= 1 else self.reason.format(value=value)
+            except ValueError:
+                return None
+        return None if str(value).strip().upper() in self.accept else self.reason.format(value=value)
+
+
+# Like MONAI Deploy's series selector: the rules are data, read in order, the first refusal wins.
+DICOM_RULES: tuple[HeaderRule, ...] = (
+    HeaderRule(
+        "Modality",
+        frozenset({"CR", "DX"}),
+        "not a chest X-ray: DICOM modality {value}; the model reads radiographs (CR or DX)",
+    ),
+    HeaderRule(
+        "BodyPartExamined",
+        frozenset({"CHEST"}),
+        "not a chest X-ray: DICOM body part {value}; the model reads chest radiographs",
+    ),
+    HeaderRule(
+        "ViewPosition", frozenset({"PA", "AP"}), "{value} view; the model reads frontal (PA or AP) chest X-rays"
+    ),
+    HeaderRule(
+        "PhotometricInterpretation",
+        frozenset({"MONOCHROME1", "MONOCHROME2"}),
+        "not a chest X-ray: colour DICOM ({value}); radiographs are MONOCHROME1/2",
+    ),
+    HeaderRule(
+        "NumberOfFrames", frozenset(), "not a single radiograph: DICOM with {value} frames (a cine loop or a volume)"
+    ),
+)
+
+
+def check_dicom_header(header: dict) -> str | None:
+    """The first rule the header breaks, as a reason, or None."""
+    for rule in DICOM_RULES:
+        reason = rule.check(header)
+        if reason:
+            return reason
+    return None
+
+
+def rules_as_data() -> list[dict]:
+    """The rule table as the manifest records it."""
+    return [
+        {"tag": r.tag, "accept": sorted(r.accept) if r.accept else "at most 1", "reason": r.reason} for r in DICOM_RULES
+    ]
+
+
+# --- scores ----------------------------------------------------------------------------
+
+
+def contrast(small: np.ndarray) -> float:
+    """Standard deviation of the resized grey image (0 for a blank page)."""
+    return float(small.std())
+
+
+def texture(small: np.ndarray) -> float:
+    """Share of the image's variance in fine detail: what a 3x3 mean, applied twice, removes
+    (measured away from the 2-pixel border, so the filter's border rule does not matter).
+
+    Radiographs at 64 px are smooth; noise, gravel, text and checkerboards are not."""
+    f = small.astype(np.float32)
+    var = float(f.var())
+    if var < 1e-6:
+        return 0.0
+    detail = (f - cv2.blur(cv2.blur(f, (3, 3)), (3, 3)))[2:-2, 2:-2]
+    return float((detail * detail).mean() / var)
+
+
+def layout_vector(small: np.ndarray) -> np.ndarray:
+    """A LAYOUT_SIZE^2 thumbnail, zero mean and unit variance (brightness and contrast removed)."""
+    t = cv2.resize(small, (LAYOUT_SIZE, LAYOUT_SIZE), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    return (t - t.mean()) / (t.std() + 1e-3)
+
+
+def layout_residual(v: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """RMS of what the training images' principal components cannot explain (rows of v)."""
+    z = np.atleast_2d(v) - mean
+    r = z - (z @ basis.T) @ basis
+    return np.sqrt((r * r).mean(axis=1))
+
+
+def feature_distance(h: np.ndarray, mean: np.ndarray, whitening: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance of feature rows h: |W (h - mean)|, with W^T W = inverse covariance."""
+    z = (np.atleast_2d(h).astype(np.float32) - mean) @ whitening.T
+    return np.sqrt((z * z).sum(axis=1))
+
+
+# --- the guard -------------------------------------------------------------------------
+
+
+class Limit:
+    __slots__ = ("refuse", "warn")
+
+    def __init__(self, refuse: float, warn: float | None = None):
+        self.refuse, self.warn = refuse, warn
+
+
+class PixelVerdict:
+    __slots__ = ("reason", "check", "inverted", "scores", "warnings")
+
+    def __init__(self):
+        self.reason: str | None = None  # set: rejected
+        self.check = ""
+        self.inverted = False  # the negative fits: classify 255 - image
+        self.scores: dict = {}
+        self.warnings: list[str] = []
+
+
+OUT_OF_POPULATION = (
+    "unlike the training images (paediatric frontal chest X-rays) in {what}; "
+    "the answer may be less reliable for this image"
+)
+
+
+class Guard:
+    """The guard's limits and reference statistics for one artifact (from manifest + parameter file)."""
+
+    def __init__(
+        self,
+        max_colour: float,
+        min_contrast: float,
+        max_texture: float,
+        min_texture: float,
+        aspect: tuple[float, float],
+        layout: Limit,
+        layout_mean: np.ndarray,
+        layout_basis: np.ndarray,
+        features: Limit | None = None,
+        feature_mean: np.ndarray | None = None,
+        feature_whitening: np.ndarray | None = None,
+    ):
+        self.max_colour, self.min_contrast = max_colour, min_contrast
+        self.max_texture, self.min_texture = max_texture, min_texture
+        self.aspect = aspect  # allowed width/height
+        self.layout, self.layout_mean, self.layout_basis = layout, layout_mean, layout_basis
+        self.features, self.feature_mean, self.feature_whitening = features, feature_mean, feature_whitening
+
+    @classmethod
+    def from_manifest(cls, section: dict, arrays, artifact: str) -> Guard:
+        px = section["pixels"]
+        lay = section["layout"]
+        feats = section.get("features", {}).get(artifact)
+        return cls(
+            max_colour=float(px["max_colour"]),
+            min_contrast=float(px["min_contrast"]),
+            max_texture=float(px["max_texture"]),
+            min_texture=float(px["min_texture"]),
+            aspect=(float(px["aspect"][0]), float(px["aspect"][1])),
+            layout=Limit(float(lay["refuse"]), float(lay["warn"])),
+            layout_mean=np.asarray(arrays["layout/mean"], np.float32),
+            layout_basis=np.asarray(arrays["layout/basis"], np.float32),
+            features=Limit(float(feats["refuse"]), float(feats["warn"])) if feats else None,
+            feature_mean=np.asarray(arrays[f"{artifact}/feature_mean"], np.float32) if feats else None,
+            feature_whitening=np.asarray(arrays[f"{artifact}/feature_whitening"], np.float32) if feats else None,
+        )
+
+    def check_pixels(self, image: GreyImage, small: np.ndarray) -> PixelVerdict:
+        """Layer 2, on the decoded image and its resized grey (before CLAHE)."""
+        v = PixelVerdict()
+        w, h = image.size if image.size[0] and image.size[1] else (image.pixels.shape[1], image.pixels.shape[0])
+        s = v.scores
+        s["colour"] = round(image.colour, 2)
+        if image.colour > self.max_colour:
+            return _reject(
+                v, "colour", "not a chest X-ray: a colour image (photograph or colour scan); X-rays are grey"
+            )
+        s["contrast"] = round(contrast(small), 2)
+        if s["contrast"] < self.min_contrast:
+            return _reject(v, "contrast", "not a chest X-ray: blank or nearly uniform image")
+        ratio = w / h
+        if not self.aspect[0] <= ratio <= self.aspect[1]:
+            return _reject(
+                v,
+                "aspect",
+                f"not a chest X-ray: {w}x{h} px is too elongated (width/height {ratio:.2f}, "
+                f"allowed {self.aspect[0]:.2f}-{self.aspect[1]:.2f})",
+            )
+        s["texture"] = round(texture(small), 4)
+        if s["texture"] > self.max_texture:
+            return _reject(v, "texture", "not a chest X-ray: fine texture or noise throughout, unlike a radiograph")
+        if s["texture"] < self.min_texture:
+            return _reject(
+                v, "texture", "not a chest X-ray: no fine detail at all (a drawing, a gradient or a blurred image)"
+            )
+        vec = layout_vector(small)
+        score = float(layout_residual(vec, self.layout_mean, self.layout_basis)[0])
+        s["layout"] = round(score, 4)
+        if score > self.layout.refuse:
+            inverted = float(layout_residual(-vec, self.layout_mean, self.layout_basis)[0])
+            if inverted <= (self.layout.warn or self.layout.refuse):
+                v.inverted = True
+                s["layout"] = round(inverted, 4)
+                v.warnings.append(
+                    "the image looks inverted (a negative: bone dark, lungs bright; a MONOCHROME1/2 "
+                    "mix-up?); it was classified re-inverted"
+                )
+                return v
+            return _reject(
+                v,
+                "layout",
+                "not a frontal chest X-ray: its layout matches none of the training X-rays "
+                f"(layout score {score:.2f} > {self.layout.refuse:.2f})",
+            )
+        if self.layout.warn is not None and score > self.layout.warn:
+            v.warnings.append(OUT_OF_POPULATION.format(what="layout"))
+        return v
+
+    def check_features(self, features: np.ndarray) -> list[tuple[float, str | None, str | None]]:
+        """Layer 3, per row of Dense(128) features: (distance, rejection reason or None, warning or None)."""
+        if self.features is None or features is None:
+            return [(float("nan"), None, None)] * len(features if features is not None else [])
+        d = feature_distance(features, self.feature_mean, self.feature_whitening)
+        out = []
+        for x in d:
+            x = float(x)
+            if x > self.features.refuse:
+                out.append(
+                    (
+                        x,
+                        "not a chest X-ray the model can read: unlike every training X-ray in the model's own "
+                        f"features (distance {x:.1f} > {self.features.refuse:.1f})",
+                        None,
+                    )
+                )
+            elif self.features.warn is not None and x > self.features.warn:
+                out.append((x, None, OUT_OF_POPULATION.format(what="the model's features")))
+            else:
+                out.append((x, None, None))
+        return out
+
+
+def _reject(v: PixelVerdict, check: str, reason: str) -> PixelVerdict:
+    v.reason, v.check = reason, check
+    return v
