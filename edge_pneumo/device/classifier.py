@@ -29,24 +29,36 @@ from edge_pneumo.device import tta as flip_tta
 from edge_pneumo.device.manifest import ArtifactEntry, Manifest, default_model_folder, load_manifest
 from edge_pneumo.device.result import CLASSIFIED, CONFIDENT, INDETERMINATE, REJECTED, Result, failure
 from edge_pneumo.device.runtime import RUNTIME_BY_SUFFIX, Backend, Outputs, default_threads, open_backend
-from edge_pneumo.device.scoring import apply_temperature, effective_band
+from edge_pneumo.device.scoring import TRAINING_POPULATION, apply_temperature, decide, effective_band
 from edge_pneumo.errors import InputImageError, InputRejected, ModelFileError
 
 GUARD_OFF_WARNING = "input guard turned off (--no-guard): nothing checked that this is a frontal chest X-ray"
 
 
 class Calibration:
-    """Temperature scaling and the confidence band, all chosen on validation at training time.
+    """Temperature, threshold and confidence band: the manifest's (fitted at training time on the
+    hardest population train/ offers) or a site file's (`edge-pneumo calibrate`, fitted on the
+    site's own labelled images, optionally with a site head on the model's features).
 
-    `threshold` is on the model's raw probability; below `rule_out`: NORMAL with sensitivity >=
-    the target on validation; at or above `rule_in`: PNEUMONIA with specificity >= the target."""
+    `threshold`, `rule_out` and `rule_in` are on the score scale: the model's raw probability, or
+    the site head's output. Below `rule_out`: no pneumonia found; at or above `rule_in`: pneumonia
+    likely; between them: indeterminate. `calibrated_on` says which population all this rests on."""
 
-    __slots__ = ("threshold", "temperature", "rule_out", "rule_in")
+    __slots__ = ("threshold", "temperature", "rule_out", "rule_in", "calibrated_on", "site", "head", "_band")
 
     def __init__(
-        self, threshold: float, temperature: float = 1.0, rule_out: float | None = None, rule_in: float | None = None
+        self,
+        threshold: float,
+        temperature: float = 1.0,
+        rule_out: float | None = None,
+        rule_in: float | None = None,
+        calibrated_on: str = TRAINING_POPULATION,
+        site: str | None = None,
+        head=None,
     ):
         self.threshold, self.temperature, self.rule_out, self.rule_in = threshold, temperature, rule_out, rule_in
+        self.calibrated_on, self.site, self.head = calibrated_on, site, head
+        self._band = effective_band(threshold, rule_out, rule_in)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, tta: bool = False) -> Calibration:
@@ -62,13 +74,39 @@ class Calibration:
             )
         return cls(float(c["threshold"]), float(c.get("temperature", 1.0)), c.get("rule_out"), c.get("rule_in"))
 
+    @classmethod
+    def from_site(cls, site) -> Calibration:
+        """A site file's calibration (device/site.py has already checked its band and artifact)."""
+        c = site.calibration
+        return cls(
+            float(c["threshold"]),
+            float(c["temperature"]),
+            float(c["rule_out"]),
+            float(c["rule_in"]),
+            calibrated_on=site.id,
+            site=site.short,
+            head=site.head,
+        )
+
+    def scores(self, probability: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        """The scores the threshold applies to: the model's probabilities, or the site head's."""
+        if self.head is None:
+            return np.asarray(probability, np.float64)
+        if features is None:
+            raise ModelFileError("this site file has a head on the model's features, but the artifact gave none")
+        return self.head.score(probability, features)
+
     def calibrate(self, p: float) -> float:
         """sigmoid(logit(p) / T): the same ranking, probabilities that mean what they say."""
         return float(p) if self.temperature == 1.0 else float(apply_temperature(p, self.temperature))
 
     def confidence(self, p: float) -> str:
-        lo, hi = effective_band(self.threshold, self.rule_out, self.rule_in)
+        lo, hi = self._band
         return INDETERMINATE if lo <= p < hi else CONFIDENT
+
+    def decision(self, p: float) -> str:
+        """pneumonia / no_pneumonia / indeterminate; a decided one always agrees with p >= threshold."""
+        return decide(p, *self._band)
 
 
 class _Prepared:
@@ -102,6 +140,7 @@ class Classifier:
         gradcam=None,
         use_guard: bool = True,
         tta: bool = False,
+        site=None,
     ):
         self.backend = backend
         self.manifest = manifest
@@ -109,11 +148,15 @@ class Classifier:
         self.preprocessing = manifest.preprocessing
         self.class_names = manifest.class_names
         self.tta = tta
-        self.calibration = Calibration.from_manifest(manifest, tta)
+        self.site = site  # a device.site.SiteFile, or None: the manifest's calibration
+        if site is not None:
+            site.check_artifact(entry.name, entry.sha256, tta)
+        self.calibration = Calibration.from_site(site) if site is not None else Calibration.from_manifest(manifest, tta)
         self.threshold = self.calibration.threshold
         self.guard = guard if use_guard else None
         self.gradcam = gradcam
         self.model_version = str(manifest.raw.get("model_version", ""))
+        self.keep_features = False  # True: classified results carry the model's features (calibrate)
         self._model_lock = threading.Lock()  # a LiteRT interpreter serves one call at a time
         self._dicom_check = None
         if self.guard is not None:
@@ -131,6 +174,7 @@ class Classifier:
         verify: bool = True,
         guard: bool = True,
         tta: bool = False,
+        site: str | os.PathLike | None = None,
     ) -> Classifier:
         """`model`: an exported/ folder, or an .onnx/.tflite file beside its manifest.json.
 
@@ -139,11 +183,20 @@ class Classifier:
         file's sha256 are checked against the manifest first (`verify=False` skips it).
         `guard=False` turns the input guard off (every result then says so). `tta=True` runs
         each image and its mirror image and averages them (flip TTA: twice the model time), with
-        the operating point the manifest states for it.
+        the operating point the manifest states for it. `site`: a site file (`edge-pneumo calibrate`)
+        whose calibration replaces the manifest's; it must have been made for this artifact, and
+        without `artifact` the artifact it names is the one loaded.
         """
+        site_file = None
+        if site is not None:
+            from edge_pneumo.device.site import load_site
+
+            site_file = load_site(site)
         path = Path(model) if model is not None else default_model_folder()
         if path.is_dir():
             manifest = load_manifest(path)
+            if artifact is None and site_file is not None and site_file.artifact_name in manifest.artifacts:
+                artifact = site_file.artifact_name
             name = artifact or _preferred_artifact(manifest)
             if name not in manifest.artifacts:
                 raise ModelFileError(
@@ -179,7 +232,7 @@ class Classifier:
                     f"{manifest.folder}: the manifest's guard section is unusable ({e}); re-run "
                     "`edge-pneumo export`, or pass --no-guard on purpose"
                 ) from None
-        return cls(backend, manifest, entry, guard_obj, None, use_guard=guard, tta=tta)
+        return cls(backend, manifest, entry, guard_obj, None, use_guard=guard, tta=tta, site=site_file)
 
     # -- one image ------------------------------------------------------------------------
 
@@ -296,12 +349,15 @@ class Classifier:
                     None if out.conv is None else out.conv[:n],
                 )
             share = (time.perf_counter() - t0) / len(ready)
+            scores = self.calibration.scores(out.probability, out.features)
             verdicts = (
                 self.guard.check_features(out.features)
                 if self.guard is not None and out.features is not None
                 else [(float("nan"), None, None)] * len(ready)
             )
-            for i, (p, prob, (dist, reason, warning)) in enumerate(zip(ready, out.probability, verdicts)):
+            for i, (p, prob, score, (dist, reason, warning)) in enumerate(
+                zip(ready, out.probability, scores, verdicts)
+            ):
                 guard = dict(p.guard)
                 if not math.isnan(dist):
                     guard["features"] = round(dist, 3)
@@ -311,21 +367,30 @@ class Classifier:
                         p.path, reason, "features", guard, ms / 1000, p.warnings, p.content_sha256
                     )
                     continue
-                r = self._classified(p, float(prob), guard, ms, p.warnings + ([warning] if warning else []))
+                r = self._classified(
+                    p, float(prob), float(score), guard, ms, p.warnings + ([warning] if warning else [])
+                )
+                if self.keep_features and out.features is not None:
+                    r.features = out.features[i]
                 if explain and out.conv is not None:
                     r.heatmap = self._heatmap(out.conv[i], out.features[i])
                 results[id(p)] = r
         return [results[id(p)] if isinstance(p, _Prepared) else p for p in items]
 
-    def _classified(self, p: _Prepared, prob: float, guard: dict, ms: float, warnings: list[str]) -> Result:
+    def _classified(
+        self, p: _Prepared, prob: float, score: float, guard: dict, ms: float, warnings: list[str]
+    ) -> Result:
+        """`prob`: the model's output; `score`: what the threshold applies to (prob, or the site head's)."""
         cal = self.calibration
-        label = self.class_names[1] if prob >= cal.threshold else self.class_names[0]
+        label = self.class_names[1] if score >= cal.threshold else self.class_names[0]
         return Result(
             path=p.path,
             status=CLASSIFIED,
             label=label,
-            probability=cal.calibrate(prob),
-            confidence=cal.confidence(prob),
+            decision=cal.decision(score),
+            calibrated_on=cal.calibrated_on,
+            probability=cal.calibrate(score),
+            confidence=cal.confidence(score),
             warnings=warnings,
             raw_probability=prob,
             threshold=cal.calibrate(cal.threshold),
@@ -356,6 +421,7 @@ class Classifier:
             "sha256": self.entry.sha256[:16],
             "model_version": self.model_version,
             "tta": flip_tta.NAME if self.tta else None,
+            "site": self.calibration.site,
         }
 
     def _heatmap(self, conv: np.ndarray, features: np.ndarray) -> np.ndarray:

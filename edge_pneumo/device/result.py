@@ -1,8 +1,11 @@
 """One result type and one row format, for every front end (infer, serve, watch, batch).
 
 A result has a `status`:
-- `classified`: a label, the calibrated probability of PNEUMONIA, and a confidence
-  (`confident`, or `indeterminate` between the rule-out and rule-in thresholds);
+- `classified`: a label, the calibrated probability of PNEUMONIA, a confidence (`confident`,
+  or `indeterminate` between the rule-out and rule-in points) and the decision people read:
+  `pneumonia` (at or above rule-in), `no_pneumonia` (below rule-out) or `indeterminate` (needs a
+  reader); a decided row always agrees with its label. `calibrated_on` says what the probability
+  and band rest on ("training population", or a site file's id) and `site` names that site file;
 - `rejected`: the input guard refused it (not a frontal chest X-ray); `reason` says why,
   and there is no label;
 - `failed`: the file could not be read; `reason` says why.
@@ -22,12 +25,15 @@ FIELDS = (
     "path",
     "status",
     "label",
+    "decision",
     "probability",
     "confidence",
     "reason",
     "warnings",
     "raw_probability",
     "threshold",
+    "calibrated_on",
+    "site",
     "artifact",
     "sha256",
     "model_version",
@@ -42,11 +48,14 @@ class Result:
 
     probability: calibrated P(PNEUMONIA); raw_probability: the model's own output; threshold: the
     decision threshold on the calibrated scale; sha256: the artifact's, first 16 hex digits; tta:
-    "flip" when the probability is the mean over the image and its mirror (tta.py), else None; guard:
+    "flip" when the probability is the mean over the image and its mirror (tta.py), else None;
+    decision: see the module docstring (None unless classified); calibrated_on: "training population"
+    or the site file's id; site: the site file's sha256, first 16 hex digits, or None; guard:
     the guard's scores (and the DICOM tags it read); heatmap: explain()'s (size, size) float32 map
-    in [0, 1]; content_sha256: of the input bytes, when the front end asked for it."""
+    in [0, 1]; content_sha256: of the input bytes, when the front end asked for it; features: the
+    model's Dense(128) features, only when the Classifier keeps them (`keep_features`, for calibrate)."""
 
-    __slots__ = (*FIELDS, "heatmap", "content_sha256")
+    __slots__ = (*FIELDS, "heatmap", "content_sha256", "features")
 
     def __init__(
         self,
@@ -67,12 +76,17 @@ class Result:
         ms: float = 0.0,
         heatmap: np.ndarray | None = None,
         content_sha256: str | None = None,
+        decision: str | None = None,
+        calibrated_on: str | None = None,
+        site: str | None = None,
     ):
         self.path, self.status, self.label, self.probability = path, status, label, probability
         self.confidence, self.reason, self.warnings = confidence, reason, list(warnings or [])
         self.raw_probability, self.threshold, self.artifact, self.sha256 = raw_probability, threshold, artifact, sha256
         self.model_version, self.tta, self.guard, self.ms = model_version, tta, dict(guard or {}), ms
         self.heatmap, self.content_sha256 = heatmap, content_sha256
+        self.decision, self.calibrated_on, self.site = decision, calibrated_on, site
+        self.features = None  # the model's Dense(128) features, kept only on request (calibrate)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in FIELDS if getattr(self, k) not in (None, [], {}))
@@ -104,12 +118,16 @@ class Result:
         return {k: ("" if d.get(k) is None else d[k]) for k in FIELDS}
 
     def text_line(self) -> str:
+        """One line for people: the decision in words, with the probability and the threshold it was
+        compared with, and what the calibration rests on (never a bare label beside a number)."""
         if self.status == CLASSIFIED:
-            conf = "" if self.confidence == CONFIDENT else f"  ({self.confidence})"
+            from edge_pneumo.device.scoring import DECISION_TEXT
+
+            words = DECISION_TEXT.get(self.decision or "", self.label or "")
             tta = f"+{self.tta} TTA" if self.tta else ""
             return (
-                f"{self.path}  {self.label:<9}  p={self.probability:.4f}{conf}  threshold={self.threshold:.4f}  "
-                f"{self.artifact}{tta}  {self.ms:.1f} ms"
+                f"{self.path}  {words:<29}  p={self.probability:.4f}  threshold={self.threshold:.4f}  "
+                f"calibrated on: {self.calibrated_on}  {self.artifact}{tta}  {self.ms:.1f} ms"
             )
         return f"{self.path}  {self.status.upper():<9}  {self.reason}"
 

@@ -6,7 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_pneumo.device.scoring import _logit, apply_temperature, effective_band  # noqa: F401  (the runner's rules, re-used here)
+from edge_pneumo.device.scoring import (  # noqa: F401  (the runner's rules, re-used here)
+    _logit,
+    apply_temperature,
+    effective_band,
+    ordered_band,
+)
 
 
 def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -187,6 +192,69 @@ def band_thresholds(
     m = int(np.ceil(specificity * len(neg) - 1e-9))
     rule_in = float(np.nextafter(neg[m - 1], 1.0)) if 0 < m <= len(neg) else 1.0
     return rule_out, rule_in
+
+
+def conformal_band(
+    y_true: np.ndarray, scores: np.ndarray, sensitivity: float = 0.97, specificity: float = 0.95
+) -> tuple[float, float]:
+    """(rule_out, rule_in) whose promises hold for a new patient of the same population, not only
+    on the images they were fitted on (split-conformal, finite-sample): a new pneumonia is ruled out
+    (score < rule_out) with probability <= 1 - `sensitivity`, a new normal ruled in (score >= rule_in)
+    with probability <= 1 - `specificity`, in expectation over the fitting sample.
+
+    With n pneumonias, rule_out is the k-th lowest pneumonia score, k = floor((1 - sensitivity)(n + 1)):
+    a new one falls below it with probability k / (n + 1). Too few images for even k = 1 (n < 1 /
+    (1 - sensitivity) - 1, i.e. < 33 pneumonias for 0.97) rule nothing out (rule_out = 0); likewise
+    rule_in sits just above the m-th highest normal score, and is 1.0 (nothing ruled in) when m = 0."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(scores, np.float64)
+    pos, neg = np.sort(s[y]), np.sort(s[~y])[::-1]
+    k = int(np.floor((1.0 - sensitivity) * (len(pos) + 1) + 1e-9))
+    rule_out = float(pos[k - 1]) if k >= 1 else 0.0
+    m = int(np.floor((1.0 - specificity) * (len(neg) + 1) + 1e-9))
+    rule_in = float(np.nextafter(neg[m - 1], 2.0)) if m >= 1 else 1.0
+    return rule_out, min(rule_in, 1.0)
+
+
+def hardest_population_calibration(
+    y: np.ndarray,
+    p: np.ndarray,
+    shifted: dict[str, np.ndarray],
+    threshold: float,
+    sensitivity: float = 0.97,
+    specificity: float = 0.95,
+) -> dict:
+    """The out-of-the-box temperature and band, fitted on the hardest population train/ offers: the
+    images the threshold was chosen on (held-out NORMAL2 normals + validation pneumonia) pooled with
+    their copies under every acquisition shift (`shifted`: one score array per shift, same order).
+    Temperature: min NLL on the pool; band: rule-out sensitivity and rule-in specificity on the pool,
+    then ordered around the unchanged threshold (rule_out < threshold < rule_in; a point on the wrong
+    side is moved past it, and `widened` says so)."""
+    y = np.asarray(y).astype(int)
+    pool_p = np.concatenate([np.asarray(p, np.float64), *[np.asarray(q, np.float64) for q in shifted.values()]])
+    pool_y = np.tile(y, 1 + len(shifted))
+    temperature = fit_temperature(pool_y, pool_p)
+    fitted_out, fitted_in = band_thresholds(pool_y, pool_p, sensitivity, specificity)
+    rule_out, rule_in, widened = ordered_band(threshold, fitted_out, fitted_in)
+    return {
+        "temperature": temperature,
+        "rule_out": rule_out,
+        "rule_in": rule_in,
+        "widened": widened,
+        "rule": (
+            f"hardest population train/ offers: the {len(y)} images the threshold was chosen on (held-out NORMAL2 "
+            f"normals + validation pneumonia) and their copies under {len(shifted)} acquisition shifts "
+            f"({len(pool_y)} scores); temperature: min NLL on them; rule-out: sensitivity >= {sensitivity}, "
+            f"rule-in: specificity >= {specificity} on them; then rule_out < threshold < rule_in enforced "
+            "(a point on the wrong side moved just past the threshold: `widened`)"
+        ),
+        "fitted_band": [fitted_out, fitted_in],
+        "ece_population": expected_calibration_error(pool_y, pool_p),
+        "ece_population_calibrated": expected_calibration_error(pool_y, apply_temperature(pool_p, temperature)),
+        "band_population": band_report(pool_y, pool_p, threshold, rule_out, rule_in),
+        "population_images": int(len(pool_y)),
+        "shifts": list(shifted),
+    }
 
 
 def band_report(
