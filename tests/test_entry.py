@@ -18,6 +18,8 @@ PLAIN = [
     ["--image=a.png", "--image", "-", "--no-verify"],
     ["--no-guard", "--heatmap", "maps", "x.jpeg"],
     ["--tta", "--dir", "folder"],
+    ["--site", "site.json", "x.jpeg"],
+    ["--site=site.json", "--dir", "folder"],
     ["--dir", "folder", "--model", "exported", "--artifact", "tflite_int8"],
     ["-d", "folder", "-m", "m.onnx", "-f", "csv", "-o", "out.csv"],
     ["--format=json", "--output=r.jsonl", "--threads", "1", "--batch-size=8", "x.jpeg"],
@@ -40,7 +42,19 @@ def _typer_call(monkeypatch, args):
     seen = {}
 
     def fake(
-        items, directory, model, artifact, fmt, output, threads, batch_size, verify, guard=True, heatmap=None, tta=False
+        items,
+        directory,
+        model,
+        artifact,
+        fmt,
+        output,
+        threads,
+        batch_size,
+        verify,
+        guard=True,
+        heatmap=None,
+        tta=False,
+        site=None,
     ):
         seen.update(
             items=items,
@@ -55,6 +69,7 @@ def _typer_call(monkeypatch, args):
             guard=guard,
             heatmap=heatmap,
             tta=tta,
+            site=site,
         )
         return 0
 
@@ -68,6 +83,15 @@ def test_plain_arguments_parse_as_typer_parses_them(monkeypatch, args):
     r, typer_kwargs = _typer_call(monkeypatch, args)
     assert r.exit_code == 0, r.output
     assert parse_infer_args(args) == typer_kwargs
+
+
+def test_site_from_the_environment_reads_as_typer_reads_it(monkeypatch):
+    monkeypatch.setenv("EDGE_PNEUMO_SITE", "from_env.json")
+    r, typer_kwargs = _typer_call(monkeypatch, ["x.jpeg"])
+    assert r.exit_code == 0, r.output
+    assert parse_infer_args(["x.jpeg"]) == typer_kwargs
+    assert typer_kwargs["site"] == Path("from_env.json")
+    assert parse_infer_args(["--site", "given.json", "x.jpeg"])["site"] == Path("given.json")  # the option wins
 
 
 @pytest.mark.parametrize("args", FOR_TYPER, ids=" ".join)

@@ -81,15 +81,22 @@ def _read(item: str) -> bytes:
 
 
 def classify_partition(
-    items: list[str], model: str | None, artifact: str | None, guard: bool = True, tta: bool = False
+    items: list[str],
+    model: str | None,
+    artifact: str | None,
+    guard: bool = True,
+    tta: bool = False,
+    site: str | None = None,
 ) -> list[dict]:
     """One Dask task: the rows for a partition, with a Classifier cached per worker process."""
     from edge_pneumo.device.classifier import Classifier
 
-    key = (model, artifact, guard, tta)
+    key = (model, artifact, guard, tta, site)
     clf = _WORKER_CLASSIFIERS.get(key)
     if clf is None:
-        clf = _WORKER_CLASSIFIERS[key] = Classifier.load(model, artifact=artifact, threads=1, guard=guard, tta=tta)
+        clf = _WORKER_CLASSIFIERS[key] = Classifier.load(
+            model, artifact=artifact, threads=1, guard=guard, tta=tta, site=site
+        )
     local = [i for i in items if "://" not in i or i.startswith("file://")]
     if len(local) == len(items):  # plain files: the classifier's own batched path
         paths = [i[7:] if i.startswith("file://") else i for i in items]
@@ -137,8 +144,15 @@ def run_batch(
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = print,
     tta: bool = False,
+    site: str | None = None,
 ) -> dict:
+    """`site`: a site file every worker can read (checked here first, so a bad one fails before the cluster starts)."""
     from edge_pneumo.apps.ledger import ResultSink
+
+    if site is not None:
+        from edge_pneumo.device.site import load_site
+
+        load_site(site)
 
     suffix = output.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
@@ -172,6 +186,7 @@ def run_batch(
                     artifact,
                     guard,
                     tta,
+                    site,
                     pure=False,
                     retries=3,
                 )

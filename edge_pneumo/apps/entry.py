@@ -29,6 +29,7 @@ _VALUE_OPTIONS = {
     "--threads": "threads",
     "--batch-size": "batch_size",
     "--heatmap": "heatmap",
+    "--site": "site",
 }
 _FLAG_OPTIONS = {"--no-verify": "no_verify", "--no-guard": "no_guard", "--tta": "tta"}
 
@@ -89,7 +90,16 @@ def parse_infer_args(args: list[str]) -> dict | None:
         "guard": "no_guard" not in flags,
         "heatmap": path("heatmap"),
         "tta": "tta" in flags,
+        "site": path("site") or _site_from_env(),
     }
+
+
+def _site_from_env() -> Path | None:
+    """$EDGE_PNEUMO_SITE, as Typer's envvar would read it (no import of device.site: this path stays lean)."""
+    import os
+
+    value = os.environ.get("EDGE_PNEUMO_SITE")
+    return Path(value) if value else None
 
 
 def main(argv: list[str] | None = None) -> None:

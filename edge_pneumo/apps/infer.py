@@ -77,7 +77,19 @@ class ResultWriter:
 
 
 def run_infer(
-    items, directory, model, artifact, fmt, output, threads, batch_size, verify, guard=True, heatmap=None, tta=False
+    items,
+    directory,
+    model,
+    artifact,
+    fmt,
+    output,
+    threads,
+    batch_size,
+    verify,
+    guard=True,
+    heatmap=None,
+    tta=False,
+    site=None,
 ) -> int:
     from edge_pneumo.decoders.stderr_capture import protect_python_stderr
     from edge_pneumo.device.classifier import Classifier
@@ -85,7 +97,9 @@ def run_infer(
     protect_python_stderr()  # our messages never go through fd 2, so a decoder's redirect cannot swallow them
     paths = gather_paths(items, directory)
     model_threads, decode_threads = split_threads(threads or default_threads(), len(paths))
-    clf = Classifier.load(model, artifact=artifact, threads=model_threads, verify=verify, guard=guard, tta=tta)
+    clf = Classifier.load(
+        model, artifact=artifact, threads=model_threads, verify=verify, guard=guard, tta=tta, site=site
+    )
     for line in clf.backend.messages:
         print(f"warning: {clf.entry.name}: {line}", file=sys.stderr)
     if heatmap is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import html
 import ipaddress
 import logging
 import os
@@ -101,6 +102,21 @@ class Slots:
         self.used -= 1
 
 
+def calibration_text(clf) -> str:
+    """The page's line about the active calibration: what the probabilities and the band rest on."""
+    cal = clf.calibration
+    if clf.site is None:
+        return (
+            "Calibrated on the training population (paediatric X-rays of one hospital), not on this site: "
+            "run `edge-pneumo calibrate` on this site's labelled images to fit it here."
+        )
+    c = clf.site.raw.get("counts") or {}
+    return (
+        f"Calibrated on this site: {cal.calibrated_on} ({c.get('NORMAL', '?')} normal and "
+        f"{c.get('PNEUMONIA', '?')} pneumonia images; site file {cal.site})."
+    )
+
+
 def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD_MB << 20, queue: int = 8):
     try:
         from starlette.applications import Starlette
@@ -150,7 +166,13 @@ def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLO
                 "class_names": list(clf.class_names),
                 "tta": "flip" if clf.tta else None,
                 "threshold": {"raw": cal.threshold, "calibrated": cal.calibrate(cal.threshold)},
-                "calibration": {"temperature": cal.temperature, "rule_out": cal.rule_out, "rule_in": cal.rule_in},
+                "calibration": {
+                    "temperature": cal.temperature,
+                    "rule_out": cal.rule_out,
+                    "rule_in": cal.rule_in,
+                    "calibrated_on": cal.calibrated_on,
+                    "site": None if clf.site is None else clf.site.summary(),
+                },
                 "guard": None
                 if clf.guard is None
                 else {
@@ -215,8 +237,10 @@ def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLO
         finally:
             slots.give()
 
+    calibration_note = html.escape(calibration_text(clf))
+
     async def page(request):
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        return HTMLResponse(PAGE.read_text(encoding="utf-8").replace("{{calibration}}", calibration_note))
 
     async def crash(request, exc):
         LOG.error("internal error: %s", type(exc).__name__)

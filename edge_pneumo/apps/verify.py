@@ -67,9 +67,15 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write_profile: bool = True) -> dict:
+def verify_folder(
+    folder: str | os.PathLike | None = None,
+    runs: int = 20,
+    write_profile: bool = True,
+    site: str | os.PathLike | None = None,
+) -> dict:
     """Check every artifact of an exported folder, and the guard's parameters; record this
-    device's fastest artifact in its profile. The report says what passed and why not."""
+    device's fastest artifact in its profile. With `site`, check that the site file was made for
+    an artifact of this folder (its sha256), and show it. The report says what passed and why not."""
     manifest = load_manifest(Path(folder) if folder else default_model_folder())
     x = verify_inputs(manifest.preprocessing)
     ref_name = reference_artifact(manifest)
@@ -162,10 +168,12 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write
         if budget.get("max_abs_dp") is not None and dp > budget["max_abs_dp"] * 10:
             row["status"] = "FAILED"
             row["notes"].append(f"max|dp| {dp:.2e} vs {ref_name} exceeds 10x its export budget")
+    site_row = None if site is None else check_site(manifest, site)
     passed = (
         all(r["status"] != "FAILED" for r in rows)
         and any(r["status"] == "ok" for r in rows)
         and guard_row["status"] == "ok"
+        and (site_row is None or site_row["status"] == "ok")
     )
     ok = [r for r in rows if r["status"] == "ok"]
     fastest = min(ok, key=lambda r: r["load_ms"] + r["latency_ms_p50"])["name"] if ok else None
@@ -178,6 +186,7 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write
         "passed": passed,
         "fastest": fastest,
         "profile": None,
+        "site": site_row,
     }
     if passed and fastest and write_profile:
         from edge_pneumo.device.device_profile import write_profile as save
@@ -187,6 +196,24 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write
         except OSError as e:
             report["profile_error"] = f"could not write the device profile ({e.strerror or e})"
     return report
+
+
+def check_site(manifest, site: str | os.PathLike) -> dict:
+    """The site file's summary and whether it fits an artifact of this folder (status ok / FAILED)."""
+    from edge_pneumo.device.site import load_site
+
+    try:
+        sf = load_site(site)
+        entry = manifest.artifacts.get(sf.artifact_name)
+        if entry is None:
+            raise EdgePneumoError(
+                f"{sf.path}: made for artifact {sf.artifact_name}, which this folder does not have "
+                f"({', '.join(manifest.artifacts)})"
+            )
+        sf.check_artifact(entry.name, entry.sha256)
+    except EdgePneumoError as e:
+        return {"file": str(site), "status": "FAILED", "notes": [str(e)]}
+    return {**sf.summary(), "status": "ok", "notes": []}
 
 
 def format_verify_report(report: dict) -> str:
@@ -212,6 +239,19 @@ def format_verify_report(report: dict) -> str:
             f"fastest here: {report['fastest']} (load + one image)"
             + (f"; recorded in {report['profile']}, the default for infer and serve" if report.get("profile") else ""),
         ]
+    site = report.get("site")
+    if site is not None:
+        if site["status"] == "ok":
+            c = site["counts"] or {}
+            lines += [
+                "",
+                f"site     {site['id']} ({site['file']}, sha256 {site['sha256']}): ok for {site['artifact']}; "
+                f"{c.get('NORMAL', '?')} NORMAL + {c.get('PNEUMONIA', '?')} PNEUMONIA images, made {site['created']}",
+                f"         threshold {site['threshold']:.4f}, band [{site['rule_out']:.4f}, {site['rule_in']:.4f}), "
+                f"temperature {site['temperature']:.3f}" + (", with a site head" if site["head"] else ""),
+            ]
+        else:
+            lines += ["", f"site     FAILED: {'; '.join(site['notes'])}"]
     lines += [
         "",
         "PASSED: this device runs the shipped model as exported, guard included."

@@ -73,7 +73,8 @@ def overlay(grey: np.ndarray, heatmap: np.ndarray, caption: str = "", alpha: flo
 def result_overlay(grey: np.ndarray, result) -> np.ndarray:
     """The picture a person sees for a classified result (the CLI's PNG, the page's image): the map
     weighted by P(PNEUMONIA), so a confident NORMAL stays cool, and the answer in a corner."""
-    caption = f"{result.label} p={result.probability:.2f}"
-    if result.confidence != "confident":
-        caption += f" ({result.confidence})"
+    from edge_pneumo.device.scoring import DECISION_TEXT
+
+    words = DECISION_TEXT.get(result.decision or "", result.label or "")
+    caption = f"{words} p={result.probability:.2f} (threshold {result.threshold:.2f})"
     return overlay(grey, result.heatmap * result.probability, caption)
