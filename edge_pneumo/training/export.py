@@ -259,9 +259,23 @@ def _tta_section(record: dict) -> dict:
             "temperature": c["temperature"],
             "rule_out": c["rule_out"],
             "rule_in": c["rule_in"],
-            "rule": "as `threshold` and `calibration`, on the same validation images scored with flip TTA",
+            "rule": "as `threshold` and `calibration`, on the same images (and shifted copies) scored with flip TTA",
         }
     }
+
+
+def check_band(km: KerasModel, section: str, threshold: float, calibration: dict) -> None:
+    """Refuse to ship a band that contradicts its threshold (rule_out < threshold < rule_in must hold)."""
+    from edge_pneumo.device.scoring import BandError, ordered_band
+
+    try:
+        ordered_band(threshold, float(calibration["rule_out"]), float(calibration["rule_in"]), widen=False)
+    except BandError as e:
+        raise EdgePneumoError(
+            f"{km.path}: the run record's {section} band is degenerate ({e}): it would call images PNEUMONIA "
+            "below the rule-in point or rule them out above the threshold. Retrain with this version of "
+            "`edge-pneumo train` (it fits an ordered band on the hardest population); nothing exported"
+        ) from None
 
 
 def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
@@ -278,6 +292,9 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
             f"{km.path}: its run record has no calibration (temperature, confidence band); "
             "retrain with this version of `edge-pneumo train`"
         )
+    check_band(km, "calibration", km.threshold, calibration)
+    if km.record.get("tta"):
+        check_band(km, "tta", float(km.record["tta"]["threshold"]), km.record["tta"]["calibration"])
     samples = discover(find_split(cfg.data, "train"))
     train_s, val_s = patient_split(samples, cfg.val_fraction, cfg.seed)
     calib_s = stratified_sample(train_s, cfg.calibration_images, cfg.seed)

@@ -21,11 +21,10 @@ from edge_pneumo.lab.metrics import (
     ONE_SE,
     apply_temperature,
     band_report,
-    band_thresholds,
     best_threshold,
     binary_report,
     expected_calibration_error,
-    fit_temperature,
+    hardest_population_calibration,
     youden,
 )
 from edge_pneumo.training.fit import Recipe, fit, predict
@@ -135,10 +134,22 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     vm = chosen.val_metrics
     p_va = predict(chosen.model, x_va)
     threshold, robustness = chosen.threshold, None
+    # The hardest population train/ offers: the images the threshold is chosen on, and their copies
+    # under every acquisition shift. The threshold's tie-break and the temperature and band use it.
+    from edge_pneumo.training.shifts import shifted_sets
+
+    on_shift = [full.samples[i] for i in np.flatnonzero(in_val)[shift_set]]
+    shifted_x = shifted_sets([str(s.path) for s in on_shift], preprocessing)
+    shifted_p = {name: predict(chosen.model, x) for name, x in shifted_x.items()}
     if cfg.threshold_tiebreak == "shifts":
-        on_shift = [full.samples[i] for i in np.flatnonzero(in_val)[shift_set]]
         robustness = shift_robust_threshold(
-            chosen.model, on_shift, y_va[shift_set], p_va[shift_set], preprocessing, cfg.recipe.threshold_tolerance
+            chosen.model,
+            on_shift,
+            y_va[shift_set],
+            p_va[shift_set],
+            preprocessing,
+            cfg.recipe.threshold_tolerance,
+            shifted=shifted_p,
         )
         threshold = robustness["threshold"]
         vm = binary_report(y_va, p_va, threshold)
@@ -147,7 +158,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             f"{threshold:.4f} (nearest 0.5: {robustness['threshold_nearest_half']:.4f}); mean shifted balanced accuracy "
             f"{robustness['mean_shifted_balanced_accuracy']:.4f} (nearest 0.5: {robustness['mean_shifted_balanced_accuracy_half']:.4f})"
         )
-    calibration = _calibration(y_va, p_va, shift_set, threshold, cfg)
+    calibration = _calibration(y_va, p_va, shift_set, threshold, cfg, shifted_p)
     selection_figures = {
         "validation": binary_report(y_va[plain_val], p_va[plain_val], threshold),
         "shift_set": (binary_report(y_va[shift_set], p_va[shift_set], threshold) if has_family else None),
@@ -163,7 +174,14 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         f"selection accuracy {vm['accuracy']:.4f}, AUC {vm['auc']:.4f}; temperature {calibration['temperature']:.3f}, "
         f"band [{calibration['rule_out']:.4f}, {calibration['rule_in']:.4f})"
     )
-    tta = _tta_operating_point(y_va, predict(chosen.model, x_va, tta=True), shift_set, plain_val, cfg)
+    tta = _tta_operating_point(
+        y_va,
+        predict(chosen.model, x_va, tta=True),
+        shift_set,
+        plain_val,
+        cfg,
+        {name: predict(chosen.model, x, tta=True) for name, x in shifted_x.items()},
+    )
     log(
         f"flip TTA: threshold {tta['threshold']:.4f}, selection AUC {tta['selection_figures']['validation']['auc']:.4f}, "
         f"temperature {tta['calibration']['temperature']:.3f}"
@@ -276,17 +294,25 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
 
 def shift_robust_threshold(
-    model, samples: list, y: np.ndarray, p: np.ndarray, preprocessing: Preprocessing, tolerance: float | str
+    model,
+    samples: list,
+    y: np.ndarray,
+    p: np.ndarray,
+    preprocessing: Preprocessing,
+    tolerance: float | str,
+    shifted: dict | None = None,
 ) -> dict:
     """The threshold among the equally good ones (within `tolerance` of the best balanced accuracy
     on these images) that best survives acquisition shifts of the same images (`shifts.SHIFTS`),
     beside the one the plain rule picks (nearest 0.5). The shifts stand in for the unseen scanner
-    batch a deployed model meets; they are made from the validation images alone."""
+    batch a deployed model meets; they are made from the validation images alone. `shifted`: the
+    model's scores of those copies, when the caller has them already."""
     from edge_pneumo.training.shifts import shifted_sets
 
-    shifted = {
-        name: predict(model, x) for name, x in shifted_sets([str(s.path) for s in samples], preprocessing).items()
-    }
+    if shifted is None:
+        shifted = {
+            name: predict(model, x) for name, x in shifted_sets([str(s.path) for s in samples], preprocessing).items()
+        }
     robust = best_threshold(y, p, tolerance, shifted=list(shifted.values()))
     half = best_threshold(y, p, tolerance)
     # J of each shifted copy (rows) at the two thresholds (columns); balanced accuracy = (J + 1) / 2
@@ -327,28 +353,25 @@ def _split_seed(cfg: TrainConfig, soft) -> int:
     return cfg.split_seed
 
 
-def _calibration(y: np.ndarray, p: np.ndarray, shift_set: np.ndarray, threshold: float, cfg: TrainConfig) -> dict:
-    """Temperature and confidence band, chosen on the validation run's selection images (which
-    the validation-run model never trained on), applied unchanged to the refit model, like the threshold."""
-    temperature = fit_temperature(y, p)
-    rule_out, rule_in = band_thresholds(y[shift_set], p[shift_set], cfg.rule_out_sensitivity, cfg.rule_in_specificity)
-    return {
-        "temperature": temperature,
-        "rule_out": rule_out,
-        "rule_in": rule_in,
-        "rule": (
-            f"temperature: min NLL on the {len(y)} selection images; rule-out: sensitivity >= "
-            f"{cfg.rule_out_sensitivity}, rule-in: specificity >= {cfg.rule_in_specificity} on the images the "
-            "threshold was chosen on"
-        ),
-        "ece_selection": expected_calibration_error(y, p),
-        "ece_selection_calibrated": expected_calibration_error(y, apply_temperature(p, temperature)),
-        "band_selection": band_report(y[shift_set], p[shift_set], threshold, rule_out, rule_in),
-    }
+def _calibration(
+    y: np.ndarray, p: np.ndarray, shift_set: np.ndarray, threshold: float, cfg: TrainConfig, shifted: dict
+) -> dict:
+    """Temperature and confidence band, fitted on the hardest population train/ offers (the images
+    the threshold was chosen on, pooled with their copies under every acquisition shift; `shifted`:
+    the scores of those copies) by the validation-run model, which never trained on them, and
+    applied unchanged to the refit model, like the threshold. The band always comes out ordered,
+    rule_out < threshold < rule_in (lab/metrics.hardest_population_calibration)."""
+    c = hardest_population_calibration(
+        y[shift_set], p[shift_set], shifted, threshold, cfg.rule_out_sensitivity, cfg.rule_in_specificity
+    )
+    c["ece_selection"] = expected_calibration_error(y, p)
+    c["ece_selection_calibrated"] = expected_calibration_error(y, apply_temperature(p, c["temperature"]))
+    c["band_selection"] = band_report(y[shift_set], p[shift_set], threshold, c["rule_out"], c["rule_in"])
+    return c
 
 
 def _tta_operating_point(
-    y: np.ndarray, p: np.ndarray, shift_set: np.ndarray, plain_val: np.ndarray, cfg: TrainConfig
+    y: np.ndarray, p: np.ndarray, shift_set: np.ndarray, plain_val: np.ndarray, cfg: TrainConfig, shifted: dict
 ) -> dict:
     """Flip TTA's own threshold, temperature and band, by the same rules on the same validation
     images: averaged probabilities are less extreme, so the plain operating point does not fit them."""
@@ -359,7 +382,7 @@ def _tta_operating_point(
         "views": flip_tta.NAME,
         "combine": flip_tta.DESCRIPTION,
         "threshold": threshold,
-        "calibration": _calibration(y, p, shift_set, threshold, cfg),
+        "calibration": _calibration(y, p, shift_set, threshold, cfg, shifted),
         "selection_figures": {
             "validation": binary_report(y[plain_val], p[plain_val], threshold),
             "shift_set": binary_report(y[shift_set], p[shift_set], threshold),
