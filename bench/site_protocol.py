@@ -159,7 +159,9 @@ def end_to_end(d: SiteData, paths: list[str], exe: str, model: Path, artifact: s
         same_numbers = all(
             abs(c[k] - getattr(fit, k)) < 1e-9 for k in ("threshold", "rule_out", "rule_in", "temperature")
         )
+        rows_file = td / "rows.jsonl"
         base = [exe, "infer", "--dir", str(rest), "--model", str(model), "--artifact", artifact, "-f", "json"]
+        base += ["-o", str(rows_file)]
         walls = {"without": [], "with": []}
         rows = None
         for _ in range(runs):
@@ -167,7 +169,7 @@ def end_to_end(d: SiteData, paths: list[str], exe: str, model: Path, artifact: s
                 r = timed_process(base + (["--site", str(sf)] if kind == "with" else []))
                 walls[kind].append(r["wall_s"])
                 if kind == "with":
-                    rows = [json.loads(line) for line in r["stdout"].splitlines() if line.startswith("{")]
+                    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
         cuts = Calibration(fit.threshold, fit.temperature, fit.rule_out, fit.rule_in)
         agree = [row["decision"] == cuts.decision(d.probability[rest_idx[Path(row["path"]).name]]) for row in rows]
         held = d.take(np.array(sorted(rest_idx.values())))
