@@ -18,6 +18,9 @@
 #      or <= 1/255 (int8)
 #   9. one Grad-CAM heatmap per int8 artifact on the emulated Pi and on the host: the same map
 #      within int8 tolerance; `edge-pneumo serve` (the serve extra) answers /healthz on the Pi
+#  10. `edge-pneumo calibrate` on a small site folder (20 NORMAL + 20 PNEUMONIA train/ images) on the
+#      Pi and on the host (int8 TFLite), then `infer --site` on the Pi: the same counts, thresholds
+#      within int8 tolerance, and every row carries the site file's hash
 #
 # Usage:  sudo tests/arm64/pi_emulation.sh [--summary FILE.json]
 #         sudo tests/arm64/pi_emulation.sh --prepare   # only build/refresh the cached rootfs
@@ -465,6 +468,25 @@ serve_check() {  # the serve extra on the Pi: start it, ask /healthz from the ho
   echo "serve on arm64: /healthz $([[ $rc == 0 ]] && cat "$SCRATCH/work/pi_healthz.json" || echo 'did not answer')"
 }
 
+site_check() {  # calibrate a small site on the Pi and on the host, then infer --site on the Pi
+  local cls f rc=0
+  for cls in NORMAL PNEUMONIA; do
+    mkdir -p "$SCRATCH/work/site/$cls"
+    [[ -d $DATA/train/$cls ]] || die "no train images in $DATA/train/$cls (set EDGE_PNEUMO_DATA)"
+    while read -r f; do cp "$DATA/train/$cls/$f" "$SCRATCH/work/site/$cls/"; done \
+      < <(find "$DATA/train/$cls" -maxdepth 1 -type f -iname '*.jpeg' -printf '%f\n' | LC_ALL=C sort | head -n 20)
+  done
+  mkdir -p "$SCRATCH/host"
+  in_pi "$ARM_VENV/bin/edge-pneumo" calibrate /work/site --out /work/pi_site.json --model "$PI_EXPORTED" \
+    --artifact tflite_int8 --name pi || rc=$?
+  ((rc == 0)) && { in_pi "$ARM_VENV/bin/edge-pneumo" infer --model "$PI_EXPORTED" --site /work/pi_site.json \
+    --dir /work/images --format json --output /work/out_site.jsonl || rc=$?; }
+  "$HOST_EP" calibrate "$SCRATCH/work/site" --out "$SCRATCH/host/site.json" --model "$REPO/exported" \
+    --artifact tflite_int8 --name host > /dev/null || rc=$?
+  echo "$rc" > "$SCRATCH/site_rc"
+  echo "calibrate + infer --site on arm64 and calibrate on the host: exit code $rc"
+}
+
 # ------------------------------------------------------------------ 8. compare + summary
 compare() {
   local summary=${SUMMARY:-$CACHE/last-run.json}
@@ -549,6 +571,30 @@ except (OSError, ValueError):
 serve["ok"] = serve["rc"] == 0 and (serve["healthz"] or {}).get("status") == "ok"
 ok &= serve["ok"]
 
+site = {"rc": int((scratch / "site_rc").read_text()) if (scratch / "site_rc").exists() else None, "problems": []}
+try:
+    import hashlib
+    pi_site_path = scratch / "work" / "pi_site.json"
+    pi_site = json.loads(pi_site_path.read_text())
+    host_site = json.loads((scratch / "host" / "site.json").read_text())
+    if pi_site["counts"] != host_site["counts"]:
+        site["problems"].append(f"counts differ: arm64 {pi_site['counts']}, host {host_site['counts']}")
+    for k in ("threshold", "rule_out", "rule_in"):
+        d = abs(pi_site["calibration"][k] - host_site["calibration"][k])
+        if d > 2 / 255:
+            site["problems"].append(f"{k} differs from the host's by {d:.4f} (> 2/255)")
+    sha = hashlib.sha256(pi_site_path.read_bytes()).hexdigest()[:16]
+    site_rows = [json.loads(l) for l in (scratch / "work" / "out_site.jsonl").read_text().splitlines() if l.strip()]
+    if len(site_rows) != n_expected or any(r.get("site") != sha for r in site_rows):
+        site["problems"].append(f"infer --site: {len(site_rows)} rows, not all carrying the site file's hash {sha}")
+    site["calibration_arm64"] = pi_site["calibration"]
+except (OSError, ValueError, KeyError) as e:
+    site["problems"].append(f"no usable site file or rows ({e})")
+if site["rc"] != 0:
+    site["problems"].append(f"exit code {site['rc']}")
+site["ok"] = not site["problems"]
+ok &= site["ok"]
+
 verify = {"rc": int((scratch / "verify_rc").read_text()), "report": None, "problems": []}
 try:
     verify["report"] = json.loads((scratch / "work" / "pi_verify.json").read_text())
@@ -571,7 +617,7 @@ for line in (scratch / "timings.tsv").read_text().splitlines():
     timings[k] = float(v)
 pi_info = json.loads((scratch / "work" / "pi_info.json").read_text())
 doc = {"ok": ok, "qemu_cpu": qemu_cpu, "n_images": n_expected, "arm64": pi_info,
-       "verify": verify, "serve": serve, "artifacts": rows, "timings_s": timings, "total_s": round(elapsed, 1)}
+       "verify": verify, "serve": serve, "site": site, "artifacts": rows, "timings_s": timings, "total_s": round(elapsed, 1)}
 summary.parent.mkdir(parents=True, exist_ok=True)
 summary.write_text(json.dumps(doc, indent=1))
 
@@ -585,6 +631,7 @@ for r in rows:
           f"{r.get('verify_status', '-'):>7s}  " + ("ok" if r["ok"] else "FAIL: " + "; ".join(r["problems"])))
 print("edge-pneumo verify on arm64: " + ("ok" if verify["ok"] else "FAIL: " + "; ".join(verify["problems"])))
 print("edge-pneumo serve on arm64: " + ("ok " + json.dumps(serve["healthz"]) if serve["ok"] else f"FAIL (rc {serve['rc']})"))
+print("edge-pneumo calibrate + infer --site on arm64: " + ("ok" if site["ok"] else "FAIL: " + "; ".join(site["problems"])))
 for r in rows:
     if "heatmap_max_abs_diff" in r:
         print(f"heatmap {r['name']}: max |diff| arm64 vs host {r['heatmap_max_abs_diff']:.4f}")
@@ -631,6 +678,7 @@ while IFS=$'\t' read -r name file _; do
 done < "$SCRATCH/artifacts.tsv"
 phase heatmaps heatmaps
 phase serve serve_check
+phase site site_check
 
 log "[compare]"
 echo "cache: $(du -shx "$CACHE" | cut -f1) in $CACHE"
