@@ -60,7 +60,7 @@ def test_csv_and_parquet_outputs(tiny_export, synthetic_data, tmp_path):
     src = str(synthetic_data / "test")
     run_batch(src, tmp_path / "r.csv", "local:1", model=str(tiny_export), log=lambda m: None)
     lines = (tmp_path / "r.csv").read_text().splitlines()
-    assert lines[0].startswith("path,status,label,probability") and len(lines) == 33
+    assert lines[0].startswith("path,status,label,decision,probability") and len(lines) == 33
     run_batch(src, tmp_path / "r.parquet", "local:1", model=str(tiny_export), log=lambda m: None)
     table = pq.read_table(tmp_path / "r.parquet")
     assert table.num_rows == 32 and set(table.column("status").to_pylist()) <= {"classified", "rejected"}

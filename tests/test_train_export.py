@@ -49,6 +49,12 @@ def test_run_record_states_the_contract(tiny_export):
     assert {"accuracy", "auc", "sensitivity", "specificity", "n"} <= set(record["test"])
     assert record["test_evaluations"][-1]["accuracy"] == record["test"]["accuracy"]
     assert {"tensorflow", "keras", "numpy"} <= set(record["versions"])
+    for c, t in (
+        (record["calibration"], record["threshold"]),
+        (record["tta"]["calibration"], record["tta"]["threshold"]),
+    ):
+        assert c["rule_out"] < t < c["rule_in"]  # an ordered band, always
+        assert c["population_images"] == 12 * int(sum(record["selection_scores"]["shift_set"]))  # + 11 shifted copies
 
 
 def test_every_format_is_exported_validated_and_described(tiny_export):
@@ -109,6 +115,30 @@ def test_impossible_budget_fails_loudly_and_writes_nothing(exported_copy, synthe
     assert "export refused" in r.output and "onnx_int8" in r.output
     after = {p.name: p.stat().st_mtime_ns for p in exported_copy.iterdir()}
     assert after == before  # no half-written file, manifest untouched
+
+
+def test_export_refuses_a_degenerate_band(exported_copy, synthetic_data):
+    rp = exported_copy / "pneumonia_cnn.record.json"
+    record = json.loads(rp.read_text())
+    record["calibration"]["rule_in"] = record["threshold"] / 2  # rule-in below the threshold: contradicting
+    rp.write_text(json.dumps(record))
+    before = (exported_copy / "manifest.json").read_bytes()
+    r = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(exported_copy / "pneumonia_cnn.keras"),
+            "--data",
+            str(synthetic_data),
+            "--out",
+            str(exported_copy),
+            "--formats",
+            "onnx_float32",
+        ],
+    )
+    assert r.exit_code == EXIT_FAILED and "band is degenerate" in r.output and "rule-in point" in r.output
+    assert (exported_copy / "manifest.json").read_bytes() == before
 
 
 def test_export_bad_inputs_are_one_line_errors(exported_copy, synthetic_data, tmp_path):

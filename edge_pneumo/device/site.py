@@ -4,6 +4,13 @@ The device reads it at run time (`--site FILE` or $EDGE_PNEUMO_SITE) and applies
 manifest's out-of-the-box calibration. It is bound to one artifact by sha256: applied to any other
 artifact its numbers mean nothing, so it is refused. It holds aggregates only (counts, fitted
 numbers, feature means), never an image, a file name, a patient id or a per-image score.
+
+Keys (schema 1): kind, schema_version, id (what rows say as `calibrated_on`), created, command,
+artifact {name, sha256}, model_version, tta, counts {NORMAL, PNEUMONIA, patients, rejected_by_guard},
+calibration {threshold, temperature, rule_out, rule_in, widened, on, rule}, head (null or SiteHead's
+dict), population {n, rule, statistics: {rejected, out_of_population_warning, feature_distance,
+indeterminate, positive: {mean, sd, window, window_limits}}} (what a drift watch compares with),
+report (the cross-fitted before -> after), seconds.
 """
 
 from __future__ import annotations
