@@ -212,7 +212,7 @@ def default_model_folder() -> Path:
     for location in (spec.submodule_search_locations or []) if spec else []:
         if (Path(location) / MANIFEST_NAME).is_file():
             return Path(location)
-    checkout = Path(__file__).resolve().parents[1] / "exported"
+    checkout = Path(__file__).resolve().parents[2] / "exported"  # edge_pneumo/device/manifest.py -> the checkout
     if (checkout / MANIFEST_NAME).is_file():
         return checkout
     raise ModelFileError(
