@@ -302,3 +302,46 @@ def test_labels_csv_gives_the_same_site_file_numbers_as_the_folder(tmp_path, sit
     assert a["counts"] == b["counts"]
     # the same images, no head here: the band-only fit is the one the headed file reported beside
     assert a["report"]["site"] == b["report"]["site"]
+
+
+def test_serve_with_a_site_file_from_the_environment_says_so(site_file, site_folder, tmp_path):
+    """`serve` reads $EDGE_PNEUMO_SITE; the page names the active calibration, rows carry it, info shows it."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    import urllib.request
+
+    from test_serve import post, start_server
+
+    proc, url, _ = start_server(SHIPPED, tmp_path, env={"EDGE_PNEUMO_SITE": str(site_file)})
+    try:
+        with urllib.request.urlopen(f"{url}/", timeout=10) as r:
+            page = r.read().decode()
+        assert "Calibrated on this site: site test-site" in page and "{{calibration}}" not in page
+        assert "Indeterminate: needs a reader" in page  # the page's words for the three decisions
+        image = next(iter(sorted((site_folder / "PNEUMONIA").iterdir()))).resolve().read_bytes()
+        status, row, _ = post(url, image, token=None, filename="x.jpeg")
+        assert status == 200 and row["site"] == load_site(site_file).sha256[:16]
+        assert row["decision"] in ("pneumonia", "no_pneumonia", "indeterminate")
+        with urllib.request.urlopen(f"{url}/api/v1/info", timeout=10) as r:
+            info = json.loads(r.read())
+        assert info["calibration"]["calibrated_on"].startswith("site test-site") and info["calibration"]["site"]["head"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_rejected_and_failed_rows_have_no_decision_but_carry_the_site(site_file, tmp_path):
+    import cv2
+
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((256, 256), 128, np.uint8))  # a flat grey page: the guard rejects it
+    broken = tmp_path / "broken.jpeg"
+    broken.write_bytes(b"not an image")
+    r = runner.invoke(
+        app, ["infer", "--model", str(SHIPPED), "--site", str(site_file), "-f", "json", str(blank), str(broken)]
+    )
+    rows = {Path(row["path"]).name: row for row in map(json.loads, r.stdout.splitlines())}
+    assert rows["blank.png"]["status"] == "rejected" and rows["broken.jpeg"]["status"] == "failed"
+    sha = load_site(site_file).sha256[:16]
+    for row in rows.values():
+        assert row["decision"] is None and row["label"] is None and row["site"] == sha
