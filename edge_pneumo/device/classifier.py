@@ -29,7 +29,7 @@ from edge_pneumo.device import tta as flip_tta
 from edge_pneumo.device.manifest import ArtifactEntry, Manifest, default_model_folder, load_manifest
 from edge_pneumo.device.result import CLASSIFIED, CONFIDENT, INDETERMINATE, REJECTED, Result, failure
 from edge_pneumo.device.runtime import RUNTIME_BY_SUFFIX, Backend, Outputs, default_threads, open_backend
-from edge_pneumo.device.scoring import TRAINING_POPULATION, apply_temperature, decide, effective_band
+from edge_pneumo.device.scoring import TRAINING_POPULATION, decide, effective_band
 from edge_pneumo.errors import InputImageError, InputRejected, ModelFileError
 
 GUARD_OFF_WARNING = "input guard turned off (--no-guard): nothing checked that this is a frontal chest X-ray"
@@ -97,8 +97,12 @@ class Calibration:
         return self.head.score(probability, features)
 
     def calibrate(self, p: float) -> float:
-        """sigmoid(logit(p) / T): the same ranking, probabilities that mean what they say."""
-        return float(p) if self.temperature == 1.0 else float(apply_temperature(p, self.temperature))
+        """sigmoid(logit(p) / T): the same ranking, probabilities that mean what they say. (Scalar math, the
+        same clipping as scoring.apply_temperature: once per row, numpy's per-call overhead would dominate.)"""
+        if self.temperature == 1.0:
+            return float(p)
+        q = min(max(float(p), 1e-7), 1 - 1e-7)
+        return 1.0 / (1.0 + math.exp(-math.log(q / (1 - q)) / self.temperature))
 
     def confidence(self, p: float) -> str:
         lo, hi = self._band
