@@ -258,6 +258,13 @@ def test_bad_site_inputs_write_nothing(tmp_path, site_folder):
     r, written = _calibrate([str(tmp_path / "absent")], out)
     assert r.exit_code == EXIT_FAILED and "no such folder" in r.stderr and not written
 
+    one_class = tmp_path / "one_class"
+    (one_class / "NORMAL").mkdir(parents=True)
+    r, written = _calibrate([str(one_class)], out)
+    assert r.exit_code == EXIT_FAILED and "PNEUMONIA: class folder missing" in r.stderr and not written
+    r, written = _calibrate(["--labels", str(tmp_path / "nope.csv")], out)
+    assert r.exit_code == EXIT_FAILED and "nope.csv: cannot read the labels file" in r.stderr and not written
+
     few = tmp_path / "few"
     (few / "NORMAL").mkdir(parents=True)
     (few / "PNEUMONIA").mkdir()
