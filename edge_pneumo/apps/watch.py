@@ -24,6 +24,7 @@ from pathlib import Path
 from edge_pneumo.apps.ledger import ResultSink
 from edge_pneumo.decoders.decode import IMAGE_SUFFIXES, read_bytes
 from edge_pneumo.device.result import FAILED
+from edge_pneumo.device.scoring import DECISION_TEXT
 from edge_pneumo.errors import EdgePneumoError, MissingRuntimeError
 
 RETRY_WINDOW_S = 30.0  # a file modified this recently whose read failed as truncated is tried again
@@ -162,7 +163,8 @@ class Watcher:
             return
         if self.sink.record(key, r.to_dict()):
             self.counts[r.status] += 1
-            self.log(f"{r.status:<10} {r.label or '':<9} {path}" + (f"  ({r.reason})" if r.reason else ""))
+            said = DECISION_TEXT.get(r.decision or "", "")  # the decision in words, as infer's text output
+            self.log(f"{r.status:<10} {said:<29} {path}" + (f"  ({r.reason})" if r.reason else ""))
         else:
             self.counts["already"] += 1
         self._done(path)
