@@ -76,10 +76,11 @@ class DicomNode:
             row.update(path=None, sop_instance_uid=sop, calling_ae=str(event.assoc.requestor.ae_title).strip())
             self.sink.record(sop or f"sha256:{r.content_sha256}", row)
             LOG.info(
-                "c-store sha256=%s status=%s label=%s p=%s",
+                "c-store sha256=%s status=%s label=%s decision=%s p=%s",
                 (r.content_sha256 or "")[:16],
                 r.status,
                 r.label,
+                r.decision,
                 None if r.probability is None else round(r.probability, 4),
             )
             return STATUS_SUCCESS

@@ -224,10 +224,11 @@ def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLO
             if want_map and r.heatmap is not None:
                 row["heatmap_png"] = await loop.run_in_executor(model, _overlay_png, data, r)
             LOG.info(
-                "classify sha256=%s status=%s label=%s p=%s ms=%.1f",
+                "classify sha256=%s status=%s label=%s decision=%s p=%s ms=%.1f",
                 (r.content_sha256 or "")[:16],
                 r.status,
                 r.label,
+                r.decision,
                 None if r.probability is None else round(r.probability, 4),
                 1000 * (time.perf_counter() - t0),
             )
