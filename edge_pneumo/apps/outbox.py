@@ -155,6 +155,10 @@ class Outbox:
         if self._thread is not None:
             self._thread.join(timeout=self.o.timeout_s + 5)
             self._thread = None
+            try:
+                self.flush()  # what was queued since the last round (e.g. `watch --once`)
+            except Exception as e:
+                LOG.error("outbox: %s", type(e).__name__)
         with self._lock:
             self._db.close()
 

@@ -99,6 +99,8 @@ class Watcher:
     def run(self, once: bool = False, until: Callable[[], bool] | None = None) -> dict:
         """Process what is there, then (unless `once`) keep watching until stopped."""
         observer = None
+        if self.forward is not None:
+            self.forward.start()
         if not once:
             observer = self._observer()
             observer.start()
@@ -121,6 +123,8 @@ class Watcher:
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=5)
+            if self.forward is not None:
+                self.forward.stop()  # one last try for what is due; the rest waits in the outbox for the next run
         return self.counts
 
     def stop(self) -> None:
