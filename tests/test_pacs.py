@@ -30,7 +30,7 @@ pytestmark = pytest.mark.realdata
 
 @pytest.fixture()
 def films(tmp_path):
-    """Six CR films from the test split (the first JPEG Baseline, the rest mixed) and the RSNA SC film."""
+    """Six CR films around test-split JPEGs (even ones JPEG Baseline, odd ones uncompressed): (path, SOP UID)."""
     data = real_data_dir()
     if data is None or not (ADULT / RSNA_FILM).exists():
         pytest.skip("the chest X-ray dataset and adult_cxr/ are needed (set EDGE_PNEUMO_DATA)")

@@ -6,13 +6,17 @@ indeterminate band, the model version, the artifact's sha256, the calibration in
 statement, and a reference to the source image. SNOMED CT and DCM codes where they exist; the rest in the
 private scheme `99EDGEPN`, declared in the SR's Coding Scheme Identification Sequence.
 
-UIDs are derived from the source SOP Instance UID (`generate_uid(entropy_srcs=...)`), so the same image
+UIDs are derived from the source SOP Instance UID (name-based UUIDs), so the same image
 always gives the same SR UID: a resend after a crash replaces, it never adds a second report.
 """
 
 from __future__ import annotations
 
+import uuid
+
 from edge_pneumo.errors import MissingRuntimeError
+
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "edge-pneumo.derived-uid")
 
 SCHEME = "99EDGEPN"
 SCHEME_NAME = "edge-pneumo private codes"
@@ -85,10 +89,9 @@ def _hd():
 
 
 def derived_uid(source_uid: str, kind: str) -> str:
-    """A UID fixed by (source, kind): the same image always gets the same report UID."""
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid(prefix=None, entropy_srcs=["edge-pneumo", kind, str(source_uid)]))
+    """A UID fixed by (source, kind): the same image always gets the same report UID. A 2.25 UID made
+    from a name-based UUID (RFC 4122 version 5); pydicom's generate_uid ignores its entropy with prefix None."""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, f'{kind}:{source_uid}').int}"
 
 
 def _private(value: str, meaning: str):
