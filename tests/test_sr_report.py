@@ -94,6 +94,14 @@ def test_the_rows_own_decision_wins_and_a_site_calibration_is_named(source, ctx)
     assert "clinic-7" in str(items["Calibration in force"].TextValue)
 
 
+def test_a_sender_that_leaves_out_type_2_attributes_still_gets_a_report(source, ctx):
+    for key in ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber"):
+        delattr(source, key)
+    ds = build_sr(source, ROWS["No pneumonia found"], ctx)
+    assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientBirthDate == ""
+    assert build_overlay_sc(source, np.zeros((8, 8, 3), np.uint8), ROWS["No pneumonia found"], ctx).Rows == 8
+
+
 def test_the_overlay_is_a_secondary_capture_in_the_same_study(source, ctx):
     rgb = np.zeros((64, 80, 3), np.uint8)
     ds = build_overlay_sc(source, rgb, ROWS["Pneumonia likely"], ctx)

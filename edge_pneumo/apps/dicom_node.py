@@ -119,9 +119,7 @@ class DicomNode:
             row = r.to_dict()
             row.update(path=None, sop_instance_uid=sop, calling_ae=str(event.assoc.requestor.ae_title).strip())
             if self.forward is not None:  # queued before the row is recorded: a crash between them repeats, never loses
-                from edge_pneumo.apps.forward import slim_header
-
-                row["forward_error"] = self.forward.report(slim_header(ds), row, r, data)
+                row["forward_error"] = self.forward.report(ds, row, r, data)
             self.sink.record(sop or f"sha256:{r.content_sha256}", row)
             LOG.info(
                 "c-store sha256=%s status=%s label=%s p=%s",

@@ -94,14 +94,3 @@ class Forwarder:
             LOG.error("forward: cannot build the report (%s)", type(e).__name__)
             return f"cannot build the report ({type(e).__name__}: {str(e)[:120]})"
         return None
-
-
-def slim_header(ds):
-    """The source's attributes a report copies (patient, study, its own UIDs), without pixel data."""
-    from pydicom.dataset import Dataset
-
-    out = Dataset()
-    for el in ds:
-        if el.tag.group in (0x0008, 0x0010, 0x0020) and el.VR != "SQ":
-            out.add(el)
-    return out

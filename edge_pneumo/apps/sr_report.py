@@ -94,6 +94,28 @@ def derived_uid(source_uid: str, kind: str) -> str:
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, f'{kind}:{source_uid}').int}"
 
 
+# Patient and study attributes highdicom copies into a report; Type 2 (may be empty, must be present).
+_TYPE2 = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+)  # fmt: skip
+
+
+def evidence(source):
+    """The source's identifying attributes (groups 0008, 0010, 0020; no sequences, no pixels), with
+    empty Type 2 patient/study attributes where a sender left them out: highdicom needs them present."""
+    from pydicom.dataset import Dataset
+
+    out = Dataset()
+    for el in source:
+        if el.tag.group in (0x0008, 0x0010, 0x0020) and el.VR != "SQ":
+            out.add(el)
+    for key in _TYPE2:
+        if key not in out:
+            setattr(out, key, "")
+    return out
+
+
 def _private(value: str, meaning: str):
     return _hd().sr.CodedConcept(value, SCHEME, meaning)
 
@@ -113,6 +135,7 @@ def build_sr(source, row: dict, ctx: ReportContext):
     hd = _hd()
     from pydicom.sr.codedict import codes
 
+    source = evidence(source)
     sr = hd.sr
     decision = decision_of(row)
     code, meaning, presence = DECISIONS[decision]
@@ -205,6 +228,7 @@ def build_sr(source, row: dict, ctx: ReportContext):
 def build_overlay_sc(source, overlay_rgb, row: dict, ctx: ReportContext):
     """The Grad-CAM overlay (RGB uint8) as a Secondary Capture in the source's study, its own series."""
     hd = _hd()
+    source = evidence(source)
     ds = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=overlay_rgb,
