@@ -144,7 +144,11 @@ def test_the_outbox_keeps_what_the_archive_did_not_take_and_sends_it_once_it_ans
         box.flush()
         assert box.status()["pending"] == 0 and box.status()["sent"] == 1
         assert [d.SOPInstanceUID for d in got] == [sr.SOPInstanceUID]
-        assert not list((tmp_path / "outbox").glob("*.dcm"))  # sent objects leave the disk
         box.stop()
+        import sqlite3
+
+        db = sqlite3.connect(tmp_path / "outbox" / "outbox.sqlite")
+        assert db.execute("SELECT COUNT(*) FROM outbox WHERE data IS NOT NULL").fetchone() == (0,)  # sent: dropped
+        db.close()
     finally:
         server.shutdown()
