@@ -66,8 +66,20 @@ class Forwarder:
         self.outbox = Outbox(options.outbox_options())
 
     def start(self) -> Forwarder:
+        self._warm_up()
         self.outbox.start()
         return self
+
+    def _warm_up(self) -> None:
+        """Build one throwaway SR: the first one pays ~1 s of imports (pydicom's code dictionary), not an image."""
+        from pydicom.dataset import Dataset
+
+        from edge_pneumo.apps.sr_report import build_sr, derived_uid
+
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", derived_uid("warm-up", "image")
+        ds.StudyInstanceUID = ds.SeriesInstanceUID = derived_uid("warm-up", "study")
+        build_sr(ds, {"status": "classified", "label": "NORMAL", "probability": 0.1}, self.context)
 
     def stop(self) -> None:
         self.outbox.stop()
