@@ -152,3 +152,25 @@ def test_the_outbox_keeps_what_the_archive_did_not_take_and_sends_it_once_it_ans
         db.close()
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["serve", "--forward", "ORTHANC@127.0.0.1:4242"], "add --dicom-port"),
+        (["serve", "--dicom-port", "11199", "--allow-aet", "X", "--forward-heatmap"], "needs --forward"),
+        (["serve", "--dicom-port", "11199", "--allow-aet", "X", "--forward", "ORTHANC"], "AET@HOST:PORT"),
+        (["watch", ".", "--forward", "ORTHANC@h:0"], "port"),
+    ],
+)
+def test_forward_options_are_checked_before_anything_starts(args, words, tmp_path):
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "edge-pneumo")
+    extra = ["--model", str(REPO / "exported")] + (
+        ["--results", str(tmp_path / "r.jsonl")] if args[0] == "serve" else []
+    )
+    p = subprocess.run([exe, *args, *extra], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode == 2 and words in p.stderr, p.stderr
+    assert not list(tmp_path.glob("*.outbox"))
