@@ -7,7 +7,8 @@ from AE titles not on the allow-list are refused. Each received image goes throu
 header rules, guard and classifier as any file, and its result is recorded once (keyed by the
 SOPInstanceUID) in the same ledger-backed results file: JSON lines with `sop_instance_uid`.
 The C-STORE answer says what happened: success for a classified image; a failure status with
-the reason in Error Comment for an image the guard refused (0xC001) or could not read (0xC000).
+the reason in Error Comment for an image the guard refused (0xC001) or could not read (0xC000);
+0xA700 when the device itself failed (nothing is recorded then, so a resend is processed).
 With a forwarder, each image's SR (and overlay) goes to the archive through the outbox.
 """
 
@@ -23,6 +24,7 @@ from edge_pneumo.errors import MissingRuntimeError
 
 LOG = logging.getLogger("edge_pneumo.decoders.dicom")
 STATUS_SUCCESS, STATUS_CANNOT_PROCESS, STATUS_REFUSED = 0x0000, 0xC000, 0xC001
+STATUS_OUT_OF_RESOURCES = 0xA700  # our own trouble (e.g. the disk): nothing recorded, the sender may try again
 # CR, DX for presentation, DX for processing, Secondary Capture (digitised film, many gateways).
 STORAGE_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.1",
@@ -129,13 +131,11 @@ class DicomNode:
                 None if r.probability is None else round(r.probability, 4),
             )
             return store_status(row)
-        except Exception as e:  # one bad dataset must not take the node down, nor vanish without a row
+        except Exception as e:  # one bad dataset must not take the node down; nothing recorded, so a resend is retried
             LOG.error("c-store failed: %s", type(e).__name__)
-            row = {"path": None, "status": "failed", "reason": f"internal error ({type(e).__name__})"}
-            try:
-                sop = str(event.dataset.get("SOPInstanceUID", "") or "")
-                if sop:
-                    self.sink.record(sop, {**row, "sop_instance_uid": sop})
-            except Exception:
-                pass
-            return store_status(row)
+            from pydicom.dataset import Dataset
+
+            status = Dataset()
+            status.Status = STATUS_OUT_OF_RESOURCES
+            status.ErrorComment = f"internal error ({type(e).__name__}); send again"[:64]
+            return status

@@ -88,21 +88,32 @@ class Forwarder:
         return {**self.outbox.status(), "heatmap": self.heatmap}
 
     def report(self, source, row: dict, result=None, data: bytes | None = None) -> str | None:
-        """Queue the SR (and overlay) for one image; None when queued (or queued before), else why not."""
-        from edge_pneumo.apps.sr_report import build_overlay_sc, build_sr
-
+        """Queue the SR (and overlay) for one image; None when queued (or queued before), else why it cannot
+        be made (a header highdicom cannot use: the caller records that in the row). A failure to queue
+        (the disk) raises: the caller must not record the image as done, so that it is tried again."""
         t_classified = time.time()
         sop = str(source.get("SOPInstanceUID", "") or "")
         if not sop or not str(source.get("StudyInstanceUID", "") or ""):
             return "no SOPInstanceUID/StudyInstanceUID: nothing to attach a report to"
+        made = self._build(source, row, result, data, sop)
+        if isinstance(made, str):
+            return made
+        for key, ds in made:
+            self.outbox.put(key, ds, t_classified)
+        return None
+
+    def _build(self, source, row, result, data, sop) -> list | str:
+        from edge_pneumo.apps.sr_report import build_overlay_sc, build_sr
+
+        out = []
         try:
             if not self.outbox.has(f"sr:{sop}"):
-                self.outbox.put(f"sr:{sop}", build_sr(source, row, self.context), t_classified)
+                out.append((f"sr:{sop}", build_sr(source, row, self.context)))
             heat = getattr(result, "heatmap", None)
             if self.heatmap and heat is not None and data is not None and not self.outbox.has(f"sc:{sop}"):
                 rgb = np.ascontiguousarray(overlay_bgr(data, result)[..., ::-1])
-                self.outbox.put(f"sc:{sop}", build_overlay_sc(source, rgb, row, self.context), t_classified)
+                out.append((f"sc:{sop}", build_overlay_sc(source, rgb, row, self.context)))
         except Exception as e:  # a header highdicom cannot use: the row says so, the node keeps running
             LOG.error("forward: cannot build the report (%s)", type(e).__name__)
             return f"cannot build the report ({type(e).__name__}: {str(e)[:120]})"
-        return None
+        return out

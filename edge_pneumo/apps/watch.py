@@ -171,7 +171,13 @@ class Watcher:
             return
         row = r.to_dict()
         if dicom:
-            row["forward_error"] = self._report(data, row, r)
+            try:
+                row["forward_error"] = self._report(data, row, r)
+            except Exception as e:  # the outbox could not take it (the disk): not done, tried again later
+                self.log(f"warning: {path}: its report could not be queued ({type(e).__name__}); trying again")
+                with self._lock:
+                    self._pending[path] = None
+                return
         if self.sink.record(key, row):
             self.counts[r.status] += 1
             self.log(f"{r.status:<10} {r.label or '':<9} {path}" + (f"  ({r.reason})" if r.reason else ""))
