@@ -116,21 +116,30 @@ class Orthanc:
             time.sleep(0.2)
 
 
-def cr_film(jpeg: Path, out: Path, compressed: bool = True, view: str = "PA", patient: str = "DOE^JANE"):
-    """A CR film around a dataset X-ray: its grey pixels as JPEG Baseline (8-bit, one component), or
-    uncompressed (Explicit VR Little Endian). Returns the SOP Instance UID."""
+STORAGE = {  # modality -> SOP class
+    "CR": "1.2.840.10008.5.1.4.1.1.1",  # CR Image Storage
+    "DX": "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "DX-processing": "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+}
+
+
+def cr_film(
+    jpeg: Path, out: Path, compressed: bool = True, view: str = "PA", patient: str = "DOE^JANE", kind: str = "CR"
+):
+    """A CR (or DX, `kind`) film around a dataset X-ray: its grey pixels as JPEG Baseline (8-bit, one
+    component), or uncompressed (Explicit VR Little Endian). Returns the SOP Instance UID."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
     grey = cv2.imread(str(jpeg), cv2.IMREAD_GRAYSCALE)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
+    meta.MediaStorageSOPClassUID = STORAGE[kind]
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = JPEGBaseline8Bit if compressed else ExplicitVRLittleEndian
     ds = FileDataset(str(out), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", view
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = kind[:2], "CHEST", view
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient, "PID-0042", "20200101", "F"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20261129", "080000", "1", "ACC1"

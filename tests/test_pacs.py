@@ -30,7 +30,8 @@ pytestmark = pytest.mark.realdata
 
 @pytest.fixture()
 def films(tmp_path):
-    """Six CR films around test-split JPEGs (even ones JPEG Baseline, odd ones uncompressed): (path, SOP UID)."""
+    """Six films around test-split JPEGs, (path, SOP UID): CR, DX for presentation, CR, DX for processing,
+    CR, CR; even ones JPEG Baseline, odd ones uncompressed."""
     data = real_data_dir()
     if data is None or not (ADULT / RSNA_FILM).exists():
         pytest.skip("the chest X-ray dataset and adult_cxr/ are needed (set EDGE_PNEUMO_DATA)")
@@ -40,7 +41,8 @@ def films(tmp_path):
     out = []
     for i, j in enumerate(jpegs):
         path = tmp_path / f"cr{i}.dcm"
-        out.append((path, cr_film(j, path, compressed=i % 2 == 0)))
+        kind = {1: "DX", 3: "DX-processing"}.get(i, "CR")
+        out.append((path, cr_film(j, path, compressed=i % 2 == 0, kind=kind)))
     return out
 
 
@@ -158,7 +160,9 @@ def test_films_answered_in_the_archive_across_an_outage(films, tmp_path):
         assert len(by_source) == 6 and all(len(v) == 1 for v in by_source.values())
         assert {uid for _, uid in films[1:4]} <= set(by_source)
         assert wait_until(lambda: info(url)["outbox"]["pending"] == 0)
-        assert len(rows(tmp_path)) == 6
+        final = rows(tmp_path)
+        assert len(final) == 6  # CR, DX for presentation and for processing, SC: every chest film classified
+        assert all(r["status"] == "classified" for r in final if r["sop_instance_uid"] != lateral_uid), final
     finally:
         proc.terminate()
         proc.wait(timeout=20)
