@@ -154,6 +154,8 @@ def test_films_answered_in_the_archive_across_an_outage(films, tmp_path):
         assert wait_until(lambda: info(url)["outbox"]["last_error"] is not None)
         box = info(url)["outbox"]
         assert box["pending"] >= 3 and box["destination"] == orthanc.destination
+        page = urllib.request.urlopen(url + "/", timeout=5).read().decode()
+        assert "api/v1/info" in page and "PACS outbox" in page  # the page reads and shows the same
         orthanc.start()
         orthanc.wait_for("SR", 6)
         by_source = srs_by_source(orthanc)
