@@ -241,3 +241,45 @@ def test_watch_sends_an_sr_for_a_dicom_file(films, tmp_path):
         assert list(srs_by_source(orthanc)) == [films[5][1]]
     finally:
         orthanc.stop()
+
+
+@pytest.mark.parametrize(
+    "syntax", ["RLELossless", "JPEGLSLossless", "JPEG2000Lossless", "DeflatedExplicitVRLittleEndian"]
+)
+def test_the_node_classifies_films_in_other_transfer_syntaxes(syntax, films, tmp_path):
+    """No archive: the node in this process, pynetdicom as the modality, one film compressed by pydicom."""
+    from edge_pneumo.apps.dicom_node import DicomNode
+    from edge_pneumo.apps.ledger import ResultSink
+    from edge_pneumo.device.classifier import Classifier
+
+    uid = getattr(pydicom.uid, syntax)
+    ds = pydicom.dcmread(films[1][0])  # uncompressed DX
+    try:
+        if syntax.startswith("Deflated"):
+            ds.file_meta.TransferSyntaxUID = uid
+        elif syntax.startswith("JPEG2000"):  # pydicom's J2K encoder needs openjpeg; Pillow writes the codestream
+            from PIL import Image
+
+            buf = io.BytesIO()
+            Image.fromarray(ds.pixel_array).save(buf, format="JPEG2000", no_jp2=True, irreversible=False)
+            ds.PixelData = pydicom.encaps.encapsulate([buf.getvalue()])
+            ds["PixelData"].VR = "OB"
+            ds.file_meta.TransferSyntaxUID = uid
+        else:
+            ds.compress(uid, generate_instance_uid=False)
+    except Exception as e:  # an encoder this installation lacks says nothing about the node
+        pytest.skip(f"pydicom cannot encode {syntax} here ({type(e).__name__})")
+    path = tmp_path / "film.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    port = free_port()
+    sink = ResultSink(tmp_path / "dicom.jsonl", key_field="sop_instance_uid")
+    node = DicomNode(Classifier.load(MODEL), sink, port, allowed=["XRAY01"], host="127.0.0.1")
+    node.start()
+    try:
+        status = _send_with_pynetdicom(port, path)
+    finally:
+        node.stop()
+        sink.close()
+    assert status.Status == 0x0000, status
+    (row,) = rows(tmp_path)
+    assert row["status"] == "classified" and row["sop_instance_uid"] == films[1][1]
