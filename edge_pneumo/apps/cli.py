@@ -530,7 +530,7 @@ ForwardRetryOpt = Annotated[
     Optional[float],
     typer.Option(
         help="With --forward: the longest wait between two tries when the archive is down, in seconds "
-        "(default: the outbox's).",
+        "(default: 60, outbox.OutboxOptions.retry_max_s).",
         min=0.1,
         show_default=False,
     ),
