@@ -174,3 +174,16 @@ def test_forward_options_are_checked_before_anything_starts(args, words, tmp_pat
     p = subprocess.run([exe, *args, *extra], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 2 and words in p.stderr, p.stderr
     assert not list(tmp_path.glob("*.outbox"))
+
+
+def test_without_highdicom_forwarding_says_which_pip_line_fixes_it():
+    import sys
+
+    code = (
+        "import sys; sys.modules['highdicom'] = None\n"  # as if it were not installed
+        "from edge_pneumo.apps.sr_report import require_highdicom\n"
+        "from edge_pneumo.errors import MissingRuntimeError\n"
+        "try:\n    require_highdicom()\nexcept MissingRuntimeError as e:\n    print(e)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "pip install 'edge-pneumo[dicom]'" in p.stdout, p.stdout + p.stderr

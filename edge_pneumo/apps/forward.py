@@ -57,9 +57,9 @@ class Forwarder:
     """Builds the reports for one image and queues them; `status()` for /api/v1/info and the page."""
 
     def __init__(self, clf, options: ForwardOptions):
-        from edge_pneumo.apps.sr_report import ReportContext, _hd
+        from edge_pneumo.apps.sr_report import ReportContext, require_highdicom
 
-        _hd()  # a missing highdicom fails at start, with the pip line, not at the first image
+        require_highdicom()  # a missing highdicom fails at start, with the pip line, not at the first image
         self.options = options
         self.heatmap = options.heatmap
         self.context = ReportContext.from_classifier(clf, station=options.calling_ae)

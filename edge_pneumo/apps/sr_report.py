@@ -80,7 +80,7 @@ class ReportContext:
         return f"{where}{on}; temperature {self.temperature:.4g}"
 
 
-def _hd():
+def require_highdicom():
     try:
         import highdicom
     except ImportError:
@@ -117,7 +117,7 @@ def evidence(source):
 
 
 def _private(value: str, meaning: str):
-    return _hd().sr.CodedConcept(value, SCHEME, meaning)
+    return require_highdicom().sr.CodedConcept(value, SCHEME, meaning)
 
 
 def _declare_scheme(ds) -> None:
@@ -132,7 +132,7 @@ def _declare_scheme(ds) -> None:
 
 def build_sr(source, row: dict, ctx: ReportContext):
     """A Comprehensive SR for one received image (`source`: its dataset, pixels not needed)."""
-    hd = _hd()
+    hd = require_highdicom()
     from pydicom.sr.codedict import codes
 
     source = evidence(source)
@@ -227,7 +227,7 @@ def build_sr(source, row: dict, ctx: ReportContext):
 
 def build_overlay_sc(source, overlay_rgb, row: dict, ctx: ReportContext):
     """The Grad-CAM overlay (RGB uint8) as a Secondary Capture in the source's study, its own series."""
-    hd = _hd()
+    hd = require_highdicom()
     source = evidence(source)
     ds = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
