@@ -51,11 +51,18 @@ def decision_of(row: dict) -> str | None:
 class ReportContext:
     """What every report from this device says about itself: model, artifact, calibration in force."""
 
-    __slots__ = ("model_version", "artifact", "artifact_sha256", "threshold", "band", "temperature", "station")
+    __slots__ = (
+        "model_version", "artifact", "artifact_sha256", "threshold", "band", "temperature", "station", "site",
+        "calibrated_on",
+    )  # fmt: skip
 
-    def __init__(self, model_version, artifact, artifact_sha256, threshold, band, temperature, station="EDGEPNEUMO"):
+    def __init__(
+        self, model_version, artifact, artifact_sha256, threshold, band, temperature, station="EDGEPNEUMO",
+        site=None, calibrated_on=None,
+    ):  # fmt: skip
         self.model_version, self.artifact, self.artifact_sha256 = model_version, artifact, artifact_sha256
         self.threshold, self.band, self.temperature, self.station = threshold, band, temperature, station
+        self.site, self.calibrated_on = site, calibrated_on
 
     @classmethod
     def from_classifier(cls, clf, station: str = "EDGEPNEUMO") -> ReportContext:
@@ -71,13 +78,16 @@ class ReportContext:
             (cal.calibrate(lo), cal.calibrate(hi)),
             cal.temperature,
             station,
+            getattr(cal, "site", None),  # a site calibration file, where the runtime has one
+            getattr(cal, "calibrated_on", None),
         )
 
     def calibration_text(self, row: dict) -> str:
-        site = row.get("site")
+        """The row's own site and `calibrated_on` when it has them, else the classifier's."""
+        site = row.get("site") or self.site
+        on = row.get("calibrated_on") or self.calibrated_on
         where = f"site calibration {site}" if site else "shipped calibration (no site calibration file)"
-        on = f", calibrated on {row['calibrated_on']}" if row.get("calibrated_on") else ""
-        return f"{where}{on}; temperature {self.temperature:.4g}"
+        return f"{where}{f', calibrated on {on}' if on else ''}; temperature {self.temperature:.4g}"
 
 
 def require_highdicom():
