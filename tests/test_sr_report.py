@@ -187,3 +187,12 @@ def test_without_highdicom_forwarding_says_which_pip_line_fixes_it():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "pip install 'edge-pneumo[dicom]'" in p.stdout, p.stdout + p.stderr
+
+
+def test_a_missing_binary_skips_here_but_fails_in_ci(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must have it"):
+        need("no-such-binary-edge-pneumo")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        need("no-such-binary-edge-pneumo")
