@@ -139,3 +139,12 @@ def test_dicom_sr_on_arm64(pi_run):
     """The dicom extra installs on the Pi: a CR film is classified there and answered with a DICOM SR."""
     sr = pi_run["sr"]
     assert sr["ok"] and sr["status"] == "classified" and sr["sr_sop_instance_uid"].startswith("2.25."), sr
+
+
+def test_site_calibration_on_arm64(pi_run):
+    """`calibrate` runs on the Pi (base install, no TensorFlow) and fits what the host fits within int8
+    tolerance; `infer --site` there stamps every row with the site file's hash."""
+    site = pi_run["site"]
+    assert site["ok"], site["problems"]
+    c = site["calibration_arm64"]
+    assert c["rule_out"] < c["threshold"] < c["rule_in"]
