@@ -441,14 +441,16 @@ def _trust_markdown(report: dict) -> list[str]:
                 f"| validation (selection) | training run | {_f(sel.get('ece_selection'), 3)} | "
                 f"{_f(sel.get('ece_selection_calibrated'), 3)} | {_f(b.get('decided_share'), 3)} | "
                 f"{_f(b.get('rule_out_sensitivity'), 4)} | {_f(b.get('rule_in_specificity'), 4)} | "
-                f"{b.get('pneumonia_among_ruled_out')} | {b.get('normal_among_ruled_in')} | {_f(b.get('accuracy_of_decided'), 4)} |"
+                f"{b.get('pneumonia_among_ruled_out')} | {b.get('normal_among_ruled_in')} | "
+                f"{_f(b.get('accuracy_of_decided'), 4)} |"
             )
         for name, m in cal["this_set"].items():
             b = m["band"]
             lines.append(
                 f"| this set ({report['images']}) | {name} | {_f(m['ece'], 3)} | {_f(m['ece_calibrated'], 3)} | "
-                f"{_f(b['decided_share'], 3)} | {_f(b['rule_out_sensitivity'], 4)} | {_f(b['rule_in_specificity'], 4)} | "
-                f"{b['pneumonia_among_ruled_out']} | {b['normal_among_ruled_in']} | {_f(b['accuracy_of_decided'], 4)} |"
+                f"{_f(b['decided_share'], 3)} | {_f(b['rule_out_sensitivity'], 4)} | "
+                f"{_f(b['rule_in_specificity'], 4)} | {b['pneumonia_among_ruled_out']} | "
+                f"{b['normal_among_ruled_in']} | {_f(b['accuracy_of_decided'], 4)} |"
             )
         lines.append("")
     t = report.get("tta")
@@ -487,7 +489,8 @@ def _trust_markdown(report: dict) -> list[str]:
             "",
             f"On the {e['images']} PNEUMONIA images of this set. Deletion: mean drop of P(PNEUMONIA) when the "
             "top 15% of the map is hidden, against the same mask moved elsewhere. Randomised head: rank "
-            "correlation with maps from random head weights, mean over 10 random heads (range of single heads; low is right). Agreement: rank correlation "
+            "correlation with maps from random head weights, mean over 10 random heads (range of single heads; low is "
+            "right). Agreement: rank correlation "
             f"with `{e['reference']}`'s maps.",
             "",
             "| artifact | deletion drop | moved drop | ratio | vs float32 (Spearman, mean / 5th pct) | "
@@ -500,7 +503,9 @@ def _trust_markdown(report: dict) -> list[str]:
             lines.append(
                 f"| {name} | {d['drop_salient']:.3f} | {d['drop_moved']:.3f} | {d['ratio']:.2f} | "
                 f"{(_f(vs['spearman_mean'], 3) + ' / ' + _f(vs['spearman_p05'], 3)) if vs else '-'} | "
-                f"{rnd['spearman_mean']:.3f} ({_f(rnd.get('spearman_draw_min'), 2)} to {_f(rnd.get('spearman_draw_max'), 2)}) | {loc['heat_in_lung_boxes']:.2f} ({loc['lung_box_share_of_area']:.2f}) | "
+                f"{rnd['spearman_mean']:.3f} ({_f(rnd.get('spearman_draw_min'), 2)} to "
+                f"{_f(rnd.get('spearman_draw_max'), 2)}) | "
+                f"{loc['heat_in_lung_boxes']:.2f} ({loc['lung_box_share_of_area']:.2f}) | "
                 f"{loc['heat_in_border']:.2f} ({loc['border_share_of_area']:.2f}) |"
             )
         lines.append("")

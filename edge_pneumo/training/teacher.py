@@ -81,7 +81,8 @@ def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
     fit_s, sel_s = selection_split(samples, cfg.val_fraction, cfg.split_seed, cfg.holdout_family)
     pre = Preprocessing(size=cfg.size, intensity=cfg.intensity)
     log(
-        f"teacher: {len(fit_s)} fit / {len(sel_s)} selection images at {cfg.size} px (held-out family: {cfg.holdout_family})"
+        f"teacher: {len(fit_s)} fit / {len(sel_s)} selection images at {cfg.size} px (held-out family: "
+        f"{cfg.holdout_family})"
     )
     full = load_images(samples, pre)
     sel_set = set(sel_s)
@@ -146,7 +147,10 @@ def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
     record = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["edge-pneumo", *sys.argv[1:]]) if sys.argv else "",
-        "model": f"ResNet-18-shaped CNN, width {cfg.width}, {cfg.size} px (edge_pneumo.training.model.build_teacher_model)",
+        "model": (
+            f"ResNet-18-shaped CNN, width {cfg.width}, {cfg.size} px "
+            "(edge_pneumo.training.model.build_teacher_model)"
+        ),
         "seeds": list(cfg.seeds),
         "preprocessing": pre.to_dict(),
         "recipe": cfg.recipe.to_dict(),
@@ -275,6 +279,7 @@ def merge_soft_labels(paths: list[Path], data: Path, out: Path, log: Callable[[s
     save_soft_labels(out, record, labels)
     member_aucs = ", ".join(f"{(m.record.get('selection') or {}).get('auc', float('nan')):.4f}" for m in members)
     log(
-        f"merged {len(members)} teachers: selection AUC {record['selection']['auc']:.4f} (members: {member_aucs}); wrote {out}"
+        f"merged {len(members)} teachers: selection AUC {record['selection']['auc']:.4f} (members: {member_aucs}); "
+        f"wrote {out}"
     )
     return record

@@ -109,8 +109,8 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         teacher_p = soft.for_samples(full.samples, split_dir)
         log(
             f"teacher: {cfg.teacher} ({soft.record.get('model', '')}; selection AUC "
-            f"{soft.record.get('selection', {}).get('auc', float('nan')):.4f}); targets = {cfg.recipe.distill_alpha} x label "
-            f"+ {1 - cfg.recipe.distill_alpha:.2f} x teacher"
+            f"{soft.record.get('selection', {}).get('auc', float('nan')):.4f}); "
+            f"targets = {cfg.recipe.distill_alpha} x label + {1 - cfg.recipe.distill_alpha:.2f} x teacher"
             + (f" (softened, T = {cfg.recipe.teacher_temperature})" if cfg.recipe.teacher_temperature != 1.0 else "")
         )
 
@@ -144,14 +144,18 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         vm = binary_report(y_va, p_va, threshold)
         log(
             f"threshold tie broken by robustness to {len(robustness['shifted_j'])} acquisition shifts: "
-            f"{threshold:.4f} (nearest 0.5: {robustness['threshold_nearest_half']:.4f}); mean shifted balanced accuracy "
-            f"{robustness['mean_shifted_balanced_accuracy']:.4f} (nearest 0.5: {robustness['mean_shifted_balanced_accuracy_half']:.4f})"
+            f"{threshold:.4f} (nearest 0.5: {robustness['threshold_nearest_half']:.4f}); "
+            f"mean shifted balanced accuracy {robustness['mean_shifted_balanced_accuracy']:.4f} "
+            f"(nearest 0.5: {robustness['mean_shifted_balanced_accuracy_half']:.4f})"
         )
     calibration = _calibration(y_va, p_va, shift_set, threshold, cfg)
     selection_figures = {
         "validation": binary_report(y_va[plain_val], p_va[plain_val], threshold),
         "shift_set": (binary_report(y_va[shift_set], p_va[shift_set], threshold) if has_family else None),
-        "shift_set_is": f"{shift_family} normals ({'held out of fitting' if cfg.holdout_family else 'validation patients'}) + validation pneumonia",
+        "shift_set_is": (
+            f"{shift_family} normals ({'held out of fitting' if cfg.holdout_family else 'validation patients'}) "
+            "+ validation pneumonia"
+        ),
     }
     where = (
         f"{'held-out' if cfg.holdout_family else 'validation'} {shift_family} normals + validation pneumonia"
@@ -159,13 +163,15 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         else "validation"
     )
     log(
-        f"validation run: best epoch {chosen.best_epoch}, threshold {threshold:.4f} (max balanced accuracy on {where}); "
+        f"validation run: best epoch {chosen.best_epoch}, threshold {threshold:.4f} "
+        f"(max balanced accuracy on {where}); "
         f"selection accuracy {vm['accuracy']:.4f}, AUC {vm['auc']:.4f}; temperature {calibration['temperature']:.3f}, "
         f"band [{calibration['rule_out']:.4f}, {calibration['rule_in']:.4f})"
     )
     tta = _tta_operating_point(y_va, predict(chosen.model, x_va, tta=True), shift_set, plain_val, cfg)
     log(
-        f"flip TTA: threshold {tta['threshold']:.4f}, selection AUC {tta['selection_figures']['validation']['auc']:.4f}, "
+        f"flip TTA: threshold {tta['threshold']:.4f}, "
+        f"selection AUC {tta['selection_figures']['validation']['auc']:.4f}, "
         f"temperature {tta['calibration']['temperature']:.3f}"
     )
     final, final_history = chosen, None
