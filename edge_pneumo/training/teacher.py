@@ -39,26 +39,10 @@ from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.errors import DatasetError
 from edge_pneumo.lab.dataset import Sample, discover, find_split, load_images, patient_folds, selection_split
 from edge_pneumo.lab.metrics import binary_report
-from edge_pneumo.training.fit import Recipe, fit, predict
+from edge_pneumo.training.config import TeacherConfig
+from edge_pneumo.training.fit import fit, predict
 
 SOFT_LABELS_SCHEMA = 1
-TEACHER_RECIPE = Recipe(max_epochs=14, patience=5, augment="strong")
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    data: Path
-    out: Path  # the soft-label file (JSON)
-    seeds: tuple[int, ...] = (0,)
-    size: int = 128
-    width: int = 32
-    intensity: str = "clahe"
-    split_seed: int = 0
-    val_fraction: float = 0.15
-    holdout_family: str | None = "NORMAL2"
-    recipe: Recipe = TEACHER_RECIPE
-    save_models: bool = False
-    folds: int = 1  # k > 1: out-of-fold soft labels on the fit part (k teachers per seed)
 
 
 def sample_key(s: Sample, split_dir: Path) -> str:
