@@ -15,24 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_pneumo.device.artifact_formats import TOLERANCES, VERIFY_BUDGET_FACTOR, float32_reference
 from edge_pneumo.device.manifest import Manifest, default_model_folder, load_manifest
 from edge_pneumo.device.probe_inputs import VERIFY_IMAGES, VERIFY_SEED, verify_inputs  # noqa: F401
 from edge_pneumo.device.runtime import open_backend
 from edge_pneumo.errors import EdgePneumoError, MissingRuntimeError
 from edge_pneumo.lab.metrics import agreement_stats
 
-# How far an artifact may drift from the outputs recorded at export, on another CPU/runtime build.
-REPRODUCE_TOLERANCE = {"float32": 1e-4, "float16": 1e-3, "dynamic_int8": 2 / 255, "int8": 2 / 255}
 GUARD_TOLERANCE = 0.05  # relative drift of the guard's feature distances from export
 
 
 def reference_artifact(manifest: Manifest) -> str | None:
-    """The float32 artifact others are compared with (ONNX first: its runtime is in the base install)."""
-    for runtime in ("onnx", "tflite"):
-        for name, e in manifest.artifacts.items():
-            if e.precision == "float32" and e.runtime == runtime:
-                return name
-    return None
+    """The name of the float32 artifact others are compared with (artifact_formats.float32_reference)."""
+    ref = float32_reference(manifest.artifacts.values())
+    return ref.name if ref else None
 
 
 def device_info() -> dict:
@@ -130,7 +126,7 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write
             continue
         recorded = entry.raw.get("verify_outputs")
         if recorded is not None:
-            tol = REPRODUCE_TOLERANCE.get(entry.precision, 1e-4)
+            tol = TOLERANCES[entry.precision].reproduce if entry.precision in TOLERANCES else 1e-4
             drift = float(np.max(np.abs(probs - np.asarray(recorded, np.float32))))
             row["max_drift_from_export"] = drift
             if drift > tol:
@@ -159,9 +155,9 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write
         stats = agreement_stats(probs, ref, manifest.threshold)
         dp = stats["max_abs_dp"]
         row.update(max_abs_dp_vs_reference=dp, agreement_vs_reference=stats["agreement"])
-        if budget.get("max_abs_dp") is not None and dp > budget["max_abs_dp"] * 10:
+        if budget.get("max_abs_dp") is not None and dp > budget["max_abs_dp"] * VERIFY_BUDGET_FACTOR:
             row["status"] = "FAILED"
-            row["notes"].append(f"max|dp| {dp:.2e} vs {ref_name} exceeds 10x its export budget")
+            row["notes"].append(f"max|dp| {dp:.2e} vs {ref_name} exceeds {VERIFY_BUDGET_FACTOR}x its export budget")
     passed = (
         all(r["status"] != "FAILED" for r in rows)
         and any(r["status"] == "ok" for r in rows)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_pneumo import jsonout
+from edge_pneumo.device.artifact_formats import TOLERANCES, float32_reference
 from edge_pneumo.device.manifest import load_manifest
 from edge_pneumo.errors import (
     EXIT_OK,
@@ -247,10 +248,8 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
     pos = np.flatnonzero(y == 1)
     x = images.x[pos]
     expl: dict = {}
-    ref_name = next(
-        (n for n in ran if manifest.artifacts[n].precision == "float32" and manifest.artifacts[n].runtime == "onnx"),
-        None,
-    )
+    ref_entry = float32_reference(manifest.artifacts[n] for n in ran)
+    ref_name = ref_entry.name if ref_entry else None
     maps = {}
     for name in ran:
         backend = open_backend(models / manifest.artifacts[name].file, threads=2)
@@ -302,39 +301,23 @@ def _litert_available() -> bool:
 
 
 def _reference(rows: list[Row]) -> Row | None:
-    """The float Keras model when it ran, else the float32 ONNX artifact."""
-    for r in rows:
-        if r.name == KERAS_ROW and r.probabilities is not None:
-            return r
-    for r in rows:
-        if r.runtime == "onnx" and r.precision == "float32" and r.probabilities is not None:
-            return r
-    return None
+    """The float Keras model when it ran, else the float32 artifact (artifact_formats.float32_reference)."""
+    ran = [r for r in rows if r.probabilities is not None]
+    keras = [r for r in ran if r.name == KERAS_ROW]
+    return keras[0] if keras else float32_reference(ran)
 
 
 def target_checks(rows: list[Row], ref: Row | None) -> list[dict]:
-    """The deployment targets: int8 within 1 pp accuracy / 0.01 AUC / 98% agreement; float32 identical."""
+    """The deployment targets (artifact_formats.TOLERANCES: int8 within 1 pp accuracy / 0.01 AUC /
+    98% agreement; float32 identical)."""
     checks = []
     if ref is None:
         return checks
     for r in rows:
         if r.probabilities is None or r is ref:
             continue
-        m = r.metrics
-        if r.precision in ("int8", "dynamic_int8"):
-            ok = (
-                abs(m["accuracy"] - ref.metrics["accuracy"]) <= 0.01
-                and m["agreement"] >= 0.98
-                and abs(m["auc"] - ref.metrics["auc"]) <= 0.01
-            )
-            rule = "accuracy within 1 pp, AUC within 0.01, agreement >= 98%"
-        elif r.precision == "float32":
-            ok = m["agreement"] == 1.0 and m["max_abs_dp"] <= 1e-4
-            rule = "agreement 100%, max|dp| <= 1e-4"
-        else:
-            ok = m["agreement"] >= 0.99
-            rule = "agreement >= 99%"
-        checks.append({"name": r.name, "rule": rule, "passed": bool(ok)})
+        target = TOLERANCES[r.precision if r.precision in TOLERANCES else "float16"].compare
+        checks.append({"name": r.name, "rule": target.rule, "passed": bool(target.passed(r.metrics, ref.metrics))})
     return checks
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_pneumo.device.preprocess import IMAGE_SUFFIXES, Preprocessing
+from edge_pneumo.decoders.decode import IMAGE_SUFFIXES
+from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.errors import DatasetError, InputImageError
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # label 1 = PNEUMONIA, the positive class
