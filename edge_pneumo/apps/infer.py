@@ -8,9 +8,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from edge_pneumo import jsonout
+from edge_pneumo.apps.rows import RowWriter
 from edge_pneumo.decoders.decode import IMAGE_SUFFIXES
-from edge_pneumo.device.result import CLASSIFIED, FAILED, FIELDS, REJECTED
+from edge_pneumo.device.result import CLASSIFIED, FAILED, REJECTED
 from edge_pneumo.device.runtime import default_threads
 from edge_pneumo.errors import (
     EXIT_FAILED,
@@ -56,26 +56,6 @@ def gather_paths(items: list[str], directory: Path | None, stdin=None) -> list[s
     return paths
 
 
-class ResultWriter:
-    """One result row per line: JSON lines, CSV (with a header) or text. Shared by every front end."""
-
-    def __init__(self, fmt: str, stream):
-        self.fmt, self.stream = fmt, stream
-        if fmt == "csv":
-            import csv  # only for CSV: one module less on every other start
-
-            self.csv = csv.DictWriter(stream, fieldnames=list(FIELDS), lineterminator="\n")
-            self.csv.writeheader()
-
-    def write(self, result) -> None:
-        if self.fmt == "json":
-            self.stream.write(jsonout.dumps(result.to_dict()) + "\n")
-        elif self.fmt == "csv":
-            self.csv.writerow(result.csv_row())
-        elif result.status != FAILED:  # text: failures go to stderr only, as one line each
-            self.stream.write(result.text_line() + "\n")
-
-
 def run_infer(
     items, directory, model, artifact, fmt, output, threads, batch_size, verify, guard=True, heatmap=None, tta=False
 ) -> int:
@@ -95,7 +75,7 @@ def run_infer(
             raise EdgePneumoError(f"{heatmap}: cannot create the heatmap folder ({e.strerror or e})") from None
     try:
         with _open_output(output) as out:
-            return _classify(clf, paths, ResultWriter(fmt, out), batch_size, decode_threads, heatmap)
+            return _classify(clf, paths, RowWriter(fmt, out), batch_size, decode_threads, heatmap)
     except BrokenPipeError:
         # `infer ... | head`: the reader has what it wanted. Stop quietly; stdout goes to
         # /dev/null so Python's final flush does not complain either.
