@@ -104,8 +104,9 @@ def rows(models: Path, image: str, manifest: dict) -> list[dict]:
             "cmd": [
                 py,
                 "-c",
-                "import argparse, sys; from pathlib import Path; from edge_pneumo.apps.infer import run_infer; "
-                f"sys.exit(run_infer([{image!r}], None, Path({str(models)!r}), None, 'text', None, None, 32, True))",
+                "import argparse, sys; from pathlib import Path; "
+                "from edge_pneumo.apps.infer import InferOptions, run_infer; "
+                f"sys.exit(run_infer(InferOptions(items=[{image!r}], model=Path({str(models)!r}))))",
             ],
         },
         {"name": "minimal_onnx.py", "cmd": [py, f"{b}/minimal_onnx.py", onnx, image, *eq]},

@@ -480,23 +480,25 @@ def infer(
     failed (unreadable file). Exit code 0: every image classified or rejected; 1: some images
     failed (the others have results); 3: nothing could run (bad model, no images).
     """
-    from edge_pneumo.apps.infer import FORMATS, run_infer
+    from edge_pneumo.apps.infer import FORMATS, InferOptions, run_infer
 
     if fmt not in FORMATS:
         raise typer.BadParameter("choose text, json or csv", param_hint="--format")
     code = run_infer(
-        [*(paths or []), *(image or [])],
-        directory,
-        model,
-        artifact,
-        fmt,
-        output,
-        threads,
-        batch_size,
-        not no_verify,
-        guard=not no_guard,
-        heatmap=heatmap,
-        tta=tta,
+        InferOptions(
+            items=[*(paths or []), *(image or [])],
+            directory=directory,
+            model=model,
+            artifact=artifact,
+            fmt=fmt,
+            output=output,
+            threads=threads,
+            batch_size=batch_size,
+            verify=not no_verify,
+            guard=not no_guard,
+            heatmap=heatmap,
+            tta=tta,
+        )
     )
     raise typer.Exit(code)
 
