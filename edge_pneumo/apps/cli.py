@@ -315,7 +315,7 @@ def evaluate(
     """Accuracy, ROC AUC, sensitivity, specificity, precision, F1 and confusion matrix at the model's threshold."""
     from edge_pneumo import jsonout
     from edge_pneumo.lab.evaluate import evaluate as score
-    from edge_pneumo.lab.evaluate import format_report, load_labelled
+    from edge_pneumo.lab.evaluate import format_report, load_labelled, log_evaluation
 
     if model.suffix == ".keras":
         from edge_pneumo.training.fit import predict
@@ -337,6 +337,7 @@ def evaluate(
     report = score(predict_fn, images, thr if threshold is None else threshold)
     report["model"] = name
     report["data"] = str(data)
+    log_evaluation(report, model.parent if model.suffix == ".keras" else clf.manifest.folder)
     if json_out:
         print(jsonout.dumps(report))
     else:
@@ -779,9 +780,9 @@ def compare(
     no_figure: Annotated[bool, typer.Option("--no-figure", help="Skip the PNG figure (needs matplotlib).")] = False,
 ) -> None:
     """Compare every artifact with the float model: accuracy, AUC, agreement, size, latency, memory."""
-    from edge_pneumo.lab.compare import run_compare
+    from edge_pneumo.lab.compare import CompareOptions, run_compare
 
-    code = run_compare(data, models, out, keras_model, threads, latency_runs, not no_figure)
+    code = run_compare(CompareOptions(data, models, out, keras_model, threads, latency_runs, figure=not no_figure))
     raise typer.Exit(code)
 
 

@@ -28,7 +28,9 @@ from edge_pneumo.errors import (
     IntegrityError,
     ModelFileError,
 )
+from edge_pneumo.lab.dataset import find_split
 from edge_pneumo.lab.evaluate import load_labelled
+from edge_pneumo.lab.looks import is_test_split, log_look_or_warn
 from edge_pneumo.lab.metrics import agreement_stats, binary_report, effective_band, roc_curve
 
 KERAS_ROW = "keras_float32"
@@ -83,31 +85,74 @@ def _keras_available() -> bool:
     return find_spec("tensorflow") is not None and find_spec("keras") is not None
 
 
-def run_compare(
-    data: Path,
-    models: Path,
-    out: Path,
-    keras_model: Path | None,
-    threads: int,
-    latency_runs: int,
-    figure: bool,
-    log=print,
-) -> int:
+@dataclass(frozen=True)
+class CompareOptions:
+    """One `compare` run (the CLI's options)."""
+
+    data: Path  # labelled images: DIR/test or DIR/{NORMAL,PNEUMONIA}
+    models: Path  # the exported/ folder
+    out: Path  # REPORT.md, report.json, report.png
+    keras_model: Path | None = None  # the float Keras reference; default: the manifest's source model
+    threads: int = 1  # per artifact, for latency
+    latency_runs: int = 50
+    figure: bool = True
+
+
+def run_compare(opts: CompareOptions, log=print) -> int:
+    """Every artifact (and the float Keras model, with TensorFlow) on a labelled set: the rows,
+    the deployment checks and the trust sections, written to opts.out. Returns the exit code."""
     t_start = time.time()
-    manifest = load_manifest(models)
+    manifest = load_manifest(opts.models)
     threshold = manifest.threshold
-    images = load_labelled(data, manifest.preprocessing, skip_bad=True)
+    images = load_labelled(opts.data, manifest.preprocessing, skip_bad=True)
     if images.skipped:
         log(f"skipped {len(images.skipped)} unreadable image(s), e.g. {images.skipped[0]}")
+    rows, keras_path = _rows_to_run(manifest, opts)
+    tf_import_s = _run_rows(manifest, rows, keras_path, images, opts)
+    for row in rows:
+        if row.probabilities is not None:
+            row.metrics = binary_report(images.y, row.probabilities, threshold)
+    ref = _reference(rows)
+    for row in rows:
+        if row.probabilities is not None and ref is not None:
+            row.metrics.update(agreement_stats(row.probabilities, ref.probabilities, threshold))
+    report = {
+        "data": str(opts.data),
+        "images": int(len(images.y)),
+        "skipped_images": len(images.skipped),
+        "threshold": threshold,
+        "reference": ref.name if ref else None,
+        "threads": opts.threads,
+        "latency_runs": opts.latency_runs,
+        "seconds_excluding_tensorflow_import": round(time.time() - t_start - tf_import_s, 1),
+        "rows": [r.to_dict() for r in rows],
+        "checks": target_checks(rows, ref),
+    }
+    report.update(trust_sections(manifest, opts.models, images, rows, log))
+    _log_look(opts, rows)
+    _write_reports(report, manifest, rows, images.y, opts, log)
+    ok = [r for r in rows if r.status == "ok"]
+    if not ok:
+        raise EdgePneumoError("no artifact could be compared; see the rows above")
+    return EXIT_OK if len(ok) == len(rows) else EXIT_PARTIAL
 
+
+def _rows_to_run(manifest, opts: CompareOptions) -> tuple[list[Row], Path]:
+    """One row per artifact, after the float Keras model's when TensorFlow and the model are here."""
     rows: list[Row] = []
-    keras_path = keras_model or (models / manifest.raw.get("source_model", {}).get("file", "pneumonia_cnn.keras"))
-    want_keras = _keras_available() and keras_path.is_file()
-    if want_keras:
+    keras_path = opts.keras_model or (
+        opts.models / manifest.raw.get("source_model", {}).get("file", "pneumonia_cnn.keras")
+    )
+    if _keras_available() and keras_path.is_file():
         rows.append(Row(KERAS_ROW, "keras", "float32", keras_path.name, keras_path.stat().st_size / 1e6))
     for e in manifest.artifacts.values():
         rows.append(Row(e.name, e.runtime, e.precision, e.file))
+    return rows, keras_path
 
+
+def _run_rows(manifest, rows: list[Row], keras_path: Path, images, opts: CompareOptions) -> float:
+    """Each row's model in its own worker process: probabilities and timings into the row, or
+    why not (tampered, missing, no runtime, failed). Returns the seconds spent importing TensorFlow."""
     import typer
 
     tf_import_s = 0.0
@@ -118,22 +163,10 @@ def run_compare(
             rows, label="comparing", file=sys.stderr, show_pos=True, item_show_func=lambda r: r.name if r else ""
         ) as bar:
             for row in bar:
-                kind, path = ("keras", keras_path) if row.name == KERAS_ROW else ("artifact", models / row.file)
-                if kind == "artifact":
-                    entry = manifest.artifacts[row.name]
-                    try:
-                        manifest.verify(entry)
-                    except IntegrityError:
-                        row.status, row.note = "tampered", "sha256 does not match the manifest; not run"
-                        continue
-                    except ModelFileError:
-                        row.status, row.note = "missing", "file listed in the manifest is missing"
-                        continue
-                    row.size_mb = path.stat().st_size / 1e6
-                    if row.runtime == "tflite" and not _litert_available():
-                        row.status, row.note = "skipped", "needs LiteRT: pip install 'edge-pneumo[tflite]'"
-                        continue
-                result = _run_worker(kind, path, scratch / "images.npy", threads, latency_runs, scratch)
+                kind, path = ("keras", keras_path) if row.name == KERAS_ROW else ("artifact", opts.models / row.file)
+                if kind == "artifact" and not _ready_to_run(manifest, row, path):
+                    continue
+                result = _run_worker(kind, path, scratch / "images.npy", opts.threads, opts.latency_runs, scratch)
                 tf_import_s += result.get("import_s", 0.0)
                 if "error" in result:
                     row.status, row.note = "failed", result["error"]
@@ -146,41 +179,49 @@ def run_compare(
                     "latency_ms_p95": float(np.percentile(lat, 95)),
                     "peak_rss_mb": result["peak_rss_mb"],
                 }
-                row.metrics = binary_report(images.y, row.probabilities, threshold)
+    return tf_import_s
 
-    ref = _reference(rows)
-    for row in rows:
-        if row.probabilities is not None and ref is not None:
-            row.metrics.update(agreement_stats(row.probabilities, ref.probabilities, threshold))
-    report = {
-        "data": str(data),
-        "images": int(len(images.y)),
-        "skipped_images": len(images.skipped),
-        "threshold": threshold,
-        "reference": ref.name if ref else None,
-        "threads": threads,
-        "latency_runs": latency_runs,
-        "seconds_excluding_tensorflow_import": round(time.time() - t_start - tf_import_s, 1),
-        "rows": [r.to_dict() for r in rows],
-        "checks": target_checks(rows, ref),
-    }
-    report.update(trust_sections(manifest, models, images, rows, log))
+
+def _ready_to_run(manifest, row: Row, path: Path) -> bool:
+    """The artifact's file matches the manifest and its runtime is installed; else the row says why."""
+    try:
+        manifest.verify(manifest.artifacts[row.name])
+    except IntegrityError:
+        row.status, row.note = "tampered", "sha256 does not match the manifest; not run"
+        return False
+    except ModelFileError:
+        row.status, row.note = "missing", "file listed in the manifest is missing"
+        return False
+    row.size_mb = path.stat().st_size / 1e6
+    if row.runtime == "tflite" and not _litert_available():
+        row.status, row.note = "skipped", "needs LiteRT: pip install 'edge-pneumo[tflite]'"
+        return False
+    return True
+
+
+def _log_look(opts: CompareOptions, rows: list[Row]) -> None:
+    """A comparison on the test split is a look at its labels (lab.looks)."""
+    if not is_test_split(find_split(opts.data, "test")):
+        return
+    figures = {r.name: {"accuracy": r.metrics.get("accuracy"), "auc": r.metrics.get("auc")} for r in rows if r.metrics}
+    log_look_or_warn(opts.models, "compare", {"data": str(opts.data), "artifacts": figures})
+
+
+def _write_reports(report: dict, manifest, rows: list[Row], y: np.ndarray, opts: CompareOptions, log=print) -> None:
+    """report.json, REPORT.md and (with matplotlib) report.png into opts.out."""
+    out = opts.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(jsonout.dumps(report, indent=2) + "\n")
-    md = markdown_report(report, manifest, figure_name="report.png" if figure else None)
-    if figure:
+    md = markdown_report(report, manifest, figure_name="report.png" if opts.figure else None)
+    if opts.figure:
         try:
-            write_figure(rows, images.y, threshold, out / "report.png")
+            write_figure(rows, y, report["threshold"], out / "report.png")
         except ImportError:
             log("no figure: matplotlib is not installed (pip install 'edge-pneumo[train]')")
             md = markdown_report(report, manifest, figure_name=None)
     (out / "REPORT.md").write_text(md)
     log(table(report))
-    log(f"\nwrote {out / 'REPORT.md'}, {out / 'report.json'}" + (", report.png" if figure else ""))
-    ok = [r for r in rows if r.status == "ok"]
-    if not ok:
-        raise EdgePneumoError("no artifact could be compared; see the rows above")
-    return EXIT_OK if len(ok) == len(rows) else EXIT_PARTIAL
+    log(f"\nwrote {out / 'REPORT.md'}, {out / 'report.json'}" + (", report.png" if opts.figure else ""))
 
 
 def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -> dict:

@@ -3,7 +3,6 @@ refit on the whole train split, evaluate on test, save the model and its run rec
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from edge_pneumo import jsonout
 from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.errors import DatasetError
 from edge_pneumo.lab.dataset import CLASS_NAMES, discover, find_split, image_family, load_images, selection_split
+from edge_pneumo.lab.looks import append_look
 from edge_pneumo.lab.metrics import (
     apply_temperature,
     band_report,
@@ -30,8 +30,6 @@ from edge_pneumo.lab.metrics import (
 from edge_pneumo.training.config import ONE_SE, TrainConfig
 from edge_pneumo.training.fit import fit, predict
 from edge_pneumo.training.keras_io import MODEL_NAME, record_path, save_model, versions
-
-TEST_LOG = "test_evaluations.jsonl"
 
 
 @dataclass
@@ -426,8 +424,7 @@ def _tta_operating_point(
 
 
 def _log_test_look(out: Path, record: dict, tm: dict) -> list[dict]:
-    """Every look at the test split is logged, so the reported number says how often test was seen."""
-    path = out / TEST_LOG
+    """Every look at the test split is logged (lab.looks), so the reported number says how often test was seen."""
     entry = {
         "created": record["created"],
         "command": record["command"],
@@ -441,6 +438,4 @@ def _log_test_look(out: Path, record: dict, tm: dict) -> list[dict]:
     }
     if "tta" in tm:
         entry.update(tta_threshold=tm["tta"]["threshold"], tta_accuracy=tm["tta"]["accuracy"], tta_auc=tm["tta"]["auc"])
-    with path.open("a") as f:
-        f.write(jsonout.dumps(entry) + "\n")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return append_look(out, entry)
