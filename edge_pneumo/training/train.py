@@ -150,7 +150,7 @@ def _load_split(cfg: TrainConfig, log: Callable[[str], None]) -> _Split:
         raise DatasetError("the validation split is empty or takes everything; add images or change --val-fraction")
     y_va = full.y[in_val]
     # The shift-aware operating point: PNEUMONIA from validation, NORMAL from the harder acquisition
-    # batch only (validation's other normals are easier than test's; see dataset.image_family).
+    # batch only (test/'s normals are mostly that batch, 165 of 234; validation's other normals are easy).
     family = np.array([image_family(s.path.name) for s in full.samples])[in_val]
     shift_family = cfg.threshold_family or cfg.holdout_family
     has_family = bool(shift_family) and bool(((family == shift_family) & (y_va == 0)).any())
