@@ -226,21 +226,23 @@ def _write_reports(report: dict, manifest, rows: list[Row], y: np.ndarray, opts:
 
 def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -> dict:
     """Calibration and confidence band, the input guard and the explanation, on this labelled set."""
-    from edge_pneumo.device.classifier import Classifier
-    from edge_pneumo.device.guard import OUT_OF_POPULATION
-    from edge_pneumo.device.runtime import open_backend
-    from edge_pneumo.lab.explain_checks import (
-        deletion_test,
-        heat_location,
-        map_agreement,
-        maps_for,
-        randomised_head_agreement,
-    )
+    out: dict = {"calibration": _calibration_section(manifest, images.y, rows)}
+    tta_section = manifest.raw.get("tta")
+    if tta_section:
+        out["tta"] = _tta_rows(manifest, models, images, rows, tta_section, log)
+    ran = [r.name for r in rows if r.probabilities is not None and r.name in manifest.artifacts]
+    if not ran:
+        return out
+    out["guard"] = _guard_section(manifest, models, images, ran, log)
+    out["explanation"] = _explanation_section(manifest, models, images, ran, log)
+    return out
+
+
+def _calibration_section(manifest, y: np.ndarray, rows: list[Row]) -> dict:
+    """ECE before and after the manifest's temperature, and the band's figures, per artifact."""
     from edge_pneumo.lab.metrics import apply_temperature, band_report, expected_calibration_error
 
-    out: dict = {}
     cal = manifest.raw.get("calibration") or {}
-    y = images.y
     per_artifact = {}
     for r in rows:
         if r.probabilities is None:
@@ -257,7 +259,7 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
                 cal.get("rule_in", manifest.threshold),
             ),
         }
-    out["calibration"] = {
+    return {
         "temperature": cal.get("temperature"),
         "rule_out": cal.get("rule_out"),
         "rule_in": cal.get("rule_in"),
@@ -265,15 +267,14 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
         "selection": {k: cal.get(k) for k in ("ece_selection", "ece_selection_calibrated", "band_selection")},
         "this_set": per_artifact,
     }
-    tta_section = manifest.raw.get("tta")
-    if tta_section:
-        out["tta"] = _tta_rows(manifest, models, images, rows, tta_section, log)
-    # The guard, through the whole pipeline on the files, with the device's default artifact
-    # (or the first artifact that ran, when that one could not).
-    ran = [r.name for r in rows if r.probabilities is not None and r.name in manifest.artifacts]
-    if not ran:
-        return out
+
+
+def _guard_section(manifest, models: Path, images, ran: list[str], log=print) -> dict:
+    """The guard, through the whole pipeline on the files, with the device's default artifact
+    (or the first artifact that ran, when that one could not)."""
+    from edge_pneumo.device.classifier import Classifier
     from edge_pneumo.device.device_profile import preferred_artifact
+    from edge_pneumo.device.guard import OUT_OF_POPULATION
 
     name = preferred_artifact(manifest)
     clf = Classifier.load(models, artifact=name if name in ran else ran[0])
@@ -281,13 +282,25 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
     rejected = [{"path": r.path, "reason": r.reason} for r in results if r.status == "rejected"]
     unlike = OUT_OF_POPULATION.split("{")[0]
     warned = [r.path for r in results if r.status == "classified" and any(w.startswith(unlike) for w in r.warnings)]
-    out["guard"] = {"artifact": clf.entry.name, "images": len(results), "rejected": rejected, "warned": len(warned)}
     log(
         f"guard ({clf.entry.name}): {len(rejected)} of {len(results)} rejected, {len(warned)} classified with a warning"
     )
-    # The explanation, per int8 artifact, against the float32 reference's maps.
-    pos = np.flatnonzero(y == 1)
-    x = images.x[pos]
+    return {"artifact": clf.entry.name, "images": len(results), "rejected": rejected, "warned": len(warned)}
+
+
+def _explanation_section(manifest, models: Path, images, ran: list[str], log=print) -> dict:
+    """Grad-CAM per artifact on the PNEUMONIA images: deletion test, location, randomised head,
+    and agreement with the float32 reference's maps."""
+    from edge_pneumo.device.runtime import open_backend
+    from edge_pneumo.lab.explain_checks import (
+        deletion_test,
+        heat_location,
+        map_agreement,
+        maps_for,
+        randomised_head_agreement,
+    )
+
+    x = images.x[np.flatnonzero(images.y == 1)]
     expl: dict = {}
     ref_entry = float32_reference(manifest.artifacts[n] for n in ran)
     ref_name = ref_entry.name if ref_entry else None
@@ -309,8 +322,7 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
     for name in ran:
         if ref_name and name != ref_name:
             expl[name]["vs_float32"] = map_agreement(maps[name], maps[ref_name])
-    out["explanation"] = {"images": int(len(x)), "reference": ref_name, "artifacts": expl}
-    return out
+    return {"images": int(len(x)), "reference": ref_name, "artifacts": expl}
 
 
 def _tta_rows(manifest, models: Path, images, rows: list[Row], section: dict, log=print) -> dict:
