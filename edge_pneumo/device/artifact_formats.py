@@ -99,6 +99,7 @@ class ExportFormat:
     def budget(self) -> Budget:
         return TOLERANCES[self.precision].budget
 
+
 FORMATS: dict[str, ExportFormat] = {
     f.name: f
     for f in (
