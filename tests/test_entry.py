@@ -39,43 +39,10 @@ FOR_TYPER = [
 
 
 def _typer_call(monkeypatch, args):
-    seen = {}
-
-    def fake(
-        items,
-        directory,
-        model,
-        artifact,
-        fmt,
-        output,
-        threads,
-        batch_size,
-        verify,
-        guard=True,
-        heatmap=None,
-        tta=False,
-        site=None,
-    ):
-        seen.update(
-            items=items,
-            directory=directory,
-            model=model,
-            artifact=artifact,
-            fmt=fmt,
-            output=output,
-            threads=threads,
-            batch_size=batch_size,
-            verify=verify,
-            guard=guard,
-            heatmap=heatmap,
-            tta=tta,
-            site=site,
-        )
-        return 0
-
-    monkeypatch.setattr(infer_cli, "run_infer", fake)
+    seen = []
+    monkeypatch.setattr(infer_cli, "run_infer", lambda opts: seen.append(opts) or 0)
     r = CliRunner().invoke(app, ["infer", *args])
-    return r, seen
+    return r, (seen[0] if seen else None)
 
 
 @pytest.mark.parametrize("args", PLAIN, ids=" ".join)
@@ -87,24 +54,24 @@ def test_plain_arguments_parse_as_typer_parses_them(monkeypatch, args):
 
 def test_site_from_the_environment_reads_as_typer_reads_it(monkeypatch):
     monkeypatch.setenv("EDGE_PNEUMO_SITE", "from_env.json")
-    r, typer_kwargs = _typer_call(monkeypatch, ["x.jpeg"])
+    r, typer_opts = _typer_call(monkeypatch, ["x.jpeg"])
     assert r.exit_code == 0, r.output
-    assert parse_infer_args(["x.jpeg"]) == typer_kwargs
-    assert typer_kwargs["site"] == Path("from_env.json")
-    assert parse_infer_args(["--site", "given.json", "x.jpeg"])["site"] == Path("given.json")  # the option wins
+    assert parse_infer_args(["x.jpeg"]) == typer_opts
+    assert typer_opts.site == Path("from_env.json")
+    assert parse_infer_args(["--site", "given.json", "x.jpeg"]).site == Path("given.json")  # the option wins
 
 
 @pytest.mark.parametrize("args", FOR_TYPER, ids=" ".join)
 def test_help_and_mistakes_are_left_to_typer(monkeypatch, args):
     assert parse_infer_args(args) is None
     r, called = _typer_call(monkeypatch, args)
-    assert not called and r.exit_code == (0 if args == ["--help"] else 2), r.output
+    assert called is None and r.exit_code == (0 if args == ["--help"] else 2), r.output
 
 
 def test_rarer_spellings_are_left_to_typer_which_accepts_them(monkeypatch):
     assert parse_infer_args(["-ix.jpeg"]) is None  # Click's joined short option
     r, called = _typer_call(monkeypatch, ["-ix.jpeg"])
-    assert r.exit_code == 0 and called["items"] == ["x.jpeg"]
+    assert r.exit_code == 0 and called.items == ["x.jpeg"]
 
 
 def test_fast_path_fails_like_the_typer_command(tmp_path, capsys):
