@@ -41,10 +41,10 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import loadavg, run_record, timed_process, write_json, write_text  # noqa: E402
 
-from edge_pneumo import jsonout  # noqa: E402
 from edge_pneumo.device.classifier import Calibration, Classifier  # noqa: E402
 from edge_pneumo.device.result import CLASSIFIED  # noqa: E402
 from edge_pneumo.lab.dataset import discover, find_split  # noqa: E402
+from edge_pneumo.lab.looks import append_look  # noqa: E402
 from edge_pneumo.lab.site_fit import MIN_PER_CLASS, SiteData, SiteOptions, fit_site, outcome  # noqa: E402
 
 SIZES = (50, 100, 200)
@@ -199,8 +199,7 @@ def log_look(model: Path, record: dict, oob: dict, protocol: dict) -> None:
         "out_of_the_box": {k: oob["shipped"][k] for k in ("accuracy", "decided_share", "error_among_decided")},
         "n100_site_accuracy": protocol["100"]["site"]["accuracy"]["mean"],
     }
-    with (model / "test_evaluations.jsonl").open("a") as f:
-        f.write(jsonout.dumps(entry) + "\n")
+    append_look(model, entry)
 
 
 def markdown(res: dict) -> str:

@@ -352,3 +352,19 @@ def test_rejected_and_failed_rows_have_no_decision_but_carry_the_site(site_file,
     sha = load_site(site_file).sha256[:16]
     for row in rows.values():
         assert row["decision"] is None and row["label"] is None and row["site"] == sha
+
+
+def test_calibrating_on_a_test_split_is_a_logged_look(site_folder, tmp_path, monkeypatch):
+    log = tmp_path / "looks.jsonl"
+    monkeypatch.setenv("EDGE_PNEUMO_LOOK_LOG", str(log))
+    as_test = tmp_path / "test"  # a folder named test: the labels read are a test split's
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (as_test / cls).mkdir(parents=True)
+        for f in sorted((site_folder / cls).iterdir()):
+            os.symlink(f.resolve(), as_test / cls / f.name)
+    r, written = _calibrate([str(as_test)], tmp_path / "s.json")
+    assert r.exit_code == EXIT_OK and written, r.output
+    looks = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(looks) == 1 and looks[0]["by"] == "calibrate" and "error_among_decided" in looks[0]
+    r, _ = _calibrate([str(site_folder)], tmp_path / "s2.json")  # not a test split: no look
+    assert r.exit_code == EXIT_OK and len(log.read_text().splitlines()) == 1

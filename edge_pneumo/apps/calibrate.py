@@ -22,6 +22,7 @@ from edge_pneumo.device.result import CLASSIFIED, FAILED
 from edge_pneumo.device.site import KIND, SCHEMA_VERSION, write_site
 from edge_pneumo.errors import DatasetError
 from edge_pneumo.lab.dataset import CLASS_NAMES, patient_id
+from edge_pneumo.lab.looks import is_test_split, log_look_or_warn
 from edge_pneumo.lab.site_fit import MIN_PER_CLASS, SiteData, SiteOptions, cross_fit_report, fit_site
 
 _LABELS = {"normal": 0, "0": 0, "pneumonia": 1, "1": 1}
@@ -146,6 +147,9 @@ def run_calibrate(
     }
     content["seconds"] = round(time.perf_counter() - started, 2)
     write_site(out, content)
+    if site is not None and is_test_split(site):  # calibrating on the test split reads its labels: a look
+        figures = {k: report["site"][k] for k in ("accuracy", "decided_share", "error_among_decided")}
+        log_look_or_warn(clf.manifest.folder, "calibrate", figures)
     return content
 
 
