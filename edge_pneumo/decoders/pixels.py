@@ -97,7 +97,7 @@ def colourfulness(img: np.ndarray) -> float:
         # lines below give (their sum is exact below 2^24), without six numpy passes.
         b, g, r = cv2.split(np.ascontiguousarray(small))
         diff = cv2.max(cv2.max(cv2.absdiff(b, g), cv2.absdiff(g, r)), cv2.absdiff(b, r))
-        return float(np.float32(int(diff.sum(dtype=np.int64)) / diff.size))
+        return float(np.float32(int(np.add.reduce(diff, axis=None, dtype=np.int64)) / diff.size))
     if small.dtype == np.uint8:
         small = small.astype(np.float32)
     elif small.dtype == np.uint16:

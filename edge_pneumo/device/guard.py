@@ -107,6 +107,12 @@ def contrast(small: np.ndarray) -> float:
     return float(cv2.meanStdDev(small)[1][0, 0])
 
 
+def _mean32(f: np.ndarray) -> np.floating:
+    """numpy's `f.mean()` for a float32 array (the same operations and types), without its wrapper."""
+    total = np.add.reduce(f, axis=None)
+    return total.dtype.type(total / np.intp(f.size))
+
+
 def _mean_var32(f: np.ndarray) -> tuple[np.floating, np.floating]:
     """numpy's `f.mean()` and `f.var()` for a float32 array: the very operations numpy's own Python
     wrapper runs, in the same order and types (so the same bits), without its ~20-30 us of overhead."""
@@ -129,7 +135,7 @@ def texture(small: np.ndarray) -> float:
     if var < 1e-6:
         return 0.0
     detail = (f - cv2.blur(cv2.blur(f, (3, 3)), (3, 3)))[2:-2, 2:-2]
-    return float((detail * detail).mean() / var)
+    return float(_mean32(detail * detail) / var)
 
 
 def layout_vector(small: np.ndarray) -> np.ndarray:
@@ -143,7 +149,9 @@ def layout_residual(v: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.nd
     """RMS of what the training images' principal components cannot explain (rows of v)."""
     z = np.atleast_2d(v) - mean
     r = z - (z @ basis.T) @ basis
-    return np.sqrt((r * r).mean(axis=1))
+    sq = np.multiply(r, r, out=r)
+    ms = np.add.reduce(sq, axis=1)  # numpy's mean(axis=1), without its wrapper: the same bits
+    return np.sqrt(np.true_divide(ms, np.intp(sq.shape[1]), out=ms, casting="unsafe"))
 
 
 def feature_distance(h: np.ndarray, mean: np.ndarray, whitening: np.ndarray) -> np.ndarray:
