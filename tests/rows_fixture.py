@@ -42,10 +42,17 @@ def folder_rows(artifact: str, data_root: Path) -> dict[str, str]:
 
 
 def model_identity(artifact: str) -> dict:
+    """What the rows depend on besides the code: the model, its artifact, and the manifest's
+    threshold, calibration, guard, preprocessing and parameter file."""
     from edge_pneumo.device.manifest import default_model_folder, load_manifest
 
     m = load_manifest(default_model_folder())
-    return {"model_version": m.raw.get("model_version"), "sha256": m.artifacts[artifact].sha256}
+    decides = {k: m.raw.get(k) for k in ("threshold", "calibration", "guard", "preprocessing", "params_file")}
+    return {
+        "model_version": m.raw.get("model_version"),
+        "sha256": m.artifacts[artifact].sha256,
+        "manifest": hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:20],
+    }
 
 
 if __name__ == "__main__":
