@@ -18,6 +18,7 @@ PLAIN = [
     ["--image=a.png", "--image", "-", "--no-verify"],
     ["--no-guard", "--heatmap", "maps", "x.jpeg"],
     ["--tta", "--dir", "folder"],
+    ["--max-pixels", "1000000", "x.jpeg"],
     ["--dir", "folder", "--model", "exported", "--artifact", "tflite_int8"],
     ["-d", "folder", "-m", "m.onnx", "-f", "csv", "-o", "out.csv"],
     ["--format=json", "--output=r.jsonl", "--threads", "1", "--batch-size=8", "x.jpeg"],
@@ -33,6 +34,7 @@ FOR_TYPER = [
     ["--batch-size", "-1", "x.jpeg"],
     ["--bogus", "x.jpeg"],
     ["--model"],
+    ["--max-pixels", "0", "x.jpeg"],
 ]
 
 
@@ -40,7 +42,19 @@ def _typer_call(monkeypatch, args):
     seen = {}
 
     def fake(
-        items, directory, model, artifact, fmt, output, threads, batch_size, verify, guard=True, heatmap=None, tta=False
+        items,
+        directory,
+        model,
+        artifact,
+        fmt,
+        output,
+        threads,
+        batch_size,
+        verify,
+        guard=True,
+        heatmap=None,
+        tta=False,
+        max_pixels=None,
     ):
         seen.update(
             items=items,
@@ -55,6 +69,7 @@ def _typer_call(monkeypatch, args):
             guard=guard,
             heatmap=heatmap,
             tta=tta,
+            max_pixels=max_pixels,
         )
         return 0
 

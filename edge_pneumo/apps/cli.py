@@ -25,6 +25,16 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+MaxPixelsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--max-pixels",
+        help="Refuse, before decoding, any image whose header announces more pixels than this "
+        "(width x height x frames; a decompression bomb). Default: $EDGE_PNEUMO_MAX_PIXELS, else 60000000.",
+        min=1,
+        show_default=False,
+    ),
+]
 DataOpt = Annotated[
     Path,
     typer.Option(
@@ -472,6 +482,7 @@ def infer(
         ),
     ] = None,
     tta: TtaOpt = False,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Classify X-rays as NORMAL or PNEUMONIA with onnxruntime or LiteRT (no TensorFlow).
 
@@ -497,6 +508,7 @@ def infer(
         guard=not no_guard,
         heatmap=heatmap,
         tta=tta,
+        max_pixels=max_pixels,
     )
     raise typer.Exit(code)
 
@@ -543,6 +555,7 @@ def serve(
         Path, typer.Option(help="The DICOM node's results: JSON lines with the SOPInstanceUID, each image once.")
     ] = Path("dicom_results.jsonl"),
     tta: TtaOpt = False,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Serve a LAN page and JSON API (and optionally a DICOM node) for a clinic appliance.
 
@@ -551,10 +564,12 @@ def serve(
     by a radiologist. Nothing uploaded is written to disk.
     """
     from edge_pneumo.apps.serve import check_exposure, read_token, run_server
+    from edge_pneumo.decoders.limits import set_max_pixels
     from edge_pneumo.decoders.stderr_capture import protect_python_stderr
     from edge_pneumo.device.classifier import Classifier
 
     protect_python_stderr()
+    set_max_pixels(max_pixels)
     token = read_token(token_file)
     check_exposure(host, token)
     clf = Classifier.load(model, artifact=artifact, tta=tta)
@@ -608,6 +623,7 @@ def watch(
     once: Annotated[bool, typer.Option("--once", help="Classify what is there now, then exit (for cron).")] = False,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose.")] = False,
     tta: TtaOpt = False,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Classify every image in a folder, then each new one as it arrives: nothing lost, nothing twice.
 
@@ -617,10 +633,12 @@ def watch(
 
     from edge_pneumo.apps.ledger import ResultSink
     from edge_pneumo.apps.watch import Watcher
+    from edge_pneumo.decoders.limits import set_max_pixels
     from edge_pneumo.decoders.stderr_capture import protect_python_stderr
     from edge_pneumo.device.classifier import Classifier
 
     protect_python_stderr()
+    set_max_pixels(max_pixels)
     if not folder.is_dir():
         raise EdgePneumoError(f"{folder}: no such folder to watch")
     clf = Classifier.load(model, artifact=artifact, guard=not no_guard, tta=tta)
@@ -685,14 +703,17 @@ def batch(
     partition_size: Annotated[int, typer.Option(help="Inputs per Dask task.", min=1)] = 128,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose.")] = False,
     tta: TtaOpt = False,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Score a whole archive on a Dask cluster: the same rows as infer, streamed, resumable, each input once."""
     import sys
 
     from edge_pneumo.apps.batch import run_batch
+    from edge_pneumo.decoders.limits import set_max_pixels
     from edge_pneumo.decoders.stderr_capture import protect_python_stderr
 
     protect_python_stderr()
+    set_max_pixels(max_pixels)  # before the cluster starts: its local worker processes inherit it
     bar = None
     if sys.stderr.isatty():
         bar = typer.progressbar(length=1, label="classifying", file=sys.stderr)

@@ -29,6 +29,7 @@ _VALUE_OPTIONS = {
     "--threads": "threads",
     "--batch-size": "batch_size",
     "--heatmap": "heatmap",
+    "--max-pixels": "max_pixels",
 }
 _FLAG_OPTIONS = {"--no-verify": "no_verify", "--no-guard": "no_guard", "--tta": "tta"}
 
@@ -70,10 +71,11 @@ def parse_infer_args(args: list[str]) -> dict | None:
     try:
         threads = int(values["threads"]) if "threads" in values else None
         batch_size = int(values.get("batch_size", 32))
+        max_pixels = int(values["max_pixels"]) if "max_pixels" in values else None
     except ValueError:
         return None
     fmt = values.get("fmt", "text")
-    if (threads is not None and threads < 1) or batch_size < 1 or fmt not in FORMATS:
+    if (threads is not None and threads < 1) or batch_size < 1 or fmt not in FORMATS or (max_pixels or 1) < 1:
         return None
     path = lambda key: Path(values[key]) if key in values else None
     return {
@@ -89,6 +91,7 @@ def parse_infer_args(args: list[str]) -> dict | None:
         "guard": "no_guard" not in flags,
         "heatmap": path("heatmap"),
         "tta": "tta" in flags,
+        "max_pixels": max_pixels,
     }
 
 

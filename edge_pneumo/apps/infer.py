@@ -77,10 +77,25 @@ class ResultWriter:
 
 
 def run_infer(
-    items, directory, model, artifact, fmt, output, threads, batch_size, verify, guard=True, heatmap=None, tta=False
+    items,
+    directory,
+    model,
+    artifact,
+    fmt,
+    output,
+    threads,
+    batch_size,
+    verify,
+    guard=True,
+    heatmap=None,
+    tta=False,
+    max_pixels=None,
 ) -> int:
+    from edge_pneumo.decoders.limits import set_max_pixels
     from edge_pneumo.decoders.stderr_capture import protect_python_stderr
     from edge_pneumo.device.classifier import Classifier
+
+    set_max_pixels(max_pixels)
 
     protect_python_stderr()  # our messages never go through fd 2, so a decoder's redirect cannot swallow them
     paths = gather_paths(items, directory)

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 from edge_pneumo.errors import EdgePneumoError, InputImageError
 
 DEFAULT_MAX_PIXELS = 60_000_000  # a 7,745 px square film; the largest real chest detectors are ~ 4,300 x 4,300
 ENV = "EDGE_PNEUMO_MAX_PIXELS"
+_MARK = "refused before decoding"  # in every ImageTooLarge message
 
 
 class ImageTooLarge(InputImageError):
@@ -62,6 +64,18 @@ def check(name: str, fmt: str, width: int, height: int, frames: int = 1) -> None
         f"{budget / 1e6:g} MP; refused before decoding (a decompression bomb? if the film is real, raise "
         f"--max-pixels or {ENV})"
     )
+
+
+def is_over_budget(reason: str | None) -> bool:
+    """Whether a failed row's reason is this budget's refusal (front ends map it to their own status)."""
+    return bool(reason) and _MARK in reason
+
+
+def short_reason(reason: str) -> str:
+    """The refusal in at most 64 characters (a DICOM ErrorComment is an LO)."""
+    m = re.search(r"\(([\d.]+) MP\), above the pixel budget of ([^ ]+) MP", reason or "")
+    text = f"header announces {m[1]} MP, over the {m[2]} MP pixel budget" if m else "over the pixel budget"
+    return text[:64]
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
