@@ -159,6 +159,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget-s", type=int, default=600)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "fuzz_out")
+    ap.add_argument("--chunk-s", type=int, default=600, help="restart libFuzzer this often (same corpus)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-budget", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -174,7 +175,7 @@ def main() -> None:
     while (left := int(deadline - time.time())) > 5:
         t0 = time.time()
         p = subprocess.run(
-            [sys.executable, __file__, "--child", "--child-budget", str(left), "--out", str(args.out)],
+            [sys.executable, __file__, "--child", "--child-budget", str(min(left, args.chunk_s)), "--out", args.out],
             capture_output=True,
             text=True,
         )
