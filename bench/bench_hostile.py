@@ -124,8 +124,8 @@ def at_budget(folder: Path) -> dict:
     del ds
     out = {}
     for p in [*films, dcm]:
-        r = subprocess.run([sys.executable, "-c", AT_BUDGET_CODE, str(p)], capture_output=True, text=True)
-        h, w, wall, cpu, rss = r.stdout.split()
+        r = bl.timed_process([sys.executable, "-c", AT_BUDGET_CODE, str(p)])  # RSS from wait4, not this process's
+        h, w, wall, cpu, rss = r["stdout"].split()
         out[p.name] = {"bytes": p.stat().st_size, "decoded": [int(h), int(w)], "wall_s": float(wall),
                        "cpu_s": float(cpu), "maxrss_mb": float(rss)}
         print(f"at budget {p.name}: {out[p.name]}", flush=True)
