@@ -264,6 +264,25 @@ def test_a_deflated_dicom_with_bytes_after_its_stream_decodes_and_never_loops():
     assert out.stdout.strip() == "(512, 512)", out.stderr
 
 
+def test_fuzz_find_a_png_chunk_claiming_4_gb_is_refused_before_opencv_allocates_it():
+    """A 96 px PNG whose IDAT length says 0xFFFFE9D7: OpenCV 5 allocated the 4 GB before reading
+    (4 GB of RSS, 16-38 s). Now refused from the chunk walk, in a process that stays small."""
+    png = cv2.imencode(".png", synthetic_xray(np.random.default_rng(7), 0, 96))[1].tobytes()
+    at = png.index(b"IDAT") - 4
+    forged = png[:at] + (0xFFFFE9D7).to_bytes(4, "big") + png[at + 4 :]
+    code = (
+        "import resource, sys\nfrom edge_pneumo.decoders.decode import decode_bytes\n"
+        "try:\n    decode_bytes(sys.stdin.buffer.read(), 'forged.png')\nexcept Exception as e:\n    print(e)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], input=forged, capture_output=True, timeout=120)
+    message, peak_mb = out.stdout.decode().strip().splitlines()
+    assert "cut short (or forged)" in message and "4,294,961,623 bytes" in message and int(peak_mb) < 300
+    cut = png[: len(png) // 2]  # an honest PNG cut in the middle of its data: refused the same way
+    with pytest.raises(InputImageError, match="cut short"):
+        decode_bytes(cut, "cut.png")
+
+
 def _seeds() -> list[bytes]:
     grey = synthetic_xray(np.random.default_rng(9), 1, 48)
     out = [cv2.imencode(ext, grey)[1].tobytes() for ext in (".jpg", ".png", ".tif", ".bmp")]

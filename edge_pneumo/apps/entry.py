@@ -75,7 +75,9 @@ def parse_infer_args(args: list[str]) -> dict | None:
     except ValueError:
         return None
     fmt = values.get("fmt", "text")
-    if (threads is not None and threads < 1) or batch_size < 1 or fmt not in FORMATS or (max_pixels or 1) < 1:
+    if (threads is not None and threads < 1) or batch_size < 1 or fmt not in FORMATS:
+        return None
+    if max_pixels is not None and max_pixels < 1:
         return None
     path = lambda key: Path(values[key]) if key in values else None
     return {
