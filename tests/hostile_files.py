@@ -98,6 +98,18 @@ def jpeg_bomb(side: int = SIDE) -> bytes:
     return jpeg_with_size(small_jpeg(), side, side)
 
 
+def jpeg_scan_bomb(side: int = 2000, repeats: int = 2000) -> bytes:
+    """A flat progressive JPEG whose last (14-byte) scan is repeated: each repeat is one more pass
+    over every coefficient (44 kB, 4 MP: 64 s to decode here before scans were counted)."""
+    import cv2
+    import numpy as np
+
+    jpeg = cv2.imencode(".jpg", np.full((side, side), 128, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1]
+    jpeg = jpeg.tobytes()
+    last = jpeg[jpeg.rindex(b"\xff\xda") : -2]
+    return jpeg[:-2] + last * repeats + b"\xff\xd9"
+
+
 def bmp_bomb(side: int = SIDE) -> bytes:
     palette = b"".join(bytes((g, g, g, 0)) for g in range(256))
     offset = 14 + 40 + len(palette)

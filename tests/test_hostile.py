@@ -264,6 +264,12 @@ def test_a_deflated_dicom_with_bytes_after_its_stream_decodes_and_never_loops():
     assert out.stdout.strip() == "(512, 512)", out.stderr
 
 
+def test_a_progressive_jpeg_with_thousands_of_scans_is_refused_and_a_real_one_is_not():
+    with pytest.raises(limits.ImageTooLarge, match="2006 scans of 2000 x 2000 px"):
+        decode_bytes(hf.jpeg_scan_bomb(), "scans.jpeg")
+    assert decode_bytes(hf.jpeg_scan_bomb(repeats=0), "progressive.jpeg", 128).pixels.shape == (250, 250)
+
+
 def test_fuzz_find_a_png_chunk_claiming_4_gb_is_refused_before_opencv_allocates_it():
     """A 96 px PNG whose IDAT length says 0xFFFFE9D7: OpenCV 5 allocated the 4 GB before reading
     (4 GB of RSS, 16-38 s). Now refused from the chunk walk, in a process that stays small."""

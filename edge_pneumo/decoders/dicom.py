@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edge_pneumo.decoders import limits
-from edge_pneumo.decoders.jpeg import decode_jpeg, jpeg_size
+from edge_pneumo.decoders.jpeg import check_scans, decode_jpeg, jpeg_size
 from edge_pneumo.decoders.pixels import GreyImage, stretch_to_uint8, to_grey_uint8
 from edge_pneumo.errors import InputImageError, InputRejected, MissingRuntimeError
 
@@ -242,12 +242,14 @@ def check_budget(ds, name: str) -> None:
     total = 0
     try:
         for frame in generate_frames(ds.PixelData, number_of_frames=frames):
-            size = _frame_size(bytes(frame[:1 << 20]))
+            size = _frame_size(bytes(frame[: 1 << 20]))
+            if size is not None and frame[:2] == b"\xff\xd8":
+                check_scans(name, bytes(frame), *size)
             if size is not None:
                 total += size[0] * size[1]
                 if total > limits.max_pixels():
                     limits.check(name, "compressed frame in the DICOM", *size, frames)
-    except limits.ImageTooLarge:
+    except InputImageError:
         raise
     except Exception:  # damaged encapsulation: the pixel decoder reports it
         return

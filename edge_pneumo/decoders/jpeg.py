@@ -23,6 +23,7 @@ from edge_pneumo.errors import InputImageError
 MAX_MISSING_FRACTION = 0.25  # a cut JPEG missing more than this is refused, not guessed at
 _EOI = b"\xff\xd9"
 _REDUCED = (8, 4, 2)
+SCAN_WORK = 20  # scans x pixels allowed, in pixel budgets: a 60 MP film may have 20 scans, a 1 MP one 1,200
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: markers without a length
 
 
@@ -58,6 +59,23 @@ def jpeg_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
     return None
 
 
+def check_scans(name: str, data: bytes, width: int, height: int) -> None:
+    """Refuse a JPEG whose scans would cost more than SCAN_WORK x the pixel budget to decode.
+
+    Each scan of a progressive JPEG is a pass over every coefficient, however few bytes it
+    holds: 2,000 repeats of a 14-byte scan made a 44 kB, 4 MP JPEG take 64 s. Real encoders
+    write 1 (baseline) to ~10 scans. Counted as FF DA pairs, which entropy-coded data never
+    contains (its FF bytes are stuffed): an upper bound, exact for any real file."""
+    scans = data.count(b"\xff\xda")
+    work = scans * width * height
+    if scans > 1 and work > SCAN_WORK * limits.max_pixels():
+        raise limits.ImageTooLarge(
+            f"{name}: JPEG with {scans} scans of {width} x {height} px ({work / 1e6:.0f} MP of decoding work), above "
+            f"{SCAN_WORK} x the pixel budget of {limits.max_pixels() / 1e6:g} MP; refused before decoding "
+            "(a scan bomb? real JPEGs have 1 to ~10 scans)"
+        )
+
+
 def reduction_factor(size: tuple[int, int] | None, min_side_hint: int | None) -> int:
     """The largest of 8, 4, 2 that keeps the smaller side >= min_side_hint (1: decode fully)."""
     if not min_side_hint or not size or min(size) <= 0:
@@ -77,6 +95,7 @@ def decode_jpeg(name: str, data: bytes, min_side_hint: int | None) -> GreyImage:
     except ValueError:
         return decode_jpeg_opencv(name, data, min_side_hint)
     limits.check(name, "JPEG", w, h)
+    check_scans(name, data, w, h)
     factor = reduction_factor((w, h), min_side_hint)
     scale = dict(min_factor=factor, min_height=math.ceil(h / factor), min_width=math.ceil(w / factor))
     complete = data.rstrip(b"\x00\r\n ").endswith(_EOI)
@@ -136,6 +155,7 @@ def decode_jpeg_opencv(name: str, data: bytes, min_side_hint: int | None) -> Gre
     if size is None:
         raise InputImageError(f"{name}: corrupt JPEG that cannot be decoded (no frame header)")
     limits.check(name, "JPEG", *size)
+    check_scans(name, data, *size)
     factor = reduction_factor(size, min_side_hint)
     flag = {
         1: cv2.IMREAD_GRAYSCALE,
