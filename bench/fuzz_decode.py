@@ -174,6 +174,7 @@ def main() -> None:
     runs, stops, total = [], [], 0
     while (left := int(deadline - time.time())) > 5:
         t0 = time.time()
+        before = set(os.listdir(args.out / "findings"))
         p = subprocess.run(
             [sys.executable, __file__, "--child", "--child-budget", str(min(left, args.chunk_s)), "--out", args.out],
             capture_output=True,
@@ -184,7 +185,8 @@ def main() -> None:
         done = re.findall(r"stat::number_of_executed_units:\s*(\d+)", log) or re.findall(r"#(\d+)\s", log)
         n = int(done[-1]) if done else 0
         total += n
-        why = "budget spent" if p.returncode == 0 else _stop_reason(log)
+        new = sorted(set(os.listdir(args.out / "findings")) - before - {"findings.jsonl"})
+        why = "budget spent" if p.returncode == 0 else _stop_reason(log, new)
         runs.append({"executions": n, "seconds": round(time.time() - t0, 1), "exit": p.returncode, "stop": why})
         if p.returncode != 0:
             stops.append(why)
@@ -211,7 +213,10 @@ def main() -> None:
     print(json.dumps({k: report[k] for k in ("executions", "stops", "native_findings")}, indent=1))
 
 
-def _stop_reason(log: str) -> str:
+def _stop_reason(log: str, new: list[str]) -> str:
+    artifacts = [n for n in new if n.split("-")[0] in ("crash", "timeout", "oom", "leak")]
+    if artifacts:
+        return ", ".join(artifacts)
     for pattern in ("ERROR: libFuzzer: timeout", "out-of-memory", "deadly signal", "Uncaught Python exception"):
         if pattern in log:
             return pattern
