@@ -155,7 +155,7 @@ def _as_int(value, default: int) -> int:
         return default
 
 
-def _check_inflated_size(data: bytes, name: str) -> None:
+def check_inflated_size(data: bytes, name: str) -> None:
     """A deflated DICOM (the whole dataset zlib-compressed) can inflate a thousandfold, and pydicom
     inflates all of it at once. So inflate its start, check the pixel budget on the header found
     there, then inflate the rest in chunks thrown away, up to what that header's pixels need
@@ -267,7 +267,7 @@ def read_dicom(
     said: list[str] = []
     _SINK.messages = said
     try:
-        _check_inflated_size(data, name)
+        check_inflated_size(data, name)
         try:
             ds = pydicom.filereader.read_partial(io.BytesIO(data), stop_when=_ElementCount(), force=False)
         except _TooManyElements:

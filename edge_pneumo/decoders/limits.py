@@ -74,7 +74,7 @@ def is_over_budget(reason: str | None) -> bool:
 def short_reason(reason: str) -> str:
     """The refusal in at most 64 characters (a DICOM ErrorComment is an LO)."""
     m = re.search(r"\(([\d.]+) MP\), above the pixel budget of ([^ ]+) MP", reason or "")
-    text = f"header announces {m[1]} MP, over the {m[2]} MP pixel budget" if m else "over the pixel budget"
+    text = f"header announces {m[1]} MP, over the {m[2]} MP pixel budget" if m else (reason or "").split(": ", 1)[-1]
     return text[:64]
 
 
