@@ -1,6 +1,6 @@
 """Hostile inputs (issue 25): decompression bombs are refused from their headers on every front end,
 the long-running front ends cap their decodes, fuzzing finds are regression tests, and real films
-are classified exactly as before the pixel budget existed (rows saved from 1d96eb1)."""
+are classified exactly as before the pixel budget existed (rows saved on main before it)."""
 
 from __future__ import annotations
 
@@ -326,12 +326,12 @@ def test_a_deterministic_fuzz_slice_never_crashes_and_never_decodes_past_the_bud
     run()
 
 
-# -- real films: exactly the rows of 1d96eb1 -----------------------------------------------------
+# -- real films: exactly the rows of main before the budget -------------------------------------
 
 
 @pytest.mark.realdata
 def test_real_films_get_exactly_the_rows_they_got_before_the_budget(tmp_path):
-    """Rows saved by tests/rows_baseline.py on 1d96eb1, before any of this: the 624 test images,
+    """Rows saved by tests/rows_baseline.py on main f4cba41, before any of this: the 624 test images,
     the adult films, and two films of 59.99 MP (PNG and JPEG) just under the default budget."""
     import rows_baseline as rb
 
