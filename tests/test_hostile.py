@@ -292,6 +292,18 @@ def test_fuzz_find_a_png_chunk_claiming_4_gb_is_refused_before_opencv_allocates_
         decode_bytes(cut, "cut.png")
 
 
+def test_fuzz_find_a_jpeg_ls_frame_that_hangs_libjpeg_is_decoded_by_charls_and_refused():
+    """tests/data/fuzz_jpegls_hang.dcm (654 bytes, a mutated pydicom test file): pylibjpeg's libjpeg
+    loops forever on its JPEG-LS frame; CharLS (pyjpegls) refuses it at once."""
+    pytest.importorskip("jpeg_ls")
+    path = REPO / "tests" / "data" / "fuzz_jpegls_hang.dcm"
+    code = "import sys\nfrom edge_pneumo.decoders.decode import read_grey\n" + (
+        "try:\n    read_grey(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("InputImageError") and "cannot decode DICOM pixel data" in out.stdout, out
+
+
 def _seeds() -> list[bytes]:
     grey = synthetic_xray(np.random.default_rng(9), 1, 48)
     out = [cv2.imencode(ext, grey)[1].tobytes() for ext in (".jpg", ".png", ".tif", ".bmp")]

@@ -148,6 +148,22 @@ class _ElementCount:
         return False
 
 
+JPEG_LS_SYNTAXES = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+
+
+def _prefer_safe_plugin(ds) -> None:
+    """JPEG-LS through CharLS (pyjpegls, which highdicom brings) only, never pylibjpeg's libjpeg:
+    fuzzing found a 654-byte JPEG-LS DICOM on which libjpeg loops forever (CharLS refuses it in
+    1 ms, and gives libjpeg's pixels on valid files). Without pyjpegls, pydicom's default stays."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if syntax not in JPEG_LS_SYNTAXES:
+        return
+    from pydicom.pixels import get_decoder
+
+    if "pyjpegls" in get_decoder(syntax).available_plugins:
+        ds.pixel_array_options(decoding_plugin="pyjpegls")
+
+
 def _as_int(value, default: int) -> int:
     try:
         return int(str(value).strip() or default)
@@ -290,6 +306,7 @@ def read_dicom(
                 )
             raise InputImageError(f"{name}: DICOM without pixel data (a report or structured document?)")
         arr = _jpeg_frame_fast(ds, min_side_hint)
+        _prefer_safe_plugin(ds)
         try:
             arr = ds.pixel_array if arr is None else arr
         except Exception as e:  # missing decoder plugin, corrupt or cut-short pixel data
