@@ -394,6 +394,34 @@ def export(
     print(f"wrote {len(manifest['artifacts'])} artifacts and {out / 'manifest.json'}")
 
 
+@app.command("train-view")
+@handle_errors
+def train_view(
+    data: DataOpt = Path("../shared/data/chest_xray"),
+    non_cxr: Annotated[
+        Path, typer.Option(help="The non-chest development set (with sources.csv): the negatives.")
+    ] = Path("../shared/data/non_cxr"),
+    adult: Annotated[Path, typer.Option(help="Adult frontal chest films: positives beside Kermany train/.")] = Path(
+        "../shared/data/adult_cxr"
+    ),
+    out: Annotated[Path, typer.Option(help="The exported/ folder whose manifest gains the view check.")] = Path(
+        "exported"
+    ),
+    folds: Annotated[int, typer.Option(help="Source-held-out folds for the limit.", min=2)] = 5,
+    epochs: Annotated[int, typer.Option(help="Epochs per fit.", min=1)] = 14,
+    seed: int = 0,
+) -> None:
+    """Fit the view check (frontal chest or not), choose its limit on source-held-out folds, export it to ONNX."""
+    from edge_pneumo.training.view_train import ViewConfig, run_view_training
+
+    cfg = ViewConfig(data=data, non_cxr=non_cxr, adult=adult, out=out, folds=folds, epochs=epochs, seed=seed)
+    section = run_view_training(cfg, log=lambda m: print(m, flush=True))
+    for name, c in section["held_out"].items():
+        what = "accepted" if c["positive"] else "refused"
+        print(f"  {name:<18} {c['n'] - c['refused'] if c['positive'] else c['refused']:>5}/{c['n']:<5} {what}")
+    print(f"wrote the view check into {out / 'manifest.json'} (refuse below {section['refuse_below']})")
+
+
 @app.command("formats")
 def list_formats() -> None:
     """List the export formats and their validation budgets."""

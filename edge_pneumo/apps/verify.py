@@ -150,6 +150,9 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write
                 row["notes"].append(
                     f"guard feature distances differ from export by {gap:.1%} (> {GUARD_TOLERANCE:.0%})"
                 )
+    from edge_pneumo.device.view_check import verify_rows
+
+    view_rows = verify_rows(manifest, x)
     ref = outputs.get(ref_name) if ref_name else None
     for row in rows:
         if row["status"] != "ok" or ref is None or row["name"] == ref_name:
@@ -163,7 +166,7 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write
             row["status"] = "FAILED"
             row["notes"].append(f"max|dp| {dp:.2e} vs {ref_name} exceeds 10x its export budget")
     passed = (
-        all(r["status"] != "FAILED" for r in rows)
+        all(r["status"] != "FAILED" for r in rows + view_rows)
         and any(r["status"] == "ok" for r in rows)
         and guard_row["status"] == "ok"
     )
@@ -174,7 +177,7 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write
         "reference": ref_name,
         "inputs": len(x),
         "device": device_info(),
-        "artifacts": rows + [guard_row],
+        "artifacts": rows + [guard_row] + view_rows,
         "passed": passed,
         "fastest": fastest,
         "profile": None,

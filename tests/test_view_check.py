@@ -1,0 +1,150 @@
+"""The view check (frontal chest radiograph or not): its export, its place in the guard, `verify`,
+and on real data the non-chest development set, the adult films and the test split.
+
+The development set (`../shared/data/non_cxr/`) is what the shipped view model was fitted on:
+these tests check the shipped behaviour on it, and that no listed image is missing. The
+source-held-out figures (models fitted without the image's repository) are in the manifest's
+`view_check.held_out` and in bench/RESULTS_guard.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import REPO
+from typer.testing import CliRunner
+
+from edge_pneumo import Classifier
+from edge_pneumo.apps.cli import app
+from edge_pneumo.device.manifest import load_manifest
+from edge_pneumo.device.view_check import SECTION, ViewCheck
+from edge_pneumo.errors import IntegrityError
+
+runner = CliRunner()
+SHIPPED = REPO / "exported"
+DATA = REPO.parent / "shared" / "data"
+NON_CXR = DATA / "non_cxr"
+DEV_SET_SIZE = 225
+OTHER_BODY_PARTS = ("hand", "wrist", "forearm", "knee", "pelvis_hip", "skull", "spine", "dental", "photo_of_film")
+
+
+def _shipped_has_view() -> bool:
+    return SECTION in json.loads((SHIPPED / "manifest.json").read_text())
+
+
+needs_view = pytest.mark.skipif(not _shipped_has_view(), reason="the shipped export has no view check")
+
+
+def test_an_export_without_the_section_runs_without_the_check(tiny_export):
+    clf = Classifier.load(tiny_export)
+    assert SECTION not in clf.manifest.raw and clf.view_check is None
+
+
+@needs_view
+def test_the_shipped_view_check_loads_and_is_independent_of_the_pneumonia_artifacts():
+    m = load_manifest(SHIPPED)
+    section = m.raw[SECTION]
+    files = {e["file"] for e in section["artifacts"]}
+    assert files.isdisjoint(e.file for e in m.artifacts.values())
+    assert section["rule"] and section["refuse_below"] == pytest.approx(float(section["refuse_below"]))
+    for e in section["artifacts"]:
+        assert e["validation"]["passed"] and e["size_bytes"] < 100_000
+    view = ViewCheck.from_manifest(m)
+    assert view is not None and view.name == section["default_artifact"]
+    for name in ("view_float32", "view_int8"):  # each reproduces its recorded outputs on the probe inputs
+        from edge_pneumo.device.probe_inputs import verify_inputs
+
+        got = ViewCheck.from_manifest(m, artifact=name).scores(verify_inputs(m.preprocessing))
+        entry = next(e for e in section["artifacts"] if e["name"] == name)
+        np.testing.assert_allclose(got, entry["verify_outputs"], atol=0.05 * (1 + np.abs(got).max()))
+
+
+@needs_view
+def test_verify_checks_the_view_files_and_catches_a_changed_one(tmp_path):
+    folder = tmp_path / "exported"
+    shutil.copytree(SHIPPED, folder, ignore=shutil.ignore_patterns("*.keras", "*.png", "*.jsonl"))
+    r = runner.invoke(app, ["verify", str(folder), "--json", "--no-profile", "--runs", "1"])
+    report = json.loads(r.stdout)
+    views = [a for a in report["artifacts"] if a["name"].startswith("view_")]
+    assert {a["name"] for a in views} == {"view_float32", "view_int8"}
+    assert all(a["status"] == "ok" for a in views), views
+    target = folder / load_manifest(folder).raw[SECTION]["artifacts"][1]["file"]
+    data = bytearray(target.read_bytes())
+    data[-10] ^= 0xFF
+    target.write_bytes(bytes(data))
+    r = runner.invoke(app, ["verify", str(folder), "--json", "--no-profile", "--runs", "1"])
+    report = json.loads(r.stdout)
+    assert not report["passed"]
+    assert any(a["status"] == "FAILED" and a["name"].startswith("view_") for a in report["artifacts"])
+    with pytest.raises(IntegrityError):
+        Classifier.load(folder)
+
+
+@needs_view
+def test_a_manifest_without_the_section_still_loads(tmp_path):
+    folder = tmp_path / "exported"
+    shutil.copytree(SHIPPED, folder, ignore=shutil.ignore_patterns("*.keras", "*.png", "*.jsonl", "view_*"))
+    raw = json.loads((folder / "manifest.json").read_text())
+    del raw[SECTION]
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    clf = Classifier.load(folder)
+    assert clf.view_check is None and clf.guard is not None
+
+
+# --- real data ---------------------------------------------------------------------------
+
+
+def _dev_rows(**extra) -> tuple[list[dict], list[dict]]:
+    from edge_pneumo.training.view_data import dev_set
+
+    if not NON_CXR.is_dir():
+        pytest.skip("non-chest development set not found (../shared/data/non_cxr)")
+    images = dev_set(NON_CXR)  # raises when a listed file is missing: the suite fails, never shrinks
+    assert len(images) == DEV_SET_SIZE
+    clf = Classifier.load(SHIPPED, **extra)
+    rows = [r.to_dict() for r in clf.predict_many([v.path for v in images])]
+    return [{"category": v.category} for v in images], rows
+
+
+@needs_view
+@pytest.mark.realdata
+def test_the_dev_set_is_refused_by_category(real_data):
+    pytest.importorskip("pydicom")
+    cats, rows = _dev_rows()
+    classified = Counter(c["category"] for c, r in zip(cats, rows) if r["status"] == "classified")
+    total = Counter(c["category"] for c in cats)
+    assert not any(r["status"] == "failed" for r in rows), [r["path"] for r in rows if r["status"] == "failed"]
+    body = sum(total[c] for c in (*OTHER_BODY_PARTS, "lateral_chest"))
+    through = sum(classified[c] for c in (*OTHER_BODY_PARTS, "lateral_chest"))
+    assert through <= 0.03 * body, classified
+    from edge_pneumo.training.view_data import OTHER_MODALITIES
+
+    assert not any(classified[c] for c in OTHER_MODALITIES), classified
+    views = [r for r in rows if r["guard"].get("check") == "view"]
+    assert views and all("a radiograph, but not a frontal chest view" in r["reason"] for r in views)
+    assert all("view" in r["guard"] for r in rows if r["guard"].get("check") in ("view", "features", None))
+
+
+@needs_view
+@pytest.mark.realdata
+def test_the_test_split_and_the_adult_films_pass_the_view_check(real_data):
+    """The view check alone: <= 1% of the test split below its limit, no adult film."""
+    m = load_manifest(SHIPPED)
+    clf = Classifier.load(SHIPPED)
+    paths = sorted((real_data / "test").glob("*/*.jpeg"))
+    assert len(paths) == 624
+    rows = list(clf.predict_many(paths))
+    refused_by_view = [r.path for r in rows if r.guard.get("check") == "view"]
+    assert len(refused_by_view) <= 6, refused_by_view
+    assert all("view" in r.guard for r in rows if r.status == "classified")
+    adult = DATA / "adult_cxr"
+    if adult.is_dir():
+        films = sorted(p for p in adult.iterdir() if p.suffix.lower() in (".png", ".jpg", ".dcm"))
+        pytest.importorskip("pydicom")
+        for r in clf.predict_many(films):
+            assert r.status == "classified", (r.path, r.reason)
+            assert r.guard["view"] >= m.raw[SECTION]["refuse_below"]
