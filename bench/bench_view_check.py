@@ -93,12 +93,15 @@ def main() -> None:
         "",
         f"Limit: refuse below {section['refuse_below']} ({section['rule']}).",
         "",
-        "| category | images | held-out result (view check alone) |",
-        "|---|---:|---|",
+        "| category | images | view check alone | whole guard | let through |",
+        "|---|---:|---|---|---|",
     ]
     for c, v in section["held_out"].items():
-        result = f"{v['n'] - v['refused']} accepted" if v["positive"] else f"{v['refused']} refused"
-        lines.append(f"| {c} | {v['n']} | {result} |")
+        if v["positive"]:
+            lines.append(f"| {c} (frontal chest) | {v['n']} | {v['n'] - v['refused']} accepted | | |")
+        else:
+            through = ", ".join(v["let_through"]) or "-"
+            lines.append(f"| {c} | {v['n']} | {v['refused']} refused | {v['refused_by_guard']} refused | {through} |")
     lines += [
         "",
         "## Cost",

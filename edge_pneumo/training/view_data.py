@@ -179,14 +179,14 @@ def model_input(g: np.ndarray, pre: Preprocessing) -> np.ndarray:
 
 
 def augmented_pool(
-    grey: Sequence[np.ndarray], copies: Sequence[int], pre: Preprocessing, seed: int, clean: bool = True
+    grey: Sequence[np.ndarray], copies: Sequence[int], pre: Preprocessing, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs (n, size, size) uint8, source index per input): each image once as it is (when
-    `clean`) plus `copies[i]` augmented variants."""
+    """(inputs (n, size, size) uint8, source index per input): `copies[i]` augmented variants of
+    image i, plus the image as it is when copies[i] > 1 (one variant alone: augmented only)."""
     rng = np.random.default_rng(seed)
     xs, idx = [], []
     for i, (g, k) in enumerate(zip(grey, copies)):
-        if clean:
+        if k != 1:
             xs.append(model_input(g, pre))
             idx.append(i)
         for _ in range(k):

@@ -59,7 +59,9 @@ def run_view_training(cfg: ViewConfig, log: Callable[[str], None] = print) -> di
     x, src = vd.augmented_pool(grey, copies, pre, cfg.seed)
     pools = vf.Pools(x, src, np.stack([vd.model_input(g, pre) for g in grey]))
     log(f"{len(images)} images, {len(x)} inputs with augmentations ({time.time() - t0:.0f} s)")
-    held_out = vf.cross_validate(images, pools, cfg.folds, cfg.seed, log)
+    others = guard_verdicts(cfg.out, images)
+    log(f"the guard's other layers refuse {sum(others.values())} of {len(others)} non-chest images")
+    held_out = vf.cross_validate(images, pools, cfg.folds, cfg.seed, log, cfg.epochs)
     y = np.array([v.positive for v in images])
     limit = vf.limit_from(held_out[y])
     log(f"limit: refuse below {limit:.3f} ({vf.LIMIT_RULE})")
@@ -81,7 +83,7 @@ def run_view_training(cfg: ViewConfig, log: Callable[[str], None] = print) -> di
             "rule": vf.LIMIT_RULE,
             "default_artifact": DEFAULT_VIEW_ARTIFACT,
             "artifacts": entries,
-            "held_out": held_out_summary(images, held_out, limit),
+            "held_out": held_out_summary(images, held_out, limit, others),
             "fit": {
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "images": {c: int(sum(v.category == c for v in images)) for c in sorted({v.category for v in images})},
@@ -104,14 +106,33 @@ def run_view_training(cfg: ViewConfig, log: Callable[[str], None] = print) -> di
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def held_out_summary(images, logits: np.ndarray, limit: float) -> dict:
-    """Per category: images, and how many the held-out models refuse (negatives) or accept (positives)."""
+def guard_verdicts(folder: Path, images) -> dict[str, bool]:
+    """Whether the guard's other layers (DICOM header, pixels, the model's features) refuse each
+    non-chest image, with the view check off: they never saw these images."""
+    from edge_pneumo.device.classifier import Classifier
+
+    clf = Classifier.load(folder)
+    clf.view_check = None
+    negatives = [v.path for v in images if not v.positive]
+    return {str(r.path): r.status != "classified" for r in clf.predict_many(negatives)}
+
+
+def held_out_summary(images, logits: np.ndarray, limit: float, others: dict[str, bool]) -> dict:
+    """Per category: images; how many the held-out view models refuse; for non-chest images, how
+    many the whole guard refuses (view check or another layer) and which it lets through."""
     out = {}
     for c in sorted({v.category for v in images}):
-        m = np.array([v.category == c for v in images])
-        positive = images[int(np.flatnonzero(m)[0])].positive
-        n_refused = int((logits[m] < limit).sum())
-        out[c] = {"n": int(m.sum()), "refused": n_refused, "positive": bool(positive)}
+        idx = [i for i, v in enumerate(images) if v.category == c]
+        positive = images[idx[0]].positive
+        refused = [i for i in idx if logits[i] < limit]
+        row = {"n": len(idx), "refused": len(refused), "positive": bool(positive)}
+        if positive:
+            row["refused_files"] = [images[i].path.name for i in refused[:20]]
+        else:
+            through = [i for i in idx if logits[i] >= limit and not others.get(str(images[i].path), False)]
+            row["refused_by_guard"] = len(idx) - len(through)
+            row["let_through"] = [f"{images[i].path.name} (view {logits[i]:.1f})" for i in through]
+        out[c] = row
     return out
 
 
