@@ -26,8 +26,6 @@ from edge_pneumo.errors import IntegrityError
 
 runner = CliRunner()
 SHIPPED = REPO / "exported"
-DATA = REPO.parent / "shared" / "data"
-NON_CXR = DATA / "non_cxr"
 DEV_SET_SIZE = 225
 OTHER_BODY_PARTS = ("hand", "wrist", "forearm", "knee", "pelvis_hip", "skull", "spine", "dental", "photo_of_film")
 
@@ -42,6 +40,54 @@ needs_view = pytest.mark.skipif(not _shipped_has_view(), reason="the shipped exp
 def test_an_export_without_the_section_runs_without_the_check(tiny_export):
     clf = Classifier.load(tiny_export)
     assert SECTION not in clf.manifest.raw and clf.view_check is None
+
+
+@pytest.mark.slow
+def test_export_writes_float_and_int8_onnx_that_reproduce_keras(tiny_export, tmp_path):
+    """An untrained view CNN through the export path, into a copy of the tiny export: the ONNX
+    float model equals Keras, the int8 one is checked, and the folder's guard runs it."""
+    pytest.importorskip("tensorflow")
+    import cv2
+    from conftest import synthetic_xray
+
+    from edge_pneumo.device.probe_inputs import verify_inputs
+    from edge_pneumo.device.view_check import verify_rows
+    from edge_pneumo.training import view_fit as vf
+    from edge_pneumo.training.view_train import ViewConfig, export_view
+
+    folder = tmp_path / "exported"
+    shutil.copytree(tiny_export, folder)
+    m = load_manifest(folder)
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (40, 64, 64), dtype=np.uint8)
+    pools = vf.Pools(clean, np.arange(40), clean)
+    model = vf.build_model(64)
+    keras_logits = vf.predict_logits(model, clean)
+    cfg = ViewConfig(data=tmp_path, non_cxr=tmp_path, adult=tmp_path, out=folder)
+    probe = verify_inputs(m.preprocessing)[..., 0]
+    limit = float(np.median(keras_logits)) - 10  # far from every input: agreement is about the export, not the limit
+    entries = export_view(model, 64, pools, probe, keras_logits, limit, folder, cfg)
+    assert [e["name"] for e in entries] == ["view_float32", "view_int8"]
+    assert all(e["validation"]["passed"] for e in entries)
+    assert entries[0]["validation"]["max_abs_dlogit"] <= 1e-3
+    m.raw[SECTION] = {
+        "refuse_below": limit,
+        "default_artifact": "view_int8",
+        "input": {"size": 64},
+        "artifacts": entries,
+    }
+    (folder / "manifest.json").write_text(json.dumps(m.raw))
+    m = load_manifest(folder)
+    assert [r["status"] for r in verify_rows(m, verify_inputs(m.preprocessing))] == ["ok", "ok"]
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), synthetic_xray(rng, 0, 96))
+    r = Classifier.load(folder).predict(img)
+    assert r.status == "classified" and "view" in r.guard, r
+    m.raw[SECTION]["refuse_below"] = 1e9  # nothing is a frontal chest now
+    (folder / "manifest.json").write_text(json.dumps(m.raw))
+    r = Classifier.load(folder).predict(img)
+    assert r.status == "rejected" and r.guard["check"] == "view"
+    assert "a radiograph, but not a frontal chest view" in r.reason
 
 
 @needs_view
@@ -98,12 +144,13 @@ def test_a_manifest_without_the_section_still_loads(tmp_path):
 # --- real data ---------------------------------------------------------------------------
 
 
-def _dev_rows(**extra) -> tuple[list[dict], list[dict]]:
+def _dev_rows(real_data, **extra) -> tuple[list[dict], list[dict]]:
     from edge_pneumo.training.view_data import dev_set
 
-    if not NON_CXR.is_dir():
-        pytest.skip("non-chest development set not found (../shared/data/non_cxr)")
-    images = dev_set(NON_CXR)  # raises when a listed file is missing: the suite fails, never shrinks
+    non_cxr = real_data.parent / "non_cxr"  # beside the chest_xray folder, as in ../shared/data/
+    if not non_cxr.is_dir():
+        pytest.skip(f"non-chest development set not found ({non_cxr})")
+    images = dev_set(non_cxr)  # raises when a listed file is missing: the suite fails, never shrinks
     assert len(images) == DEV_SET_SIZE
     clf = Classifier.load(SHIPPED, **extra)
     rows = [r.to_dict() for r in clf.predict_many([v.path for v in images])]
@@ -114,7 +161,7 @@ def _dev_rows(**extra) -> tuple[list[dict], list[dict]]:
 @pytest.mark.realdata
 def test_the_dev_set_is_refused_by_category(real_data):
     pytest.importorskip("pydicom")
-    cats, rows = _dev_rows()
+    cats, rows = _dev_rows(real_data)
     classified = Counter(c["category"] for c, r in zip(cats, rows) if r["status"] == "classified")
     total = Counter(c["category"] for c in cats)
     assert not any(r["status"] == "failed" for r in rows), [r["path"] for r in rows if r["status"] == "failed"]
@@ -141,7 +188,7 @@ def test_the_test_split_and_the_adult_films_pass_the_view_check(real_data):
     refused_by_view = [r.path for r in rows if r.guard.get("check") == "view"]
     assert len(refused_by_view) <= 6, refused_by_view
     assert all("view" in r.guard for r in rows if r.status == "classified")
-    adult = DATA / "adult_cxr"
+    adult = real_data.parent / "adult_cxr"
     if adult.is_dir():
         films = sorted(p for p in adult.iterdir() if p.suffix.lower() in (".png", ".jpg", ".dcm"))
         pytest.importorskip("pydicom")
