@@ -2,7 +2,7 @@
 
 Radiographs of other body parts pass every pixel statistic of the guard (they are grey,
 smooth, X-ray-like), and the feature check moves with the pneumonia model's weights. So a
-tiny CNN of its own (`training/view_fit.py`, ~15 k weights), independent of those weights,
+tiny CNN of its own (`training/view_fit.py`, ~17 k weights), independent of those weights,
 scores the model's own input (resized, CLAHE, one channel) for a whole batch at once; below
 the manifest's `refuse_below` the image is rejected. Its files, sha256 and outputs on the
 probe inputs live in the manifest's `view_check` section; a manifest without one runs
@@ -43,7 +43,7 @@ class ViewCheck:
             path = manifest.folder / entry["file"]
             if verify:
                 check_file(path, entry["sha256"])
-            backend = open_backend(path, threads=1)  # ~15 k weights: more threads only add overhead
+            backend = open_backend(path, threads=1)  # ~17 k weights: more threads only add overhead
             return cls(backend, float(section["refuse_below"]), int(section["input"]["size"]), entry["name"])
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(
