@@ -118,7 +118,8 @@ def test_verify_checks_the_view_files_and_catches_a_changed_one(tmp_path):
     views = [a for a in report["artifacts"] if a["name"].startswith("view_")]
     assert {a["name"] for a in views} == {"view_float32", "view_int8"}
     assert all(a["status"] == "ok" for a in views), views
-    target = folder / load_manifest(folder).raw[SECTION]["artifacts"][1]["file"]
+    section = load_manifest(folder).raw[SECTION]
+    target = folder / next(e["file"] for e in section["artifacts"] if e["name"] == section["default_artifact"])
     data = bytearray(target.read_bytes())
     data[-10] ^= 0xFF
     target.write_bytes(bytes(data))

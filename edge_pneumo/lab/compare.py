@@ -227,6 +227,9 @@ def _write_reports(report: dict, manifest, rows: list[Row], y: np.ndarray, opts:
 def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -> dict:
     """Calibration and confidence band, the input guard and the explanation, on this labelled set."""
     out: dict = {"calibration": _calibration_section(manifest, images.y, rows)}
+    view = manifest.raw.get("view_check")
+    if view and "held_out" in view:  # the view check's source-held-out results, as train-view recorded them
+        out["view_check"] = {k: view[k] for k in ("refuse_below", "rule", "held_out")}
     tta_section = manifest.raw.get("tta")
     if tta_section:
         out["tta"] = _tta_rows(manifest, models, images, rows, tta_section, log)
@@ -539,7 +542,7 @@ def _trust_markdown(report: dict) -> list[str]:
         ]
         lines += [f"- `{r['path']}`: {r['reason']}" for r in g["rejected"][:20]]
         lines.append("")
-    lines += view_check_lines(manifest.raw.get("view_check"))
+    lines += view_check_lines(report.get("view_check"))
     e = report.get("explanation")
     if e and e.get("artifacts"):
         lines += [
