@@ -196,3 +196,16 @@ def test_the_test_split_and_the_adult_films_pass_the_view_check(real_data):
         for r in clf.predict_many(films):
             assert r.status == "classified", (r.path, r.reason)
             assert r.guard["view"] >= m.raw[SECTION]["refuse_below"]
+
+
+def test_a_re_export_keeps_the_section_while_its_files_are_there(tmp_path):
+    from edge_pneumo.training.export import _keep_view_check
+
+    section = {"refuse_below": 1.0, "artifacts": [{"name": "view_float32", "file": "view_float32.onnx"}]}
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 2, SECTION: section}))
+    fresh: dict = {"schema_version": 2}
+    _keep_view_check(tmp_path, fresh)
+    assert SECTION not in fresh  # its file is missing: nothing to keep
+    (tmp_path / "view_float32.onnx").write_bytes(b"onnx")
+    _keep_view_check(tmp_path, fresh)
+    assert fresh[SECTION] == section
