@@ -2,7 +2,8 @@
 everything else a clinic might send, with the source each came from and the augmentations.
 
 Positives: Kermany train/ images (never test/) and the adult films; negatives: the non-chest
-development set (`non_cxr/`, other body parts, lateral chests, other modalities). Every image
+development set (`non_cxr/`, other body parts, lateral chests, other modalities) and
+hemithoraces cut from Kermany films (`hemithorax`). Every image
 carries a `group`, the unit of held-out validation: the public repository a dev-set image was
 copied from, the Kermany patient, the adult film. Augmentations (crops, rotations, contrast,
 borders, markers, photographed films) multiply both sides; nothing here needs TensorFlow.
@@ -30,6 +31,7 @@ WORK_SIDE = 160  # images are augmented at this size (longer side), then reduced
 OTHER_MODALITIES = frozenset({"ct", "mri", "us", "mammo", "fundus", "derm", "histology", "endoscopy"})
 APART = frozenset({"spine_with_chest"})  # a judgement call: reported apart, kept out of fitting
 DICOM_SUFFIXES = (".dcm", ".dicom")
+SYNTHETIC = "hemithorax (synthetic)"  # negatives cut from Kermany films (see `hemithorax`)
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,29 @@ def photographed(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     glare = rng.uniform(0, 60) * np.exp(-((xx - rng.random()) ** 2 + (yy - rng.random()) ** 2) / 0.02)
     out = cv2.GaussianBlur(warped * light + glare, (0, 0), rng.uniform(0.3, 1.2))
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def hemithorax(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One side of a frontal film (40-55% of its width), stretched to the whole frame: a synthetic
+    negative with one lung field and the spine at an edge, like a lateral view (which the dev set
+    has from one repository only)."""
+    h, w = g.shape
+    cw = int(w * rng.uniform(0.40, 0.55))
+    x0 = 0 if rng.random() < 0.5 else w - cw
+    return cv2.resize(np.ascontiguousarray(g[:, x0 : x0 + cw]), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def with_hemithoraces(
+    images: list[ViewImage], grey: list[np.ndarray], n: int, seed: int
+) -> tuple[list[ViewImage], list[np.ndarray]]:
+    """Add `n` hemithorax negatives made from Kermany images; each keeps its source's group, so
+    it sits in the same fold as the film it was cut from."""
+    rng = np.random.default_rng(seed)
+    kermany = [i for i, v in enumerate(images) if v.category == "kermany"]
+    picked = sorted(rng.choice(len(kermany), min(n, len(kermany)), replace=False))
+    extra = [kermany[j] for j in picked]
+    out_images = images + [ViewImage(images[i].path, False, SYNTHETIC, images[i].group) for i in extra]
+    return out_images, grey + [hemithorax(grey[i], rng) for i in extra]
 
 
 def model_input(g: np.ndarray, pre: Preprocessing) -> np.ndarray:

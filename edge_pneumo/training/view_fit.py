@@ -21,7 +21,8 @@ EPOCHS = 10
 BATCH = 128
 # Augmented copies per image: one variant of each of the 5,216 Kermany images; the image as it
 # is plus many variants of each of the 8 adult films and the ~225 dev-set images.
-COPIES = {"kermany": 1, "adult": 100, "negative": 25}
+COPIES = {"kermany": 1, "adult": 100, "negative": 25, "hemithorax (synthetic)": 1}
+HEMITHORACES = 600  # synthetic negatives cut from Kermany films (view_data.hemithorax)
 LIMIT_QUANTILE, LIMIT_MARGIN = 0.5, 1.0  # percent, logits
 LIMIT_RULE = (
     f"refuse when the view logit is below the {LIMIT_QUANTILE}th percentile of the source-held-out "

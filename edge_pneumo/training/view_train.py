@@ -45,6 +45,7 @@ class ViewConfig:
     folds: int = vf.FOLDS
     epochs: int = vf.EPOCHS
     seed: int = 0
+    hemithoraces: int = vf.HEMITHORACES
 
 
 def collect(cfg: ViewConfig) -> list[vd.ViewImage]:
@@ -57,6 +58,8 @@ def run_view_training(cfg: ViewConfig, log: Callable[[str], None] = print) -> di
     pre = manifest.preprocessing
     t0 = time.time()
     images, grey = vd.load_work(collect(cfg))
+    if cfg.hemithoraces:
+        images, grey = vd.with_hemithoraces(images, grey, cfg.hemithoraces, cfg.seed)
     copies = [vf.COPIES.get(v.category, vf.COPIES["negative"]) for v in images]
     x, src = vd.augmented_pool(grey, copies, pre, cfg.seed)
     pools = vf.Pools(x, src, np.stack([vd.model_input(g, pre) for g in grey]))
@@ -94,8 +97,9 @@ def run_view_training(cfg: ViewConfig, log: Callable[[str], None] = print) -> di
                 "folds": cfg.folds,
                 "epochs": cfg.epochs,
                 "seed": cfg.seed,
+                "hemithoraces": cfg.hemithoraces,
                 "data": "positives: Kermany train/ (never test/) and the adult films; negatives: non_cxr/ (all "
-                "categories, spine_with_chest included as a negative)",
+                "categories, spine_with_chest included as a negative) and hemithoraces cut from Kermany train/ films",
             },
         }
         for e in entries:
