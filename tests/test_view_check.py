@@ -67,7 +67,7 @@ def test_export_writes_float_and_int8_onnx_that_reproduce_keras(tiny_export, tmp
     probe = verify_inputs(m.preprocessing)[..., 0]
     limit = float(np.median(keras_logits)) - 10  # far from every input: agreement is about the export, not the limit
     entries = export_view(model, 64, pools, probe, keras_logits, limit, folder, cfg)
-    assert [e["name"] for e in entries] == ["view_float32", "view_int8"]
+    assert [e["name"] for e in entries] == ["view_float32", "view_int8", "view_float32_tflite"]
     assert all(e["validation"]["passed"] for e in entries)
     assert entries[0]["validation"]["max_abs_dlogit"] <= 1e-3
     m.raw[SECTION] = {
@@ -78,7 +78,9 @@ def test_export_writes_float_and_int8_onnx_that_reproduce_keras(tiny_export, tmp
     }
     (folder / "manifest.json").write_text(json.dumps(m.raw))
     m = load_manifest(folder)
-    assert [r["status"] for r in verify_rows(m, verify_inputs(m.preprocessing))] == ["ok", "ok"]
+    assert [r["status"] for r in verify_rows(m, verify_inputs(m.preprocessing))] == ["ok", "ok", "ok"]
+    assert Classifier.load(folder, artifact="tflite_int8").view_check.name == "view_float32_tflite"  # one runtime
+    assert Classifier.load(folder, artifact="onnx_int8").view_check.name == "view_float32"
     img = tmp_path / "x.png"
     cv2.imwrite(str(img), synthetic_xray(rng, 0, 96))
     r = Classifier.load(folder).predict(img)
@@ -101,7 +103,7 @@ def test_the_shipped_view_check_loads_and_is_independent_of_the_pneumonia_artifa
         assert e["validation"]["passed"] and e["size_bytes"] < 100_000
     view = ViewCheck.from_manifest(m)
     assert view is not None and view.name == section["default_artifact"]
-    for name in ("view_float32", "view_int8"):  # each reproduces its recorded outputs on the probe inputs
+    for name in [e["name"] for e in section["artifacts"]]:  # each reproduces its recorded outputs on the probe inputs
         from edge_pneumo.device.probe_inputs import verify_inputs
 
         got = ViewCheck.from_manifest(m, artifact=name).scores(verify_inputs(m.preprocessing))
@@ -116,7 +118,7 @@ def test_verify_checks_the_view_files_and_catches_a_changed_one(tmp_path):
     r = runner.invoke(app, ["verify", str(folder), "--json", "--no-profile", "--runs", "1"])
     report = json.loads(r.stdout)
     views = [a for a in report["artifacts"] if a["name"].startswith("view_")]
-    assert {a["name"] for a in views} == {"view_float32", "view_int8"}
+    assert {a["name"] for a in views} == {e["name"] for e in load_manifest(folder).raw[SECTION]["artifacts"]}
     assert all(a["status"] == "ok" for a in views), views
     section = load_manifest(folder).raw[SECTION]
     target = folder / next(e["file"] for e in section["artifacts"] if e["name"] == section["default_artifact"])

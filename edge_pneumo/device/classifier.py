@@ -185,7 +185,7 @@ class Classifier:
         if guard:
             from edge_pneumo.device.view_check import ViewCheck
 
-            view = ViewCheck.from_manifest(manifest, verify=verify)
+            view = ViewCheck.from_manifest(manifest, verify=verify, runtime=entry.runtime)
         return cls(backend, manifest, entry, guard_obj, None, use_guard=guard, tta=tta, view_check=view)
 
     # -- one image ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge_pneumo.device.manifest import Manifest, sha256_of
-from edge_pneumo.errors import IntegrityError, ModelFileError
+from edge_pneumo.errors import IntegrityError, MissingRuntimeError, ModelFileError
 
 SECTION = "view_check"
 REASON = (
@@ -31,15 +31,18 @@ class ViewCheck:
         self.backend, self.refuse_below, self.size, self.name = backend, refuse_below, size, name
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, verify: bool = True, artifact: str | None = None) -> ViewCheck | None:
-        """The manifest's view check (its default artifact), or None when the export has none."""
+    def from_manifest(
+        cls, manifest: Manifest, verify: bool = True, artifact: str | None = None, runtime: str | None = None
+    ) -> ViewCheck | None:
+        """The manifest's view check, or None when the export has none: `artifact`, else a float32
+        file for `runtime` (the pneumonia artifact's: one runtime loaded, not two), else the default."""
         section = manifest.raw.get(SECTION)
         if not section:
             return None
         from edge_pneumo.device.runtime import open_backend
 
         try:
-            entry = artifact_entry(section, artifact)
+            entry = artifact_entry(section, artifact or _for_runtime(section, runtime))
             path = manifest.folder / entry["file"]
             if verify:
                 check_file(path, entry["sha256"])
@@ -68,6 +71,13 @@ class ViewCheck:
             s = float(s)
             out.append((s, REASON.format(score=s, limit=self.refuse_below) if s < self.refuse_below else None))
         return out
+
+
+def _for_runtime(section: dict, runtime: str | None) -> str | None:
+    for entry in section["artifacts"]:
+        if runtime and entry.get("runtime") == runtime and entry.get("precision") == "float32":
+            return entry["name"]
+    return None
 
 
 def artifact_entry(section: dict, name: str | None = None) -> dict:
@@ -105,6 +115,10 @@ def verify_rows(manifest: Manifest, probe: np.ndarray) -> list[dict]:
         try:
             view = ViewCheck.from_manifest(manifest, verify=True, artifact=row["name"])
             got = view.scores(probe)
+        except MissingRuntimeError as e:
+            row["status"] = "skipped"
+            row["notes"].append(str(e).split(": ", 1)[-1])
+            continue
         except (ModelFileError, IntegrityError) as e:
             row["status"] = "FAILED"
             row["notes"].append(str(e))

@@ -28,7 +28,12 @@ from edge_pneumo.errors import ValidationError
 from edge_pneumo.training import view_data as vd
 from edge_pneumo.training import view_fit as vf
 
-FILES = {"view_float32": ("view_float32.onnx", "float32"), "view_int8": ("view_int8.onnx", "int8")}
+FILES = {
+    "view_float32": ("view_float32.onnx", "float32"),
+    "view_int8": ("view_int8.onnx", "int8"),
+    # for devices whose pneumonia artifact runs on LiteRT: no onnxruntime import (~0.15 s) just for this
+    "view_float32_tflite": ("view_float32.tflite", "float32"),
+}
 # float32 by default: on a model this small int8 QDQ runs slower in onnxruntime (0.21 vs 0.11 ms per
 # image, bench/RESULTS_guard.md) and saves 33 KB; the int8 file ships, verified, for devices that prefer it.
 DEFAULT_VIEW_ARTIFACT = "view_float32"
@@ -119,7 +124,7 @@ def guard_verdicts(folder: Path, images) -> dict[str, bool]:
 
     clf = Classifier.load(folder)
     clf.view_check = None
-    negatives = [v.path for v in images if not v.positive]
+    negatives = [v.path for v in images if not v.positive and v.category != vd.SYNTHETIC]
     return {str(r.path): r.status != "classified" for r in clf.predict_many(negatives)}
 
 
@@ -149,6 +154,7 @@ def export_view(model, size, pools, probe, float_logits, limit, scratch: Path, c
     rng = np.random.default_rng(cfg.seed)
     calib = pools.x[rng.choice(len(pools.x), min(CALIBRATION_INPUTS, len(pools.x)), replace=False)]
     _onnx_int8(float_path, calib, scratch / FILES["view_int8"][0], scratch)
+    _tflite_float(model, size, scratch / FILES["view_float32_tflite"][0])
     entries, failures = [], []
     for name, (file, precision) in FILES.items():
         path = scratch / file
@@ -165,7 +171,7 @@ def export_view(model, size, pools, probe, float_logits, limit, scratch: Path, c
             {
                 "name": name,
                 "file": file,
-                "runtime": "onnx",
+                "runtime": "tflite" if file.endswith(".tflite") else "onnx",
                 "precision": precision,
                 "size_bytes": path.stat().st_size,
                 "sha256": sha256_of(path),
@@ -211,6 +217,20 @@ def _onnx_float(model, size: int, path: Path) -> None:
     m.graph.doc_string = ""
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
+
+
+def _tflite_float(model, size: int, path: Path) -> None:
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    spec = [tf.TensorSpec([None, size, size, 1], tf.float32, name="image")]
+
+    @tf.function(input_signature=spec)
+    def serve(image):
+        return model(image, training=False)
+
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
 
 
 def _onnx_int8(float_path: Path, calib: np.ndarray, path: Path, scratch: Path) -> None:
