@@ -413,6 +413,42 @@ def export(
     print(f"wrote {len(manifest['artifacts'])} artifacts and {out / 'manifest.json'}")
 
 
+@app.command("train-view")
+@handle_errors
+def train_view(
+    data: DataOpt = Path("../shared/data/chest_xray"),
+    non_cxr: Annotated[
+        Path, typer.Option(help="The non-chest development set (with sources.csv): the negatives.")
+    ] = Path("../shared/data/non_cxr"),
+    adult: Annotated[Path, typer.Option(help="Adult frontal chest films: positives beside Kermany train/.")] = Path(
+        "../shared/data/adult_cxr"
+    ),
+    out: Annotated[Path, typer.Option(help="The exported/ folder whose manifest gains the view check.")] = Path(
+        "exported"
+    ),
+    folds: Annotated[
+        Optional[int], typer.Option(help="Source-held-out folds for the limit (default: the recipe's).", min=2)
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per fit (default: the recipe's).", min=1)] = None,
+    seed: int = 0,
+) -> None:
+    """Fit the view check (frontal chest or not), choose its limit on source-held-out folds, export it to ONNX."""
+    from edge_pneumo.training.view_train import ViewConfig, run_view_training
+
+    given = {k: v for k, v in (("folds", folds), ("epochs", epochs)) if v is not None}
+    cfg = ViewConfig(data=data, non_cxr=non_cxr, adult=adult, out=out, seed=seed, **given)
+    section = run_view_training(cfg, log=lambda m: print(m, flush=True))
+    print("source-held-out: category, view check alone, whole guard")
+    for name, c in section["held_out"].items():
+        if c["positive"]:
+            print(f"  {name:<18} {c['n'] - c['refused']:>5}/{c['n']:<5} accepted")
+        else:
+            print(
+                f"  {name:<18} {c['refused']:>5}/{c['n']:<5} refused   {c['refused_by_guard']:>5}/{c['n']:<5} refused"
+            )
+    print(f"wrote the view check into {out / 'manifest.json'} (refuse below {section['refuse_below']})")
+
+
 @app.command("formats")
 def list_formats() -> None:
     """List the export formats and their validation budgets."""

@@ -32,6 +32,7 @@ from edge_pneumo.device.runtime import RUNTIME_BY_SUFFIX, Backend, Outputs, defa
 from edge_pneumo.device.scoring import apply_temperature, effective_band
 from edge_pneumo.errors import InputImageError, InputRejected, ModelFileError
 
+PER_TASK = 4  # images per decoding task in a folder run
 GUARD_OFF_WARNING = "input guard turned off (--no-guard): nothing checked that this is a frontal chest X-ray"
 
 
@@ -102,6 +103,7 @@ class Classifier:
         gradcam=None,
         use_guard: bool = True,
         tta: bool = False,
+        view_check=None,
     ):
         self.backend = backend
         self.manifest = manifest
@@ -112,6 +114,7 @@ class Classifier:
         self.calibration = Calibration.from_manifest(manifest, tta)
         self.threshold = self.calibration.threshold
         self.guard = guard if use_guard else None
+        self.view_check = view_check if use_guard else None  # device/view_check.py: frontal chest or not
         self.gradcam = gradcam
         self.model_version = str(manifest.raw.get("model_version", ""))
         self._model_lock = threading.Lock()  # a LiteRT interpreter serves one call at a time
@@ -179,7 +182,12 @@ class Classifier:
                     f"{manifest.folder}: the manifest's guard section is unusable ({e}); re-run "
                     "`edge-pneumo export`, or pass --no-guard on purpose"
                 ) from None
-        return cls(backend, manifest, entry, guard_obj, None, use_guard=guard, tta=tta)
+        view = None
+        if guard:
+            from edge_pneumo.device.view_check import ViewCheck
+
+            view = ViewCheck.from_manifest(manifest, verify=verify, runtime=entry.runtime)
+        return cls(backend, manifest, entry, guard_obj, None, use_guard=guard, tta=tta, view_check=view)
 
     # -- one image ------------------------------------------------------------------------
 
@@ -215,9 +223,11 @@ class Classifier:
         A file that cannot be used gives a `failed` result; the others still get theirs."""
         threads = decode_threads or default_threads()
         with _decoder_pool(threads) as pool:
-            prepared = (
-                map(self._prepare, paths) if pool is None else _bounded_map(pool, self._prepare, paths, 8 * batch_size)
-            )
+            if pool is None:
+                prepared = map(self._prepare, paths)
+            else:  # a few images per task: one thread hand-off (future, lock, wake-up) per PER_TASK images
+                tasks = _bounded_map(pool, self._prepare_all, _chunks(paths, PER_TASK), 8 * batch_size // PER_TASK)
+                prepared = (p for done in tasks for p in done)
             pending: list = []
             # Ramp up: the first model calls take 4, 8, 16... images, so the model starts while
             # the decoders fill the pipeline instead of waiting for a whole first batch.
@@ -233,6 +243,9 @@ class Classifier:
                 yield _notify(r, on_result)
 
     # -- the steps ------------------------------------------------------------------------
+
+    def _prepare_all(self, paths: list) -> list:
+        return [self._prepare(p) for p in paths]
 
     def _prepare(self, path) -> _Prepared | Result:
         hint = self.preprocessing.min_side_hint
@@ -295,6 +308,7 @@ class Classifier:
                     None if out.features is None else out.features[:n],
                     None if out.conv is None else out.conv[:n],
                 )
+            views = self.view_check.check(batch) if self.view_check is not None else [(None, None)] * len(ready)
             share = (time.perf_counter() - t0) / len(ready)
             verdicts = (
                 self.guard.check_features(out.features)
@@ -306,6 +320,14 @@ class Classifier:
                 if not math.isnan(dist):
                     guard["features"] = round(dist, 3)
                 ms = 1000 * (p.seconds + share)
+                view_score, view_reason = views[i]
+                if view_score is not None:
+                    guard["view"] = round(view_score, 2)
+                if view_reason:
+                    results[id(p)] = self._rejected(
+                        p.path, view_reason, "view", guard, ms / 1000, p.warnings, p.content_sha256
+                    )
+                    continue
                 if reason:
                     results[id(p)] = self._rejected(
                         p.path, reason, "features", guard, ms / 1000, p.warnings, p.content_sha256
@@ -382,6 +404,17 @@ def _decoder_pool(threads: int):
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         yield pool
+
+
+def _chunks(items: Iterable, n: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _bounded_map(pool, fn, items, window: int):
