@@ -1,9 +1,8 @@
 """Rows before the pixel budget: what `tests/test_hostile.py` compares today's rows against.
 
-`python tests/rows_baseline.py` was run on main before the budget existed (first 1d96eb1; again
-on the main that re-made the int8 ONNX, in a checkout of that commit, since the rows depend on
-the model) and wrote `tests/data/rows_before_hostile.json`, with that commit and the artifact's
-sha256. Re-running it on code with the budget would only compare the code with itself: when
+`python tests/rows_baseline.py` was run on main before the budget existed (first 1d96eb1; last
+on main 97f5dfe, in a checkout of that commit, since the rows depend on the model and the guard)
+and wrote `tests/data/rows_before_hostile.json`, with that commit and the manifest's sha256. Re-running it on code with the budget would only compare the code with itself: when
 the model changes, run it in a checkout of a commit without the budget, or of the last commit
 before a deliberate decoder change, and say so in the commit. The rows cover the 624-image
 test split, the adult films, and two films of just under 60 MP made from an adult film (PNG and
@@ -49,10 +48,9 @@ def big_films(adult: Path, out: Path) -> list[Path]:
     return [png, jpg]
 
 
-def artifact_sha256() -> str:
-    from edge_pneumo.device.manifest import load_manifest
-
-    return load_manifest(REPO / "exported").artifacts[ARTIFACT].sha256
+def manifest_sha256() -> str:
+    """The shipped model's identity: its manifest names every artifact's and parameter file's sha256."""
+    return hashlib.sha256((REPO / "exported" / "manifest.json").read_bytes()).hexdigest()
 
 
 def rows(paths: list[Path], root: Path) -> dict:
@@ -78,7 +76,7 @@ def main() -> None:
         record = {
             "commit": commit,
             "artifact": ARTIFACT,
-            "artifact_sha256": artifact_sha256(),
+            "manifest_sha256": manifest_sha256(),
             "cv2": cv2.__version__,
             "rows": rows(inputs(data, adult), data.parent),
             "big_films": rows(big, Path(tmp)),
