@@ -2,10 +2,11 @@
 
 `python tests/rows_baseline.py` was run on main before the budget existed (first 1d96eb1; last
 on main 97f5dfe, in a checkout of that commit, since the rows depend on the model and the guard)
-and wrote `tests/data/rows_before_hostile.json`, with that commit and the manifest's sha256. Re-running it on code with the budget would only compare the code with itself: when
-the model changes, run it in a checkout of a commit without the budget, or of the last commit
-before a deliberate decoder change, and say so in the commit. The rows cover the 624-image
-test split, the adult films, and two films of just under 60 MP made from an adult film (PNG and
+and wrote `tests/data/rows_before_hostile.json`, with that commit and the manifest's sha256.
+Re-running it on code with the budget would only compare the code with itself: when the model
+or guard changes, run it in a checkout of a commit without the budget (or of the last commit
+before a deliberate decoder change) and say so in the commit. The rows cover the 624-image test
+split, the adult films, and two films of just under 60 MP made from an adult film (PNG and
 JPEG, made the same way by `big_films`).
 """
 
