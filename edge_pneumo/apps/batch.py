@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edge_pneumo.apps.rows import write_csv, write_parquet
+from edge_pneumo.decoders import limits
 from edge_pneumo.decoders.decode import IMAGE_SUFFIXES
 from edge_pneumo.errors import EdgePneumoError, InputImageError, MissingRuntimeError
 
@@ -87,9 +88,14 @@ def classify_partition(
     guard: bool = True,
     tta: bool = False,
     site: str | None = None,
+    max_pixels: int | None = None,
 ) -> list[dict]:
-    """One Dask task: the rows for a partition, with a Classifier cached per worker process."""
+    """One Dask task: the rows for a partition, with a Classifier cached per worker process.
+    `max_pixels`: the client's pixel budget, for workers on other machines (no shared environment)."""
+    from edge_pneumo.decoders.limits import set_max_pixels
     from edge_pneumo.device.classifier import Classifier
+
+    set_max_pixels(max_pixels)
 
     key = (model, artifact, guard, tta, site)
     clf = _WORKER_CLASSIFIERS.get(key)
@@ -187,6 +193,7 @@ def run_batch(
                     guard,
                     tta,
                     site,
+                    limits.max_pixels(),
                     pure=False,
                     retries=3,
                 )

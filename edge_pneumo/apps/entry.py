@@ -31,6 +31,7 @@ _VALUE_OPTIONS = {
     "--batch-size": "batch_size",
     "--heatmap": "heatmap",
     "--site": "site",
+    "--max-pixels": "max_pixels",
 }
 _FLAG_OPTIONS = {"--no-verify": "no_verify", "--no-guard": "no_guard", "--tta": "tta"}
 
@@ -72,10 +73,13 @@ def parse_infer_args(args: list[str]):
     try:
         threads = int(values["threads"]) if "threads" in values else None
         batch_size = int(values.get("batch_size", InferOptions.BATCH_SIZE))
+        max_pixels = int(values["max_pixels"]) if "max_pixels" in values else None
     except ValueError:
         return None
     fmt = values.get("fmt", InferOptions.FORMAT)
     if (threads is not None and threads < 1) or batch_size < 1 or fmt not in FORMATS:
+        return None
+    if max_pixels is not None and max_pixels < 1:
         return None
     path = lambda key: Path(values[key]) if key in values else None
     return InferOptions(
@@ -92,6 +96,7 @@ def parse_infer_args(args: list[str]):
         heatmap=path("heatmap"),
         tta="tta" in flags,
         site=path("site") or _site_from_env(),
+        max_pixels=max_pixels,
     )
 
 

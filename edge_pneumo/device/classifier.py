@@ -146,6 +146,7 @@ class Classifier:
         use_guard: bool = True,
         tta: bool = False,
         site=None,
+        view_check=None,
     ):
         self.backend = backend
         self.manifest = manifest
@@ -159,6 +160,7 @@ class Classifier:
         self.calibration = Calibration.from_site(site) if site is not None else Calibration.from_manifest(manifest, tta)
         self.threshold = self.calibration.threshold
         self.guard = guard if use_guard else None
+        self.view_check = view_check if use_guard else None  # device/view_check.py: frontal chest or not
         self.gradcam = gradcam
         self.model_version = str(manifest.raw.get("model_version", ""))
         self.keep_features = False  # True: classified results carry the model's features (calibrate)
@@ -237,7 +239,12 @@ class Classifier:
                     f"{manifest.folder}: the manifest's guard section is unusable ({e}); re-run "
                     "`edge-pneumo export`, or pass --no-guard on purpose"
                 ) from None
-        return cls(backend, manifest, entry, guard_obj, None, use_guard=guard, tta=tta, site=site_file)
+        view = None
+        if guard:
+            from edge_pneumo.device.view_check import ViewCheck
+
+            view = ViewCheck.from_manifest(manifest, verify=verify, runtime=entry.runtime)
+        return cls(backend, manifest, entry, guard_obj, None, use_guard=guard, tta=tta, view_check=view, site=site_file)
 
     # -- one image ------------------------------------------------------------------------
 
@@ -358,6 +365,7 @@ class Classifier:
                     None if out.features is None else out.features[:n],
                     None if out.conv is None else out.conv[:n],
                 )
+            views = self.view_check.check(batch) if self.view_check is not None else [(None, None)] * len(ready)
             share = (time.perf_counter() - t0) / len(ready)
             scores = self.calibration.scores(out.probability, out.features)
             verdicts = (
@@ -372,6 +380,14 @@ class Classifier:
                 if not math.isnan(dist):
                     guard["features"] = round(dist, 3)
                 ms = 1000 * (p.seconds + share)
+                view_score, view_reason = views[i]
+                if view_score is not None:
+                    guard["view"] = round(view_score, 2)
+                if view_reason:
+                    results[id(p)] = self._rejected(
+                        p.path, view_reason, "view", guard, ms / 1000, p.warnings, p.content_sha256
+                    )
+                    continue
                 if reason:
                     results[id(p)] = self._rejected(
                         p.path, reason, "features", guard, ms / 1000, p.warnings, p.content_sha256
