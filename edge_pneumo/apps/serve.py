@@ -109,7 +109,9 @@ def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLO
     except ImportError:
         raise MissingRuntimeError("serve needs Starlette and uvicorn: pip install 'edge-pneumo[serve]'") from None
     from edge_pneumo import jsonout
+    from edge_pneumo.device.drift import DriftWindow
 
+    drift = DriftWindow.for_classifier(clf)  # the last 500 results, against the calibration population
     model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")  # LiteRT interpreters are not thread-safe
     slots = Slots(queue)
 
@@ -199,6 +201,7 @@ def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLO
             r = await loop.run_in_executor(model, lambda: clf.explain(data) if want_map else clf.predict_bytes(data))
             row = r.to_dict()
             row["path"] = None  # an upload has no path; its content hash names it
+            drift.add(row)
             if want_map and r.heatmap is not None:
                 row["heatmap_png"] = await loop.run_in_executor(model, _overlay_png, data, r)
             LOG.info(
@@ -215,6 +218,11 @@ def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLO
         finally:
             slots.give()
 
+    async def drift_status(request):
+        if not authorised(request):
+            return denied()
+        return JSON(drift.snapshot())
+
     async def page(request):
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
@@ -228,6 +236,7 @@ def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLO
             Route("/healthz", healthz),
             Route("/api/v1/info", info),
             Route("/api/v1/classify", classify, methods=["POST"]),
+            Route("/api/v1/drift", drift_status),
         ],
         exception_handlers={Exception: crash},
     )

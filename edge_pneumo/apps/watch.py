@@ -23,9 +23,11 @@ from pathlib import Path
 
 from edge_pneumo.apps.ledger import ResultSink
 from edge_pneumo.decoders.decode import IMAGE_SUFFIXES, read_bytes
+from edge_pneumo.device.drift import DriftWindow
 from edge_pneumo.device.result import FAILED
 from edge_pneumo.errors import EdgePneumoError, MissingRuntimeError
 
+DRIFT_EVERY = 25  # judge the drift window after this many new results, and whenever a burst is done
 RETRY_WINDOW_S = 30.0  # a file modified this recently whose read failed as truncated is tried again
 _TRUNCATED_WORDS = ("cut short", "truncated", "premature", "file is empty")
 
@@ -48,6 +50,9 @@ class Watcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.counts = {"classified": 0, "rejected": 0, "failed": 0, "already": 0}
+        self.drift = DriftWindow.for_classifier(clf)  # the last 500 results, against the calibration population
+        self._drift_out: list[str] = []
+        self._drift_checked = 0  # drift.seen when last judged
 
     # -- discovery ---------------------------------------------------------------------
 
@@ -107,7 +112,10 @@ class Watcher:
         try:
             while not self._stop.is_set():
                 busy = self._tick()
+                if not busy and self.drift.seen != self._drift_checked:
+                    self.check_drift()  # a burst has been processed
                 if once and not self._pending:
+                    self.check_drift()
                     break
                 if until is not None and until():
                     break
@@ -163,9 +171,22 @@ class Watcher:
         if self.sink.record(key, r.to_dict()):
             self.counts[r.status] += 1
             self.log(f"{r.status:<10} {r.label or '':<9} {path}" + (f"  ({r.reason})" if r.reason else ""))
+            self.drift.add(r.to_dict())
+            if self.drift.seen - self._drift_checked >= DRIFT_EVERY:
+                self.check_drift()
         else:
             self.counts["already"] += 1
         self._done(path)
+
+    def check_drift(self) -> dict:
+        """Judge the window; log when a statistic leaves its limit or comes back (not on every result)."""
+        snap = self.drift.snapshot()
+        self._drift_checked = self.drift.seen
+        if snap["out"] != self._drift_out:
+            why = [s["why"] for s in snap.get("statistics", []) if s["out"]]
+            self.log("drift: " + ("; ".join(why) if why else f"back within limits over the last {snap['readable']}"))
+            self._drift_out = snap["out"]
+        return snap
 
     def _may_still_be_arriving(self, path: str, seen: tuple, reason: str) -> bool:
         try:
