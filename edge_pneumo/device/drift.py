@@ -68,26 +68,22 @@ class DriftError(EdgePneumoError):
 def row_flags(row: dict) -> dict | None:
     """What drift reads from one result row (infer/serve/watch JSON), or None for a failed read.
 
-    The one place that knows the row's fields: `decision` ("pneumonia" / "no_pneumonia" /
-    "indeterminate", from site calibration) when the row has it, else `label` and `confidence`."""
+    The one place that knows the row's fields. Positive: `label` (every classified row keeps it);
+    indeterminate: `decision` == "indeterminate" when the row has a decision, else `confidence`."""
     status = row.get("status")
     if status not in ("classified", "rejected"):
         return None
     if status == "rejected":
         return {"rejected": True}
-    decision = row.get("decision")
-    if decision is not None:
-        positive, indeterminate = decision == "pneumonia", decision == "indeterminate"
-    else:
-        positive = str(row.get("label", "")).upper() == "PNEUMONIA"
-        indeterminate = row.get("confidence") == "indeterminate"
+    decision = row.get("decision")  # when the row has it; the band's verdict either way
+    indeterminate = decision == "indeterminate" if decision is not None else row.get("confidence") == "indeterminate"
     distance = (row.get("guard") or {}).get("features")
     return {
         "rejected": False,
         "out_of_population": any(str(w).startswith(_OOP_PREFIX) for w in row.get("warnings") or ()),
         "feature_distance": float(distance) if isinstance(distance, (int, float)) else math.nan,
         "indeterminate": indeterminate,
-        "positive": positive,
+        "positive": str(row.get("label", "")).upper() == "PNEUMONIA",  # the label, also for indeterminate rows
     }
 
 
