@@ -35,6 +35,7 @@ class DicomNode:
         self.clf, self.sink, self.port, self.ae_title, self.host = clf, sink, port, ae_title, host
         self.allowed = [a.strip() for a in allowed]
         self._server = None
+        self.drift = None  # serve's DriftWindow, when it runs the node
 
     def start(self):
         try:
@@ -75,6 +76,8 @@ class DicomNode:
             row = r.to_dict()
             row.update(path=None, sop_instance_uid=sop, calling_ae=str(event.assoc.requestor.ae_title).strip())
             self.sink.record(sop or f"sha256:{r.content_sha256}", row)
+            if self.drift is not None:
+                self.drift.add(row)
             LOG.info(
                 "c-store sha256=%s status=%s label=%s p=%s",
                 (r.content_sha256 or "")[:16],

@@ -140,7 +140,7 @@ def write_reference(results: Path, out_path: Path, source: str, model: Path | No
         cal = load_manifest(folder.parent if folder.is_file() else folder).raw.get("calibration") or {}
         band = {"rule_out": cal.get("rule_out"), "rule_in": cal.get("rule_in")}
     ref = drift.Reference.from_rows(rows, source, band)
-    command = f"edge-pneumo infer ... --format json --output RESULTS; edge-pneumo drift RESULTS --write-reference " + (
+    command = "edge-pneumo infer ... --format json --output RESULTS; edge-pneumo drift RESULTS --write-reference " + (
         f"{out_path.name} --source '{source}'"
     )
     drift.write_reference(out_path, ref, command)

@@ -240,6 +240,7 @@ def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLO
         ],
         exception_handlers={Exception: crash},
     )
+    app.state.drift = drift  # run_server hands it to the DICOM node: one window for every result
     return app
 
 
@@ -269,6 +270,7 @@ def run_server(clf, host: str, port: int, token: str | None, max_upload_mb: floa
     app = create_app(clf, token, int(max_upload_mb * (1 << 20)), queue)
     node = None
     if dicom is not None:
+        dicom.drift = app.state.drift
         node = dicom.start()
         LOG.info(
             "DICOM node %s listening on port %d (allowed: %s)", dicom.ae_title, dicom.port, ", ".join(dicom.allowed)

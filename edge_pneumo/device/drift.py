@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections import deque
 from pathlib import Path
 
@@ -355,6 +356,7 @@ class DriftWindow:
     def __init__(self, reference: Reference | None, size: int = WINDOW, problem: str | None = None):
         self.reference, self.size, self.problem = reference, size, problem
         self._flags: deque = deque(maxlen=size)
+        self._lock = threading.Lock()  # serve adds from its event loop and from the DICOM node's thread
         self.seen = 0
 
     @classmethod
@@ -369,11 +371,14 @@ class DriftWindow:
     def add(self, row: dict) -> None:
         f = row_flags(row)
         if f is not None:
-            self._flags.append(f)
-            self.seen += 1
+            with self._lock:
+                self._flags.append(f)
+                self.seen += 1
 
     def snapshot(self) -> dict:
-        summary = summarise(list(self._flags))
+        with self._lock:
+            flags = list(self._flags)
+        summary = summarise(flags)
         head = {"window": self.size, "seen": self.seen}
         if self.reference is None:
             return {**head, "readable": summary["readable"], "summary": summary, "reference": None,
