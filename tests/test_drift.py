@@ -117,6 +117,9 @@ def test_a_site_reference_from_its_own_images(real_data, adult_results, tmp_path
 
     tripped = _drift(adult_results, "--site", site)
     assert tripped.returncode == 1 and "OUT feature_distance" in tripped.stdout
+    site_file = tmp_path / "site.json"  # a site file from `calibrate` keeps its reference under "drift"
+    site_file.write_text(json.dumps({"site": "A", "counts": {}, "drift": doc}))
+    assert _drift(adult_results, "--site", site_file).returncode == 1
 
 
 def test_plot(adult_results, tmp_path):
@@ -190,12 +193,11 @@ def test_watch_logs_when_drift_leaves_its_limits(tmp_path):
     inbox.mkdir()
     for p in _images(_adult()):
         (inbox / p.name).write_bytes(p.read_bytes())
-    r = subprocess.run(
-        [EXE, "watch", str(inbox), "--once", "-o", str(tmp_path / "r.jsonl"), "--model", str(ARTIFACT)],
-        text=True,
-        capture_output=True,
-        timeout=120,
-    )
+    cmd = [EXE, "watch", str(inbox), "--once", "-o", str(tmp_path / "r.jsonl"), "--model", str(ARTIFACT)]
+    r = subprocess.run(cmd, text=True, capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr
     line = next(x for x in r.stdout.splitlines() if x.startswith("drift: "))
     assert "out-of-population warning" in line and "mean guard feature distance" in line
+    again = subprocess.run(cmd, text=True, capture_output=True, timeout=120)  # a restart: nothing new to classify
+    assert "0 classified" in again.stdout and "9 already recorded" in again.stdout
+    assert any(x.startswith("drift: ") for x in again.stdout.splitlines())  # the window came back from the results

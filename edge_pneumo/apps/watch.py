@@ -14,10 +14,12 @@ new one as it arrives, each exactly once, across crashes and restarts.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +55,7 @@ class Watcher:
         self.drift = DriftWindow.for_classifier(clf)  # the last 500 results, against the calibration population
         self._drift_out: list[str] = []
         self._drift_checked = 0  # drift.seen when last judged
+        self._resume_drift()
 
     # -- discovery ---------------------------------------------------------------------
 
@@ -177,6 +180,21 @@ class Watcher:
         else:
             self.counts["already"] += 1
         self._done(path)
+
+    def _resume_drift(self) -> None:
+        """Refill the drift window from the results already recorded by this artifact: a restart keeps it."""
+        try:
+            with open(self.sink.output, encoding="utf-8") as f:
+                tail = deque(f, maxlen=self.drift.size)
+        except OSError:
+            return
+        for line in tail:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("sha256") == self.clf.entry.sha256[:16]:
+                self.drift.add(row)
 
     def check_drift(self) -> dict:
         """Judge the window; log when a statistic leaves its limit or comes back (not on every result)."""
