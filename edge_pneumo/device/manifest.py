@@ -203,7 +203,8 @@ def default_model_folder() -> Path:
     local = Path("exported")
     if (local / MANIFEST_NAME).is_file():
         return local
-    inside = Path(__file__).parent / "exported"  # the wheel's copy
+    package = Path(__file__).resolve().parents[1]  # edge_pneumo/
+    inside = package / "exported"  # the wheel's copy
     if (inside / MANIFEST_NAME).is_file():
         return inside
     from importlib.util import find_spec  # an editable install maps the package elsewhere
@@ -212,7 +213,7 @@ def default_model_folder() -> Path:
     for location in (spec.submodule_search_locations or []) if spec else []:
         if (Path(location) / MANIFEST_NAME).is_file():
             return Path(location)
-    checkout = Path(__file__).resolve().parents[1] / "exported"
+    checkout = package.parent / "exported"
     if (checkout / MANIFEST_NAME).is_file():
         return checkout
     raise ModelFileError(
