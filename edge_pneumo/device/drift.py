@@ -17,8 +17,8 @@ not), each at a false-alarm rate of `ALPHA` per statistic and window:
   still above ALPHA; for the positive share both tails (ALPHA/2 each): a prevalence change or a
   model that stopped finding pneumonia both count. Only the upper tail for the others (fewer
   rejections or warnings than the reference is not drift to worry about).
-- the mean distance: reference mean + z(1 - ALPHA) x sd x sqrt(1/n + 1/N) (a normal approximation;
-  the mean of many rows is close to normal, and one far-away row trips it only when it is far).
+- the mean distance: reference mean + z(1 - ALPHA) x sd x sqrt(1/n + 1/N), z = 3.09 (a normal
+  approximation of the window's mean, with the reference mean's own error in it); upper only.
 Shares are over classified rows (rejected: over readable rows); failed reads are I/O, not the
 population, and are left out. numpy only: this runs on the device.
 """
@@ -50,7 +50,7 @@ RULE = (
 )
 TRAINING_POPULATION = "training population"
 
-# name, what it is (for a person), the reference field it is compared with
+# name (as in a reference's summary), what it is (for a person)
 STATISTICS = (
     ("rejected", "share rejected by the input guard"),
     ("out_of_population", "share with an out-of-population warning"),
