@@ -59,6 +59,11 @@ def _made_by(rows: list[dict], path: Path) -> tuple[str, dict]:
         raise drift.DriftError(f"{path}: rows from {len(shas)} artifacts; judge each artifact's results on their own")
     classified = [r for r in rows if r.get("status") == "classified"]
     op = {"tta": classified[0].get("tta") if classified else None}
+    sites = {r.get("site") for r in rows if "site" in r}
+    if len(sites) > 1:
+        raise drift.DriftError(f"{path}: rows made with {len(sites)} different site files; judge each on its own")
+    if sites:
+        op["site"] = sites.pop()  # the site file the rows were made with (None: the shipped calibration)
     if classified:
         op["threshold"] = classified[0].get("threshold")
     return shas.pop(), op
@@ -70,6 +75,10 @@ def _shipped_reference(model: Path | None, sha: str, op: dict) -> drift.Referenc
     folder = Path(model) if model is not None else default_model_folder()
     if folder.is_file():
         folder = folder.parent
+    if op.pop("site", None):
+        raise drift.DriftError(
+            "these results were made with a site file: judge them against its reference, --site FILE"
+        )
     manifest = load_manifest(folder)
     path = folder / drift.REFERENCE_NAME
     if not path.is_file():

@@ -25,6 +25,7 @@ population, and are left out. numpy only: this runs on the device.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -188,6 +189,30 @@ class Reference:
     def from_dict(cls, d: dict) -> Reference:
         return cls(d["source"], d["summary"], d["artifact"], d["sha256"], d["operating_point"])
 
+    @classmethod
+    def from_site(cls, raw: dict, site_sha: str, where) -> Reference:
+        """From a site file's `population` (edge-pneumo calibrate: per statistic its mean and sd over the
+        site's n images; the shares of indeterminate and positive over those the guard accepted)."""
+        try:
+            pop, art = raw["population"], raw["artifact"]
+            n, st = int(pop["n"]), pop["statistics"]
+            rejected = round(st["rejected"]["mean"] * n)
+            classified = n - rejected
+            fd = st.get("feature_distance") or {}
+            summary = {
+                "readable": n,
+                "classified": classified,
+                "rejected": rejected,
+                "out_of_population": round(st["out_of_population_warning"]["mean"] * n),  # rejected rows carry none
+                "indeterminate": round(st["indeterminate"]["mean"] * classified),
+                "positive": round(st["positive"]["mean"] * classified),
+                "feature_distance": {"n": classified, "mean": fd.get("mean"), "sd": fd.get("sd")},
+            }
+            source = str(raw.get("id") or f"site {site_sha}")
+            return cls(source, summary, str(art["name"]), str(art["sha256"]), {"site": site_sha})
+        except (KeyError, TypeError, ValueError) as e:
+            raise DriftError(f"{where}: its population section is incomplete ({type(e).__name__}: {e})") from None
+
     def rate(self, name: str) -> float:
         return self.summary[name] / max(1, _denominator(self.summary, name))
 
@@ -222,7 +247,10 @@ def _read_json(path: Path) -> dict:
 def references_in(path: Path) -> dict[str, Reference]:
     """The references in a reference file, or in a site file's `drift` section, by artifact name."""
     doc = _read_json(path)
-    doc = doc.get("drift", doc)  # a site file from `calibrate` keeps its reference under "drift"
+    if "population" in doc:  # a site file from `edge-pneumo calibrate`
+        ref = Reference.from_site(doc, hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16], path)
+        return {ref.artifact: ref}
+    doc = doc.get("drift", doc)  # a file that keeps a reference under "drift"
     try:
         if "artifacts" in doc:
             return {name: Reference.from_dict(d) for name, d in doc["artifacts"].items()}
@@ -247,7 +275,7 @@ def pick_reference(path: Path, sha256: str, op: dict) -> Reference:
                 was = ", ".join(f"{k} {theirs[k]} (now {op[k]})" for k in differ)
                 raise DriftError(
                     f"{path}: its reference for {ref.artifact} was measured at another operating point: {was}; "
-                    "re-measure it (README, 'Drift watch')"
+                    "results and reference must come from the same model, calibration and band (README, 'Drift watch')"
                 )
             return ref
     raise DriftError(
@@ -274,7 +302,11 @@ def _same(a, b) -> bool:
 
 
 def reference_for(clf, site: Path | None = None) -> Reference:
-    """The reference a running classifier is judged against: the site's, else the shipped one."""
+    """The reference a running classifier is judged against: the site's (the file given, else the site
+    file the classifier applies), else the shipped one beside the manifest."""
+    active = getattr(clf, "site", None)  # the site file the classifier applies (--site, $EDGE_PNEUMO_SITE)
+    if site is None and active is not None:
+        return Reference.from_site(active.raw, active.sha256[:16], active.path)
     path = Path(site) if site is not None else Path(clf.manifest.folder) / REFERENCE_NAME
     if site is None and not path.is_file():
         raise ModelFileError(f"{clf.manifest.folder}: no {REFERENCE_NAME} (the training population's drift reference)")
