@@ -223,6 +223,8 @@ def write_reference(path: Path, ref: Reference, command: str = "") -> Path:
     doc = {"schema": SCHEMA, "artifacts": {}}
     if path.is_file():
         doc = _read_json(path)
+        if "population" in doc or "artifacts" not in doc:
+            raise DriftError(f"{path}: not a drift reference file (a site file?); write the reference to its own file")
     doc["schema"] = SCHEMA
     doc.setdefault("artifacts", {})[ref.artifact] = {**ref.to_dict(), "command": command}
     doc["rule"] = RULE
