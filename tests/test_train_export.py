@@ -180,3 +180,74 @@ def test_export_is_deterministic(tiny_export, synthetic_data, tmp_path):
     for name, entry in again.artifacts.items():
         assert entry.sha256 == first.artifacts[name].sha256, name
         assert entry.raw["validation"] == first.artifacts[name].raw["validation"]
+
+
+def _update(folder, data, *extra):
+    return runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(folder / "pneumonia_cnn.keras"),
+            "--data",
+            str(data),
+            "--out",
+            str(folder),
+            "--formats",
+            "onnx_int8",
+            "--update",
+            "--calibration-images",
+            "40",
+            "--validation-images",
+            "40",
+            *extra,
+        ],
+    )
+
+
+def test_update_remakes_one_format_and_keeps_the_rest_byte_for_byte(exported_copy, synthetic_data):
+    from edge_pneumo.apps.verify import verify_folder
+
+    before = {p.name: sha256_of(p) for p in exported_copy.iterdir() if p.is_file()}
+    old = json.loads((exported_copy / "manifest.json").read_text())
+    old_params = load_manifest(exported_copy).params()
+    (exported_copy / "pneumonia_int8.onnx").unlink()  # so it must be made again
+    r = _update(exported_copy, synthetic_data)
+    assert r.exit_code == 0, r.output
+    assert "remade onnx_int8" in r.output
+    after = {p.name: sha256_of(p) for p in exported_copy.iterdir() if p.is_file()}
+    assert not [p for p in exported_copy.iterdir() if p.name.startswith(".")]  # no scratch left
+    changed = {n for n in before if after.get(n) != before[n]}
+    # same model, images and settings: the int8 file and its parameters come back byte-identical
+    assert changed == {"manifest.json"}
+    new = json.loads((exported_copy / "manifest.json").read_text())
+    for o, n in zip(old["artifacts"], new["artifacts"], strict=True):
+        if o["name"] == "onnx_int8":
+            assert "remade" in n and {k: v for k, v in n.items() if k != "remade"} == o
+        else:
+            assert n == o
+    assert {k: v for k, v in new.items() if k != "artifacts"} == {k: v for k, v in old.items() if k != "artifacts"}
+    new_params = load_manifest(exported_copy).params()
+    assert set(new_params) == set(old_params)
+    for k, a in old_params.items():
+        assert np.array_equal(a, new_params[k]), k
+    assert verify_folder(exported_copy, runs=1)["passed"]
+
+
+def test_update_refuses_what_it_cannot_merge_and_leaves_the_folder_as_it_was(exported_copy, synthetic_data, tmp_path):
+    before = {p.name: sha256_of(p) for p in exported_copy.iterdir() if p.is_file()}
+    r = _update(exported_copy, synthetic_data, "--formats", "onnx_float32", "--budget-scale", "0")
+    assert r.exit_code == EXIT_VALIDATION and "export refused" in r.output
+    manifest = json.loads((exported_copy / "manifest.json").read_text())
+    manifest["source_model"]["sha256"] = "0" * 64
+    (exported_copy / "manifest.json").write_text(json.dumps(manifest))
+    before["manifest.json"] = sha256_of(exported_copy / "manifest.json")
+    r = _update(exported_copy, synthetic_data)
+    assert r.exit_code == EXIT_FAILED and "another model" in r.output
+    assert {p.name: sha256_of(p) for p in exported_copy.iterdir()} == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for f in ("pneumonia_cnn.keras", "pneumonia_cnn.record.json"):
+        (empty / f).write_bytes((exported_copy / f).read_bytes())
+    r = _update(empty, synthetic_data)
+    assert r.exit_code == EXIT_FAILED and "no manifest.json" in r.output

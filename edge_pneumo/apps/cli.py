@@ -365,6 +365,14 @@ def export(
     budget_scale: Annotated[
         float, typer.Option(help="Multiply every budget's tolerance (below 1 tightens).", min=0.0)
     ] = 1.0,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="Re-make only --formats in OUT's existing export of this model; the other artifacts, "
+            "their manifest entries and guard parameters stay as they are.",
+        ),
+    ] = False,
 ) -> None:
     """Export to TFLite and ONNX (float and int8), validate each against the float model, write manifest.json."""
     from edge_pneumo.device.artifact_formats import resolve_formats
@@ -373,7 +381,7 @@ def export(
         fmts = tuple(resolve_formats(formats))
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--formats") from None
-    from edge_pneumo.training.export import ExportConfig, export_all
+    from edge_pneumo.training.export import ExportConfig, export_all, remake_artifacts
     from edge_pneumo.training.keras_io import load_keras
 
     km = load_keras(model)
@@ -390,7 +398,7 @@ def export(
         val_fraction=val_fraction,
         budget_scale=budget_scale,
     )
-    manifest = export_all(km, cfg, log=lambda m: print(m, flush=True))
+    manifest = (remake_artifacts if update else export_all)(km, cfg, log=lambda m: print(m, flush=True))
     print(f"wrote {len(manifest['artifacts'])} artifacts and {out / 'manifest.json'}")
 
 

@@ -8,6 +8,7 @@ leaves `out` as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -181,16 +182,43 @@ def _export_onnx_quantized(
     if fmt.precision == "dynamic_int8":
         quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
     else:
+        s = ONNX_STATIC_QUANTIZATION
         quantize_static(
             str(prepared),
             str(path),
             calib.onnx_reader("image"),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            quant_format=getattr(QuantFormat, s["quant_format"]),
+            per_channel=s["per_channel"],
+            activation_type=getattr(QuantType, s["activation_type"]),
+            weight_type=getattr(QuantType, s["weight_type"]),
+            reduce_range=s["reduce_range"],
         )
     prepared.unlink(missing_ok=True)
+
+
+# Static int8 ONNX: uint8 activations AND uint8 (asymmetric, per-channel) weights, "U8U8".
+# The usual U8S8 (int8 weights) runs on x86 CPUs without VNNI (AVX2, AVX-512 without VNNI)
+# through VPMADDUBSW, whose 16-bit pair sums saturate: the same file then gives other outputs
+# than on a VNNI CPU (seen on the shipped model: max |dp| 0.39 on validation, verify drift 0.27).
+# U8U8 widens to 16 bits before multiplying on every ISA, so the int32 sums are exact
+# everywhere; it kept max |dp| 0.018 vs float on validation where reduce_range=True (7-bit
+# int8 weights, also saturation-free) gave 0.021, at a small speed cost on AVX2.
+ONNX_STATIC_QUANTIZATION = {
+    "quant_format": "QDQ",
+    "activation_type": "QUInt8",
+    "weight_type": "QUInt8",
+    "per_channel": True,
+    "reduce_range": False,
+    "why": "uint8 weights (U8U8): exact int32 accumulation on every CPU; int8 weights (U8S8) saturate in "
+    "onnxruntime's AVX2/AVX-512 kernels without VNNI (VPMADDUBSW), so outputs depended on the CPU",
+}
+
+
+def _quantization_note(fmt: ExportFormat) -> dict:
+    """How a static int8 ONNX artifact was quantized, for its manifest entry."""
+    if fmt.runtime == "onnx" and fmt.precision == "int8":
+        return {"quantization": dict(ONNX_STATIC_QUANTIZATION)}
+    return {}
 
 
 @dataclass
@@ -526,4 +554,60 @@ def _artifact_entry(fmt: ExportFormat, path: Path, backend, v: ArtifactValidatio
         "validation": v.to_dict(),
         # What this artifact outputs for `edge-pneumo verify`'s fixed inputs, checked again on the device.
         "verify_outputs": [round(float(p), 7) for p in backend.predict(verify_inputs(pre))],
+        **_quantization_note(fmt),
     }
+
+
+def remake_artifacts(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
+    """Re-make only `cfg.formats` in an existing export folder of the same model, keeping every
+    other artifact, its manifest entry and its guard / Grad-CAM parameters as they are.
+
+    The formats are exported and validated by `export_all` into a scratch folder inside `out`
+    (same calibration and validation images, same budgets); then their files, manifest entries,
+    feature-guard limits and parameter arrays replace the old ones. A failure leaves `out` as it was.
+    """
+    from edge_pneumo.device.manifest import MANIFEST_NAME, read_params
+
+    old_path = cfg.out / MANIFEST_NAME
+    if not old_path.is_file():
+        raise EdgePneumoError(f"{cfg.out}: no {MANIFEST_NAME} to update; run a full `edge-pneumo export` first")
+    old = json.loads(old_path.read_text(encoding="utf-8"))
+    source_sha = sha256_of(km.path)
+    if old["source_model"]["sha256"] != source_sha:
+        raise EdgePneumoError(
+            f"{old_path}: its artifacts come from another model ({old['source_model']['sha256'][:12]}..., "
+            f"not {source_sha[:12]}...); re-export every format instead"
+        )
+    scratch = Path(tempfile.mkdtemp(prefix=".remake-", dir=cfg.out))
+    try:
+        export_all(km, ExportConfig(**{**cfg.__dict__, "out": scratch}), log=log)
+        new = json.loads((scratch / MANIFEST_NAME).read_text(encoding="utf-8"))  # as written, to compare like with like
+        same = {k: new[k] == old[k] for k in ("preprocessing", "threshold", "calibration", "validation_data")}
+        same["guard"] = {**new["guard"], "features": None} == {**old["guard"], "features": None}  # the pixel guard
+        for key, ok in same.items():
+            if not ok:
+                raise EdgePneumoError(f"{old_path}: '{key}' differs from this export's; re-export every format instead")
+        names = {e["name"] for e in new["artifacts"]}
+        remade = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        fresh = {e["name"]: {**e, "remade": {"date": remade, "versions": new["versions"]}} for e in new["artifacts"]}
+        entries = [fresh.pop(e["name"], e) for e in old["artifacts"]] + list(fresh.values())
+        old_arrays = read_params(cfg.out / old["params_file"]["file"], old["params_file"]["arrays"])
+        new_arrays = read_params(scratch / new["params_file"]["file"], new["params_file"]["arrays"])
+        arrays = {k: a for k, a in old_arrays.items() if k.split("/")[0] not in names}
+        arrays.update({k: a for k, a in new_arrays.items() if k.split("/")[0] in names})
+        params_path = scratch / f".{PARAMS_FILE}.merged"
+        index = write_params(params_path, arrays)
+        manifest = dict(old)
+        manifest["artifacts"] = entries
+        manifest["guard"] = {**old["guard"], "features": {**old["guard"]["features"]}}
+        for name in names:
+            manifest["guard"]["features"][name] = new["guard"]["features"][name]
+        manifest["params_file"] = {**old["params_file"], "sha256": sha256_of(params_path), "arrays": index}
+        log(f"remade {', '.join(sorted(names))} in {cfg.out}; the other artifacts and their parameters are unchanged")
+        for e in new["artifacts"]:
+            os.replace(scratch / e["file"], cfg.out / e["file"])
+        os.replace(params_path, cfg.out / old["params_file"]["file"])
+        write_manifest(cfg.out, manifest)
+        return manifest
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
