@@ -94,6 +94,14 @@ def test_training_images_do_not_trip_it(real_data, tmp_path):
     assert "all within limits" in r.stdout
 
 
+def test_the_test_split_does_not_trip_the_training_reference(real_data, tmp_path):
+    """All 624 test/ images in a random arrival order: another set of the same hospital's children."""
+    paths = _images(real_data / "test")
+    random.Random(3).shuffle(paths)
+    r = _drift(_infer(paths, tmp_path / "test.jsonl"), "--model", ARTIFACT)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_a_site_reference_from_its_own_images(real_data, adult_results, tmp_path):
     """The test split plays a site: half of its patients make the reference, the other half must not trip it,
     the adult films must."""
