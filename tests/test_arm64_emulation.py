@@ -133,3 +133,9 @@ def test_heatmap_and_serve_on_arm64(pi_run):
     maps = {a["name"]: a.get("heatmap_max_abs_diff") for a in pi_run["artifacts"] if a["precision"] == "int8"}
     assert maps and all(d is not None and d <= 0.02 for d in maps.values()), maps
     assert pi_run["serve"]["ok"] and pi_run["serve"]["healthz"]["status"] == "ok"
+
+
+def test_dicom_sr_on_arm64(pi_run):
+    """The dicom extra installs on the Pi: a CR film is classified there and answered with a DICOM SR."""
+    sr = pi_run["sr"]
+    assert sr["ok"] and sr["status"] == "classified" and sr["sr_sop_instance_uid"].startswith("2.25."), sr

@@ -67,7 +67,7 @@ def test_c_store_from_an_allowed_ae_is_classified_once_and_others_are_refused(ti
         assert ok and status == 0x0000
         assert _send(dport, good, "XRAY01") == (True, 0x0000)  # sent twice: recorded once
         ct = _cr_dataset(synthetic_xray(np.random.default_rng(22), 0, 96), modality="CT")
-        assert _send(dport, ct, "XRAY01") == (True, 0x0000)  # received, then refused by the guard
+        assert _send(dport, ct, "XRAY01") == (True, 0xC001)  # received, refused by the guard: a failure status
         refused, _ = _send(dport, good, "INTRUDER")
         assert not refused
         time.sleep(0.5)

@@ -509,6 +509,47 @@ def infer(
     raise typer.Exit(code)
 
 
+# Sending each DICOM image's answer back to the archive (serve's DICOM node, watch's DICOM files).
+ForwardOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--forward",
+        help="Send a DICOM SR for every DICOM image to this archive, AET@HOST:PORT (e.g. ORTHANC@10.0.0.5:4242), "
+        "through a durable outbox.",
+        show_default=False,
+    ),
+]
+ForwardHeatmapOpt = Annotated[
+    bool, typer.Option("--forward-heatmap", help="With --forward: also send the Grad-CAM overlay (Secondary Capture).")
+]
+OutboxOpt = Annotated[
+    Optional[Path],
+    typer.Option(help="The outbox folder for --forward (default: beside the results file).", show_default=False),
+]
+ForwardRetryOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        help="With --forward: the longest wait between two tries when the archive is down, in seconds "
+        "(default: 60, outbox.OutboxOptions.retry_max_s).",
+        min=0.1,
+        show_default=False,
+    ),
+]
+
+
+def _forwarder(clf, forward: str | None, heatmap: bool, outbox: Path | None, results: Path, ae_title: str, retry_max):
+    """The forward.Forwarder for --forward (None without it)."""
+    if forward is None:
+        if heatmap:
+            raise typer.BadParameter("--forward-heatmap needs --forward AET@HOST:PORT", param_hint="--forward-heatmap")
+        return None
+    from edge_pneumo.apps.forward import Forwarder, ForwardOptions
+
+    folder = outbox or results.with_name(results.name + ".outbox")
+    extra = {} if retry_max is None else {"retry_max_s": retry_max}
+    return Forwarder(clf, ForwardOptions(forward, folder, heatmap, ae_title, **extra))
+
+
 @app.command()
 @handle_errors
 def serve(
@@ -550,6 +591,10 @@ def serve(
     results: Annotated[
         Path, typer.Option(help="The DICOM node's results: JSON lines with the SOPInstanceUID, each image once.")
     ] = Path("dicom_results.jsonl"),
+    forward: ForwardOpt = None,
+    forward_heatmap: ForwardHeatmapOpt = False,
+    outbox: OutboxOpt = None,
+    forward_retry_max: ForwardRetryOpt = None,
     tta: TtaOpt = False,
 ) -> None:
     """Serve a LAN page and JSON API (and optionally a DICOM node) for a clinic appliance.
@@ -575,7 +620,11 @@ def serve(
             raise typer.BadParameter(
                 "name at least one sender with --allow-aet (e.g. --allow-aet XRAY01)", param_hint="--allow-aet"
             )
-        node = DicomNode(clf, ResultSink(results, key_field="sop_instance_uid"), dicom_port, ae_title, allow_aet)
+        fwd = _forwarder(clf, forward, forward_heatmap, outbox, results, ae_title, forward_retry_max)
+        sink = ResultSink(results, key_field="sop_instance_uid")
+        node = DicomNode(clf, sink, dicom_port, ae_title, allow_aet, forward=fwd)
+    elif forward is not None:
+        raise typer.BadParameter("--forward sends the DICOM node's reports: add --dicom-port", param_hint="--forward")
     run_server(clf, host, port, token, max_upload_mb, queue, node)
 
 
@@ -610,6 +659,13 @@ def watch(
     ledger: Annotated[
         Optional[Path], typer.Option(help="The SQLite ledger (default: OUTPUT.ledger.sqlite).", show_default=False)
     ] = None,
+    forward: ForwardOpt = None,
+    forward_heatmap: ForwardHeatmapOpt = False,
+    outbox: OutboxOpt = None,
+    forward_retry_max: ForwardRetryOpt = None,
+    ae_title: Annotated[
+        str, typer.Option(help="This device's AE title when it sends reports (--forward).")
+    ] = "EDGEPNEUMO",
     stable_seconds: Annotated[
         float, typer.Option(help="A file is read once its size and mtime have not changed for this long.", min=0.0)
     ] = 1.0,
@@ -632,6 +688,7 @@ def watch(
     if not folder.is_dir():
         raise EdgePneumoError(f"{folder}: no such folder to watch")
     clf = Classifier.load(model, artifact=artifact, guard=not no_guard, tta=tta)
+    fwd = _forwarder(clf, forward, forward_heatmap, outbox, output, ae_title, forward_retry_max)
     sink = ResultSink(output, ledger)
     w = Watcher(
         clf,
@@ -641,6 +698,7 @@ def watch(
         move_done=move_done,
         stable_seconds=stable_seconds,
         log=lambda m: print(m, flush=True),
+        forward=fwd,
     )
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     try:

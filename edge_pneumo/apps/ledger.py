@@ -43,6 +43,12 @@ class Ledger:
         with self._lock:
             return self._db.execute("SELECT 1 FROM results WHERE key = ?", (key,)).fetchone() is not None
 
+    def get(self, key: str) -> dict | None:
+        """The row recorded under `key`, or None."""
+        with self._lock:
+            found = self._db.execute("SELECT row FROM results WHERE key = ?", (key,)).fetchone()
+        return None if found is None else json.loads(found[0])
+
     def add(self, key: str, row: dict) -> bool:
         """Record a result; False if the key was already there (nothing changes then)."""
         with self._lock:

@@ -101,7 +101,10 @@ class Slots:
         self.used -= 1
 
 
-def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD_MB << 20, queue: int = 8):
+def create_app(
+    clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD_MB << 20, queue: int = 8, outbox=None
+):
+    """The Starlette app; `outbox`: a callable giving the PACS outbox's status for /api/v1/info, or None."""
     try:
         from starlette.applications import Starlette
         from starlette.responses import HTMLResponse, JSONResponse
@@ -162,6 +165,7 @@ def create_app(clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLO
                     "features": m.raw["guard"]["features"].get(clf.entry.name),
                 },
                 "limits": {"max_upload_bytes": max_upload, "queue": queue},
+                "outbox": None if outbox is None else outbox(),
                 "notice": "screening aid only: results are not verified by a radiologist",
             }
         )
@@ -248,14 +252,9 @@ def _overlay_png(data: bytes, r) -> str:
     """The upload with its heatmap over it, at most 1024 px a side, as a PNG data URL."""
     import cv2
 
-    from edge_pneumo.decoders.decode import decode_bytes
-    from edge_pneumo.device.explain import result_overlay
+    from edge_pneumo.apps.forward import overlay_bgr
 
-    grey = decode_bytes(data, "upload").pixels
-    scale = 1024 / max(grey.shape)
-    if scale < 1:
-        grey = cv2.resize(grey, (int(grey.shape[1] * scale), int(grey.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    ok, png = cv2.imencode(".png", result_overlay(grey, r))
+    ok, png = cv2.imencode(".png", overlay_bgr(data, r, 1024))
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
 
 
@@ -267,7 +266,9 @@ def run_server(clf, host: str, port: int, token: str | None, max_upload_mb: floa
     except ImportError:
         raise MissingRuntimeError("serve needs Starlette and uvicorn: pip install 'edge-pneumo[serve]'") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app(clf, token, int(max_upload_mb * (1 << 20)), queue)
+    forward = getattr(dicom, "forward", None)
+    outbox = None if forward is None else forward.status
+    app = create_app(clf, token, int(max_upload_mb * (1 << 20)), queue, outbox=outbox)
     node = None
     if dicom is not None:
         dicom.drift = app.state.drift
@@ -275,6 +276,8 @@ def run_server(clf, host: str, port: int, token: str | None, max_upload_mb: floa
         LOG.info(
             "DICOM node %s listening on port %d (allowed: %s)", dicom.ae_title, dicom.port, ", ".join(dicom.allowed)
         )
+        if forward is not None:
+            LOG.info("DICOM SR reports go to %s via the outbox %s", forward.options.destination, forward.outbox.folder)
     LOG.info(
         "serving %s (%s) on http://%s:%d%s",
         clf.model_version,

@@ -9,6 +9,8 @@ new one as it arrives, each exactly once, across crashes and restarts.
   retried later, while the file is young.
 - `ledger.ResultSink` records each result once, keyed by the content hash: a `kill -9` at any
   moment loses nothing and repeats nothing; the same image copied twice is classified once.
+- With a forwarder (`--forward`), each DICOM file's SR goes to the archive through the outbox,
+  queued before its row is recorded (a crash between the two repeats the image, never loses it).
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ class Watcher:
         move_done: Path | None = None,
         stable_seconds: float = 1.0,
         log: Callable[[str], None] = print,
+        forward=None,
     ):
         self.clf, self.folder, self.sink = clf, Path(folder), sink
         self.poll, self.move_done, self.stable = poll, move_done, stable_seconds
         self.log = log
+        self.forward = forward  # a forward.Forwarder, or None
         self._pending: dict[str, tuple | None] = {}  # path -> (size, mtime, first seen stable at) or None (new)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -103,6 +107,8 @@ class Watcher:
     def run(self, once: bool = False, until: Callable[[], bool] | None = None) -> dict:
         """Process what is there, then (unless `once`) keep watching until stopped."""
         observer = None
+        if self.forward is not None:
+            self.forward.start()
         if not once:
             observer = self._observer()
             observer.start()
@@ -128,6 +134,8 @@ class Watcher:
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=5)
+            if self.forward is not None:
+                self.forward.stop()  # one last try for what is due; the rest waits in the outbox for the next run
         return self.counts
 
     def stop(self) -> None:
@@ -166,15 +174,25 @@ class Watcher:
             self.counts["already"] += 1
             self._done(path)
             return
-        r = self.clf.predict_bytes(data, name=path)
+        dicom = self.forward is not None and is_dicom(data)
+        r = (self.clf.explain if dicom and self.forward.heatmap else self.clf.predict_bytes)(data, name=path)
         if r.status == FAILED and self._may_still_be_arriving(path, seen, r.reason or ""):
             with self._lock:
                 self._pending[path] = None  # not finished yet: wait for it to be stable again
             return
-        if self.sink.record(key, r.to_dict()):
+        row = r.to_dict()
+        if dicom:
+            try:
+                row["forward_error"] = self._report(data, row, r)
+            except Exception as e:  # the outbox could not take it (the disk): not done, tried again later
+                self.log(f"warning: {path}: its report could not be queued ({type(e).__name__}); trying again")
+                with self._lock:
+                    self._pending[path] = None
+                return
+        if self.sink.record(key, row):
             self.counts[r.status] += 1
             self.log(f"{r.status:<10} {r.label or '':<9} {path}" + (f"  ({r.reason})" if r.reason else ""))
-            self.drift.add(r.to_dict())
+            self.drift.add(row)
             if self.drift.seen - self._drift_checked >= DRIFT_EVERY:
                 self.check_drift()
         else:
@@ -206,6 +224,17 @@ class Watcher:
             self._drift_out = snap["out"]
         return snap
 
+    def _report(self, data: bytes, row: dict, r) -> str | None:
+        import io
+
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        except Exception as e:
+            return f"no report: the DICOM header cannot be read ({type(e).__name__})"
+        return self.forward.report(ds, row, r, data)
+
     def _may_still_be_arriving(self, path: str, seen: tuple, reason: str) -> bool:
         try:
             st = os.stat(path)
@@ -235,6 +264,11 @@ class Watcher:
             shutil.move(str(src), str(dst))
         except OSError as e:
             self.log(f"warning: {path}: classified, but could not move it to {dst} ({e.strerror or e})")
+
+
+def is_dicom(data: bytes) -> bool:
+    """A DICOM Part 10 file (the 'DICM' magic after the 128-byte preamble)."""
+    return data[128:132] == b"DICM"
 
 
 def _inside(p: Path, folder: Path) -> bool:

@@ -9,7 +9,7 @@
 #   3. python3 + python3-venv + ca-certificates inside it
 #   4. QEMU_CPU=cortex-a72 (the Pi 4's core) and a matching fake /proc/cpuinfo
 #   5. the project's wheel, built from this checkout, installed with the
-#      [tflite,serve] extras into a fresh arm64 venv; TensorFlow must be absent
+#      [tflite,serve,dicom] extras into a fresh arm64 venv; TensorFlow must be absent
 #   6. `edge-pneumo verify` (the package's self-check), then `edge-pneumo infer`
 #      on N real test X-rays for the int8 ONNX, float32 ONNX
 #      and int8 TFLite artifacts, inside the emulated system
@@ -18,6 +18,8 @@
 #      or <= 1/255 (int8)
 #   9. one Grad-CAM heatmap per int8 artifact on the emulated Pi and on the host: the same map
 #      within int8 tolerance; `edge-pneumo serve` (the serve extra) answers /healthz on the Pi
+#  10. the dicom extra: one test X-ray wrapped as a CR DICOM, classified on the Pi and answered with
+#      a DICOM SR (highdicom), which the host's DCMTK `dsrdump` reads when it is installed
 #
 # Usage:  sudo tests/arm64/pi_emulation.sh [--summary FILE.json]
 #         sudo tests/arm64/pi_emulation.sh --prepare   # only build/refresh the cached rootfs
@@ -281,7 +283,7 @@ fetch_wheels() {
   mkdir -p "$SCRATCH/work/wheels"
   "$HOST_PY" -m pip download -q --cache-dir "$CACHE/pip" --only-binary=:all: "${plat[@]}" \
     --python-version "$py" --implementation cp --abi "cp${py/./}" \
-    -d "$SCRATCH/work/wheels" "$SCRATCH/work/dist/${WHEEL}[tflite,serve]"
+    -d "$SCRATCH/work/wheels" "$SCRATCH/work/dist/${WHEEL}[tflite,serve,dicom]"
   echo "$(find "$SCRATCH/work/wheels" -name "*.whl" | wc -l) wheels, $(du -sh "$SCRATCH/work/wheels" | cut -f1)"
 }
 
@@ -298,9 +300,9 @@ pi_pip_install() {
   local whls=("$ROOTFS"/usr/share/python-wheels/pip-*.whl)
   [[ -f ${whls[-1]} ]] || die "no pip wheel in the rootfs (python3-venv missing?)"
   local pip=("$ARM_VENV/bin/python" "${whls[-1]#"$ROOTFS"}/pip" install --no-compile --only-binary=:all:)
-  if ! in_pi "${pip[@]}" --no-index --find-links /work/wheels "/work/dist/${WHEEL}[tflite,serve]"; then
+  if ! in_pi "${pip[@]}" --no-index --find-links /work/wheels "/work/dist/${WHEEL}[tflite,serve,dicom]"; then
     echo "offline install from the host-fetched wheels failed; retrying against the index"
-    in_pi "${pip[@]}" --find-links /work/wheels "/work/dist/${WHEEL}[tflite,serve]"
+    in_pi "${pip[@]}" --find-links /work/wheels "/work/dist/${WHEEL}[tflite,serve,dicom]"
   fi
 }
 
@@ -465,6 +467,48 @@ serve_check() {  # the serve extra on the Pi: start it, ask /healthz from the ho
   echo "serve on arm64: /healthz $([[ $rc == 0 ]] && cat "$SCRATCH/work/pi_healthz.json" || echo 'did not answer')"
 }
 
+sr_check() {  # the dicom extra on the Pi: a CR film from a test JPEG, classified, answered with one SR
+  local img rc=0
+  img=$(find "$SCRATCH/work/images" -type f -name '*.jpeg' | LC_ALL=C sort | head -n1)
+  cat > "$SCRATCH/work/pi_sr.py" <<'EOF'
+import json, sys
+import cv2
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
+from edge_pneumo import Classifier
+from edge_pneumo.apps.sr_report import ReportContext, build_sr
+
+model, jpeg, out = sys.argv[1:4]
+grey = cv2.imread(jpeg, cv2.IMREAD_GRAYSCALE)
+meta = FileMetaDataset()
+meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", generate_uid()
+meta.TransferSyntaxUID = JPEGBaseline8Bit
+ds = FileDataset("cr.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID, ds.PatientName = generate_uid(), generate_uid(), "PI", "PI^TEST"
+ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
+ds.Rows, ds.Columns = grey.shape
+ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored = 1, "MONOCHROME2", 8, 8
+ds.HighBit, ds.PixelRepresentation = 7, 0
+ds.PixelData = encapsulate([cv2.imencode(".jpg", grey)[1].tobytes()])
+ds["PixelData"].VR = "OB"
+ds.save_as(out + ".cr.dcm", enforce_file_format=True)
+clf = Classifier.load(model)
+row = clf.predict_bytes(open(out + ".cr.dcm", "rb").read(), name="cr").to_dict()
+sr = build_sr(ds, row, ReportContext.from_classifier(clf))
+sr.save_as(out, enforce_file_format=True)
+print(json.dumps({"status": row["status"], "label": row["label"], "sr_sop_instance_uid": str(sr.SOPInstanceUID)}))
+EOF
+  in_pi "$ARM_VENV/bin/python" /work/pi_sr.py "$PI_EXPORTED" "/work/images/${img##*/}" /work/pi_sr.dcm \
+    > "$SCRATCH/work/pi_sr.json" || rc=$?
+  if ((rc == 0)) && command -v dsrdump > /dev/null; then
+    dsrdump "$SCRATCH/work/pi_sr.dcm" > "$SCRATCH/work/pi_sr.txt" || rc=$?
+  fi
+  echo "$rc" > "$SCRATCH/sr_rc"
+  echo "SR on arm64: rc $rc $(cat "$SCRATCH/work/pi_sr.json" 2>/dev/null)"
+}
+
 # ------------------------------------------------------------------ 8. compare + summary
 compare() {
   local summary=${SUMMARY:-$CACHE/last-run.json}
@@ -548,6 +592,14 @@ except (OSError, ValueError):
     serve["healthz"] = None
 serve["ok"] = serve["rc"] == 0 and (serve["healthz"] or {}).get("status") == "ok"
 ok &= serve["ok"]
+sr = {"rc": int((scratch / "sr_rc").read_text()) if (scratch / "sr_rc").exists() else None}
+try:
+    sr.update(json.loads((scratch / "work" / "pi_sr.json").read_text()))
+except (OSError, ValueError):
+    pass
+sr["dsrdump"] = (scratch / "work" / "pi_sr.txt").exists()
+sr["ok"] = sr["rc"] == 0 and sr.get("status") == "classified" and bool(sr.get("sr_sop_instance_uid"))
+ok &= sr["ok"]
 
 verify = {"rc": int((scratch / "verify_rc").read_text()), "report": None, "problems": []}
 try:
@@ -571,7 +623,7 @@ for line in (scratch / "timings.tsv").read_text().splitlines():
     timings[k] = float(v)
 pi_info = json.loads((scratch / "work" / "pi_info.json").read_text())
 doc = {"ok": ok, "qemu_cpu": qemu_cpu, "n_images": n_expected, "arm64": pi_info,
-       "verify": verify, "serve": serve, "artifacts": rows, "timings_s": timings, "total_s": round(elapsed, 1)}
+       "verify": verify, "serve": serve, "sr": sr, "artifacts": rows, "timings_s": timings, "total_s": round(elapsed, 1)}
 summary.parent.mkdir(parents=True, exist_ok=True)
 summary.write_text(json.dumps(doc, indent=1))
 
@@ -585,6 +637,8 @@ for r in rows:
           f"{r.get('verify_status', '-'):>7s}  " + ("ok" if r["ok"] else "FAIL: " + "; ".join(r["problems"])))
 print("edge-pneumo verify on arm64: " + ("ok" if verify["ok"] else "FAIL: " + "; ".join(verify["problems"])))
 print("edge-pneumo serve on arm64: " + ("ok " + json.dumps(serve["healthz"]) if serve["ok"] else f"FAIL (rc {serve['rc']})"))
+print("DICOM SR on arm64: " + ("ok" if sr["ok"] else f"FAIL (rc {sr['rc']})")
+      + (", read by dsrdump" if sr["dsrdump"] else ""))
 for r in rows:
     if "heatmap_max_abs_diff" in r:
         print(f"heatmap {r['name']}: max |diff| arm64 vs host {r['heatmap_max_abs_diff']:.4f}")
@@ -631,6 +685,7 @@ while IFS=$'\t' read -r name file _; do
 done < "$SCRATCH/artifacts.tsv"
 phase heatmaps heatmaps
 phase serve serve_check
+phase sr sr_check
 
 log "[compare]"
 echo "cache: $(du -shx "$CACHE" | cut -f1) in $CACHE"
