@@ -162,15 +162,18 @@ def markdown(r: dict) -> str:
         f"{r['record']['machine']['cores_usable']} cores; load {r['record']['loadavg_start']} -> {r['loadavg_end']}",
         f"- command: `{r['record']['command']}`",
         "",
-        "| input | images | `batch --cluster local:2`, once the cluster is up | cluster start-up | batch, whole process | `infer --dir`, whole process | ratio (cluster up / infer) | same labels | max abs dp |",
+        "| input | images | `batch --cluster local:2`, once the cluster is up | cluster start-up | batch, whole "
+        "process | `infer --dir`, whole process | ratio (cluster up / infer) | same labels | max abs dp |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, x in (("train/ (224 px JPEG)", t), ("test/ as 1024 px JPEG-baseline DICOM", db)):
         a = x["agreement"]
         L.append(
             f"| {name} | {x['images']} | {bl.fmt(x['batch_images_per_s_cluster_up'], 0)} images/s | "
-            f"{bl.fmt(x['batch_cluster_start_s'], 1)} s | {bl.fmt(x['batch_images_per_s_whole_process'], 0)} images/s | "
-            f"{bl.fmt(x['infer_images_per_s_whole_process'], 0)} images/s | {bl.fmt(x['ratio_cluster_up_vs_infer'], 2)} | "
+            f"{bl.fmt(x['batch_cluster_start_s'], 1)} s | {bl.fmt(x['batch_images_per_s_whole_process'], 0)} images/s "
+            "| "
+            f"{bl.fmt(x['infer_images_per_s_whole_process'], 0)} images/s | "
+            f"{bl.fmt(x['ratio_cluster_up_vs_infer'], 2)} | "
             f"{a['same_label']} / {a['n']} | {bl.fmt(a['max_abs_dp'], 6)} |"
         )
     L += [
@@ -179,10 +182,13 @@ def markdown(r: dict) -> str:
         "",
         "| decode + preprocess | ms/image | accuracy | AUC |",
         "|---|---|---|---|",
-        f"| the encapsulated frame as a JPEG, reduced to 1/8 (the package) | {d['ms_reduced_frame']:.2f} | {d['accuracy_reduced']:.4f} | {d['auc_reduced']:.4f} |",
-        f"| pydicom + pylibjpeg, full size | {d['ms_pydicom_full']:.2f} | {d['accuracy_full']:.4f} | {d['auc_full']:.4f} |",
+        f"| the encapsulated frame as a JPEG, reduced to 1/8 (the package) | {d['ms_reduced_frame']:.2f} | "
+        f"{d['accuracy_reduced']:.4f} | {d['auc_reduced']:.4f} |",
+        f"| pydicom + pylibjpeg, full size | {d['ms_pydicom_full']:.2f} | {d['accuracy_full']:.4f} | "
+        f"{d['auc_full']:.4f} |",
         "",
-        f"{d['speedup']:.1f}x faster; labels agree on {d['labels_same']} of {d['images']} images, max |dp| {d['max_abs_dp']:.4f} "
+        f"{d['speedup']:.1f}x faster; labels agree on {d['labels_same']} of {d['images']} images, max |dp| "
+        f"{d['max_abs_dp']:.4f} "
         f"({d['artifact']}).",
         "",
     ]
@@ -198,11 +204,15 @@ def markdown(r: dict) -> str:
             f"{d['ms_pydicom_full']:.1f} ms without). The model is a small part: the decode is the cost.",
             f"- MIMIC-CXR (377,000 DICOMs, 4.7 TB: {mb:.1f} MB each on average) on N machines of C cores: "
             f"CPU-bound time ~ 377,000 / ({per_core:.0f} x N x C) s, e.g. {mimic / per_core / 60 / 2:.0f} min on one "
-            f"2-core machine and {mimic / per_core / 64:.0f} s on 8 machines of 8 cores, if decoding stayed this cheap.",
-            f"- Storage bounds it first: at {mb:.1f} MB per image, a 1 GB/s share delivers ~{1e9 / (mb * 1e6):.0f} images/s "
-            f"whatever the cores; so ~{1e9 / (mb * 1e6) / per_core:.1f} cores per GB/s of storage bandwidth are enough, and "
+            f"2-core machine and {mimic / per_core / 64:.0f} s on 8 machines of 8 cores, if decoding stayed this "
+            "cheap.",
+            f"- Storage bounds it first: at {mb:.1f} MB per image, a 1 GB/s share delivers ~{1e9 / (mb * 1e6):.0f} "
+            "images/s "
+            f"whatever the cores; so ~{1e9 / (mb * 1e6) / per_core:.1f} cores per GB/s of storage bandwidth are "
+            "enough, and "
             "more machines only help when each reads its own storage (sharded object store, local copies).",
-            "- Full-size uncompressed 16-bit DICOMs (most of MIMIC) skip the JPEG trick: their cost is reading the bytes and "
+            "- Full-size uncompressed 16-bit DICOMs (most of MIMIC) skip the JPEG trick: their cost is reading the "
+            "bytes and "
             "the resize, so bandwidth matters even more. The client only appends ~1 kB per image and fsyncs once per "
             "partition: it is not the bottleneck.",
             "",

@@ -120,7 +120,10 @@ def single_rows(args, manifest, intensity: list[str]) -> list[dict]:
         {
             "name": "infer",
             "role": "subject",
-            "desc": "edge-pneumo infer --image X -f json (default artifact: this device's fastest; int8 TFLite with LiteRT installed)",
+            "desc": (
+                "edge-pneumo infer --image X -f json (default artifact: this device's fastest; int8 TFLite with "
+                "LiteRT installed)"
+            ),
             "cmd": [str(args.tflite_bin or cli), "infer", "--image", img, "--model", models, "-f", "json"],
             "parse": "infer",
         },
@@ -192,7 +195,10 @@ def single_rows(args, manifest, intensity: list[str]) -> list[dict]:
             {
                 "name": "diag_import_infer_path",
                 "role": "diagnostic",
-                "desc": "python -c 'import edge_pneumo.apps.cli, edge_pneumo.apps.infer, edge_pneumo.device.classifier' (all imports of infer, no work)",
+                "desc": (
+                    "python -c 'import edge_pneumo.apps.cli, edge_pneumo.apps.infer, "
+                    "edge_pneumo.device.classifier' (all imports of infer, no work)"
+                ),
                 "cmd": [
                     py,
                     "-c",
@@ -439,7 +445,8 @@ def run_folder(args, manifest, images, intensity, tmp: Path) -> dict:
     for name, desc, threads, dthreads, guard, explain, tta in (
         (
             "predict_many",
-            f"Classifier.load().predict_many(batch_size={args.batch_size}): API defaults (all cores to model and decoding); loop only",
+            f"Classifier.load().predict_many(batch_size={args.batch_size}): API defaults (all cores to model and "
+            "decoding); loop only",
             None,
             None,
             True,
@@ -448,7 +455,8 @@ def run_folder(args, manifest, images, intensity, tmp: Path) -> dict:
         ),
         (
             "predict_many_cli_split",
-            f"Classifier.load(threads={model_t}).predict_many(batch_size={args.batch_size}, decode_threads={decode_t}): "
+            f"Classifier.load(threads={model_t}).predict_many(batch_size={args.batch_size}, "
+            f"decode_threads={decode_t}): "
             "the split infer --dir uses; loop only",
             model_t,
             decode_t,
@@ -624,7 +632,10 @@ def run_big(args, manifest, images, tmp: Path) -> dict:
     return {
         "images": len(big_paths),
         "size_px": [args.big_size, args.big_size],
-        "source": "test images spread over both classes, cv2.resize INTER_CUBIC, JPEG quality 95, same channels as source (3)",
+        "source": (
+            "test images spread over both classes, cv2.resize INTER_CUBIC, JPEG quality 95, same channels as "
+            "source (3)"
+        ),
         "jpeg_bytes": bl.stats(sizes),
         "make_s": make_s,
         "rows": rows,
@@ -772,7 +783,8 @@ def markdown(results) -> str:
     L.append("# `edge-pneumo infer`: speed and memory (bench/bench_infer.py)\n")
     L.append(f"- date (UTC): {rec['date_utc']}; command: `{rec['command']}` (cwd `{rec['cwd']}`)")
     L.append(
-        f"- machine: {m['cpu_model']}, {m['machine']}, {m['cores_logical']} logical cores ({m['cores_usable']} usable), {m['mem_total_mb']} MB RAM"
+        f"- machine: {m['cpu_model']}, {m['machine']}, {m['cores_logical']} logical cores ({m['cores_usable']} "
+        f"usable), {m['mem_total_mb']} MB RAM"
     )
     L.append(
         f"- load average (1/5/15 min): start {rec['loadavg_start']}, end {results.get('loadavg_end')}"
@@ -789,7 +801,8 @@ def markdown(results) -> str:
     )
     mi = results.get("model", {})
     L.append(
-        f"- model: `{mi.get('folder')}` (int8 ONNX sha256 {str(mi.get('onnx_int8_sha256'))[:12]}..., threshold {bl.fmt(mi.get('threshold'), 4)}, intensity {mi.get('intensity')})\n"
+        f"- model: `{mi.get('folder')}` (int8 ONNX sha256 {str(mi.get('onnx_int8_sha256'))[:12]}..., threshold "
+        f"{bl.fmt(mi.get('threshold'), 4)}, intensity {mi.get('intensity')})\n"
     )
 
     L.append("## Targets\n")
@@ -804,7 +817,8 @@ def markdown(results) -> str:
     if s:
         L.append("## 1. One image, whole process (spawn to exit)\n")
         L.append(
-            f"Image `{s['image']}`; {s['rounds']['timed']} timed rounds after {s['rounds']['warmup']} warm-up, rows run round-robin. "
+            f"Image `{s['image']}`; {s['rounds']['timed']} timed rounds after {s['rounds']['warmup']} warm-up, rows "
+            "run round-robin. "
             f"Load {s['loadavg_start']} -> {s['loadavg_end']}. Peak RSS = wait4 ru_maxrss.\n"
         )
         L.append(
@@ -823,9 +837,12 @@ def markdown(results) -> str:
         L.append(
             f"{ratios.get('onnx_row')} / minimal_onnx wall: **{bl.fmt(ratios.get('infer_over_minimal_wall'), 2)}x** "
             f"(CPU time: {bl.fmt(ratios.get('infer_over_minimal_cpu'), 2)}x); "
-            f"keras / infer wall: **{bl.fmt(ratios.get('tf_over_infer_wall'), 1)}x**, RSS **{bl.fmt(ratios.get('tf_over_infer_rss'), 1)}x**; "
-            f"|p(infer) - p(minimal_onnx)| = {bl.fmt(s.get('infer_vs_minimal_abs_dprob'), 5)} (raw probability from the JSON row); "
-            f"infer (default artifact) / minimal_tflite wall: **{bl.fmt(ratios.get('infer_over_minimal_tflite_wall'), 2)}x**.\n"
+            f"keras / infer wall: **{bl.fmt(ratios.get('tf_over_infer_wall'), 1)}x**, RSS "
+            f"**{bl.fmt(ratios.get('tf_over_infer_rss'), 1)}x**; "
+            f"|p(infer) - p(minimal_onnx)| = {bl.fmt(s.get('infer_vs_minimal_abs_dprob'), 5)} (raw probability from "
+            "the JSON row); "
+            "infer (default artifact) / minimal_tflite wall: "
+            f"**{bl.fmt(ratios.get('infer_over_minimal_tflite_wall'), 2)}x**.\n"
         )
 
     for key, title in (
@@ -855,13 +872,15 @@ def markdown(results) -> str:
             rss = r.get("maxrss_mb", {}).get("median") if isinstance(r.get("maxrss_mb"), dict) else None
             status = r["status"] if r["status"] == "ok" else f"{r['status']}: {cell(r['error'])}"
             L.append(
-                f"| {r['name']} | {r['desc']} | {t} | {bl.fmt(r.get('images_per_s'), 0)} | {bl.fmt(r.get('ms_per_image'), 2)} | "
+                f"| {r['name']} | {r['desc']} | {t} | {bl.fmt(r.get('images_per_s'), 0)} | "
+                f"{bl.fmt(r.get('ms_per_image'), 2)} | "
                 f"{bl.fmt(rss, 1)} | {bl.fmt(r.get('accuracy'), 4)} | {status} |"
             )
         pr = next((r for r in f["rows"] if r["name"] == "infer_dir_process"), None)
         if pr and pr.get("per_image_ms_field_median") is not None:
             L.append(
-                f"\nWhole-process run: median of the per-image `ms` field infer reports (decode + preprocess + batch share): "
+                "\nWhole-process run: median of the per-image `ms` field infer reports (decode + preprocess + batch "
+                "share): "
                 f"{pr['per_image_ms_field_median']:.2f} ms."
             )
         L.append("")
@@ -906,11 +925,15 @@ def main(argv=None) -> int:
         },
         "targets_definition": {k: " ".join(map(str, v)) for k, v in TARGETS.items()},
         "notes": [
-            "Folder runs write --output to a file in a temporary folder (not /dev/null), so the results can be counted.",
-            "Peak RSS comes from wait4 in bench/_spawn.py, a small helper process: spawned straight from this benchmark, "
+            "Folder runs write --output to a file in a temporary folder (not /dev/null), so the results can be "
+            "counted.",
+            "Peak RSS comes from wait4 in bench/_spawn.py, a small helper process: spawned straight from this "
+            "benchmark, "
             "a child's ru_maxrss would start at the benchmark's own RSS (Linux keeps the pre-exec high-water mark).",
-            "minimal/keras scripts get --equalize or --clahe=CLIP,TILES as the manifest's preprocessing says, so all rows compute the same thing.",
-            "predict_many_cli_split uses the thread split `infer` uses for folders (edge_pneumo.apps.infer.split_threads, "
+            "minimal/keras scripts get --equalize or --clahe=CLIP,TILES as the manifest's preprocessing says, so all "
+            "rows compute the same thing.",
+            "predict_many_cli_split uses the thread split `infer` uses for folders "
+            "(edge_pneumo.apps.infer.split_threads, "
             "if the package has it; else 1 model + 1 decode thread).",
         ],
     }

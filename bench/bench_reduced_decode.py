@@ -202,7 +202,8 @@ def markdown(r: dict) -> str:
         f"- model: `{r['model']['folder']}/{r['model']['file']}`, threshold {r['model']['threshold']:.4f}, "
         f"intensity {r['model']['preprocessing'].get('intensity')}",
         f"- images: all {im['n']} test images upscaled to {im['size_px'][0]}x{im['size_px'][1]} px ({im['source']}), "
-        f"median {im.get('jpeg_bytes', {}).get('median', 0) / 1e3:.0f} kB; reduced decoding uses 1/{im.get('reduction_factor')} "
+        f"median {im.get('jpeg_bytes', {}).get('median', 0) / 1e3:.0f} kB; reduced decoding uses "
+        f"1/{im.get('reduction_factor')} "
         "scale for these\n",
         "| input | accuracy | AUC | sensitivity | specificity | decode+resize ms/img median (mean) | status |",
         "|---|---|---|---|---|---|---|",

@@ -38,7 +38,8 @@ STEPS_SNIPPET = textwrap.dedent(
         pass
     t0 = t(); import hashlib; hashlib.sha256(b''); out['import hashlib (OpenSSL libcrypto)'] = (t() - t0, rss())
     t0 = t(); import concurrent.futures; out['import concurrent.futures'] = (t() - t0, rss())
-    t0 = t(); import edge_pneumo.apps.cli, edge_pneumo.apps.infer, edge_pneumo.device.classifier; out['import edge_pneumo (rest)'] = (t() - t0, rss())
+    t0 = t(); import edge_pneumo.apps.cli, edge_pneumo.apps.infer, edge_pneumo.device.classifier
+    out['import edge_pneumo (rest)'] = (t() - t0, rss())
     from edge_pneumo.device.manifest import load_manifest
     from edge_pneumo.device.runtime import open_backend
     from edge_pneumo.device.classifier import Classifier
@@ -46,7 +47,8 @@ STEPS_SNIPPET = textwrap.dedent(
     t0 = t(); m = load_manifest(models); e = m.artifacts[m.default_artifact]; out['load_manifest'] = (t() - t0, rss())
     t0 = t(); m.verify(e); out['verify sha256'] = (t() - t0, rss())
     t0 = t(); b = open_backend(e.path(m.folder)); out['onnxruntime session (package options)'] = (t() - t0, rss())
-    t0 = t(); s = onnxruntime.InferenceSession(str(e.path(m.folder)), providers=['CPUExecutionProvider']); out['onnxruntime session (defaults, as minimal_onnx)'] = (t() - t0, rss())
+    t0 = t(); s = onnxruntime.InferenceSession(str(e.path(m.folder)), providers=['CPUExecutionProvider'])
+    out['onnxruntime session (defaults, as minimal_onnx)'] = (t() - t0, rss())
     clf = Classifier(b, m, e)
     t0 = t(); clf.predict(image); out['Classifier.predict, first call'] = (t() - t0, rss())
     t0 = t(); clf.predict(image); out['Classifier.predict, second call'] = (t() - t0, rss())
@@ -92,7 +94,8 @@ def rows(models: Path, image: str, manifest: dict) -> list[dict]:
             "cmd": [
                 py,
                 "-c",
-                f"from edge_pneumo import Classifier; print(Classifier.load({str(models)!r}).predict({image!r}).probability)",
+                "from edge_pneumo import Classifier; "
+                f"print(Classifier.load({str(models)!r}).predict({image!r}).probability)",
             ],
         },
         {"name": "edge-pneumo infer --image X", "cmd": [cli, "infer", "--image", image, "--model", str(models)]},
@@ -101,8 +104,9 @@ def rows(models: Path, image: str, manifest: dict) -> list[dict]:
             "cmd": [
                 py,
                 "-c",
-                "import argparse, sys; from pathlib import Path; from edge_pneumo.apps.infer import run_infer; "
-                f"sys.exit(run_infer([{image!r}], None, Path({str(models)!r}), None, 'text', None, None, 32, True))",
+                "import argparse, sys; from pathlib import Path; "
+                "from edge_pneumo.apps.infer import InferOptions, run_infer; "
+                f"sys.exit(run_infer(InferOptions(items=[{image!r}], model=Path({str(models)!r}))))",
             ],
         },
         {"name": "minimal_onnx.py", "cmd": [py, f"{b}/minimal_onnx.py", onnx, image, *eq]},
@@ -189,7 +193,8 @@ def main(argv=None) -> int:
         f"- machine: {record['machine']['cpu_model']}, {record['machine']['cores_logical']} cores; "
         f"load average start {record['loadavg_start']}, end {results['loadavg_end']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v),
-        f"- {args.runs} rounds after 1 warm-up, rows round-robin; medians. CPU = user+sys of the process (less sensitive to load than wall).\n",
+        f"- {args.runs} rounds after 1 warm-up, rows round-robin; medians. CPU = user+sys of the process (less "
+        "sensitive to load than wall).\n",
         "## A. Fresh processes, growing imports\n",
         "| process | wall s (min-max) | CPU s | peak RSS MB | status |",
         "|---|---|---|---|---|",
@@ -198,11 +203,13 @@ def main(argv=None) -> int:
         w, c, m = r["wall_s"], r["cpu_s"], r["maxrss_mb"]
         if w.get("n"):
             L.append(
-                f"| {r['name']} | {w['median']:.3f} ({w['min']:.3f}-{w['max']:.3f}) | {c['median']:.3f} | {m['median']:.1f} | ok |"
+                f"| {r['name']} | {w['median']:.3f} ({w['min']:.3f}-{w['max']:.3f}) | {c['median']:.3f} | "
+                f"{m['median']:.1f} | ok |"
             )
         else:
             L.append(
-                f"| {r['name']} | - | - | - | {r['status']}: {str(r['error'])[:150].replace('|', '/').replace(chr(10), ' ')} |"
+                f"| {r['name']} | - | - | - | {r['status']}: "
+                f"{str(r['error'])[:150].replace('|', '/').replace(chr(10), ' ')} |"
             )
     L += [
         "",

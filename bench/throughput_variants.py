@@ -140,7 +140,8 @@ def main(argv=None) -> int:
         for spin in (True, False):
             add(
                 f"model_only_{th}t{'' if spin else '_nospin'}",
-                f"onnxruntime alone on preprocessed float32, batch 32, {th} thread(s), spinning {'on' if spin else 'off'}",
+                f"onnxruntime alone on preprocessed float32, batch 32, {th} thread(s), spinning "
+                f"{'on' if spin else 'off'}",
                 model_only(th, spin),
             )
     try:
@@ -212,9 +213,11 @@ def main(argv=None) -> int:
     L = [
         "# Folder throughput variants (bench/throughput_variants.py)\n",
         f"- date (UTC): {record['date_utc']}; command: `{record['command']}`",
-        f"- machine: {record['machine']['cpu_model']}, {n_cores} cores; load average start {record['loadavg_start']}, end {results['loadavg_end']}",
+        f"- machine: {record['machine']['cpu_model']}, {n_cores} cores; load average start {record['loadavg_start']}, "
+        f"end {results['loadavg_end']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v),
-        f"- {n} test images, in-process, timing around the loop only; 1 warm-up each, then {args.runs} rounds round-robin; "
+        f"- {n} test images, in-process, timing around the loop only; 1 warm-up each, then {args.runs} rounds "
+        "round-robin; "
         "median (and best) images/s; CPU = process CPU time (all threads) per image.\n",
         "| row | what | images/s median (best) | ms/image | CPU ms/image | status |",
         "|---|---|---|---|---|---|",

@@ -70,15 +70,21 @@ def tiny_export(tmp_path_factory, synthetic_data) -> Path:
     """
     pytest.importorskip("tensorflow")
     from edge_pneumo.device.artifact_formats import resolve_formats
+    from edge_pneumo.training.config import Recipe
     from edge_pneumo.training.export import ExportConfig, export_all
-    from edge_pneumo.training.fit import Recipe
     from edge_pneumo.training.keras_io import MODEL_NAME, load_keras
     from edge_pneumo.training.train import TrainConfig, run_training
 
     out = tmp_path_factory.mktemp("exported")
     run_training(
         TrainConfig(
-            data=synthetic_data, out=out, intensity="none", recipe=Recipe(max_epochs=3, patience=2, batch_size=16)
+            data=synthetic_data,
+            out=out,
+            intensity="none",
+            # a quick recipe, not the shipped one: 3 epochs, refit, the plain tie-break
+            recipe=Recipe(max_epochs=3, patience=2, batch_size=16, threshold_tolerance=0.01),
+            refit_full=True,
+            threshold_tiebreak="half",
         ),
         log=lambda m: None,
     )

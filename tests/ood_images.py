@@ -3,7 +3,8 @@
 Two sources: synthetic images made here (blank, black, noise, colour shapes, gradients,
 checkerboards, a document-like page), and the sample images that install with
 scikit-image, scikit-learn and matplotlib, and pydicom's test DICOMs (CT, MR, US, NM...).
-Nothing is downloaded; a package that is not installed just contributes nothing.
+Nothing is downloaded; a package or file that is missing raises, so the suite fails instead of
+testing fewer inputs.
 """
 
 from __future__ import annotations
@@ -53,42 +54,45 @@ def synthetic(folder: Path, size: int = 256) -> dict[str, Path]:
     return out
 
 
+# The sample images the suite uses, by name: one that cannot be found fails the suite (it never shrinks).
+SKIMAGE_IMAGES = (
+    "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "chessboard_RGB.png",
+    "clock_motion.png", "coffee.png", "coins.png", "color.png", "grass.png", "gravel.png", "horse.png",
+    "hubble_deep_field.jpg", "ihc.png", "logo.png", "microaneurysms.png", "moon.png", "motorcycle_left.png",
+    "motorcycle_right.png", "multipage_rgb.tif", "page.png", "phantom.png", "retina.jpg", "rocket.jpg", "text.png",
+)  # fmt: skip
+SKLEARN_IMAGES = ("china.jpg", "flower.jpg")
+
+
+def _existing(paths: dict[str, Path]) -> dict[str, Path]:
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"guard test inputs missing (install the test extra): {', '.join(missing)}")
+    return paths
+
+
 def package_images(folder: Path) -> dict[str, Path]:
     """Sample images that install with scikit-image, scikit-learn and matplotlib; {name: path}.
 
-    Copied (or converted: matplotlib's raw 16-bit MRI becomes a 16-bit PNG) into folder.
+    Copied (or converted: matplotlib's raw 16-bit MRI becomes a 16-bit PNG) into folder. A
+    package or file that is missing raises: the guard suite must not quietly test fewer inputs.
     """
+    import matplotlib
+    import skimage
+    import sklearn
+
     folder.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Path] = {}
-    try:
-        import skimage
-
-        data = Path(skimage.__file__).parent / "data"
-        for p in sorted(data.iterdir()):
-            if p.suffix.lower() in (".png", ".jpg", ".tif") and p.stat().st_size > 1000:
-                out[f"skimage_{p.name}"] = p
-    except ImportError:
-        pass
-    try:
-        import sklearn
-
-        for p in sorted((Path(sklearn.__file__).parent / "datasets" / "images").glob("*.jpg")):
-            out[f"sklearn_{p.name}"] = p
-    except ImportError:
-        pass
-    try:
-        import matplotlib
-
-        sample = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data"
-        if (sample / "grace_hopper.jpg").is_file():
-            out["mpl_grace_hopper.jpg"] = sample / "grace_hopper.jpg"
-        if (sample / "s1045.ima.gz").is_file():  # a 256x256 16-bit head MRI, raw little-endian
-            mri = np.frombuffer(gzip.open(sample / "s1045.ima.gz").read(), "<u2").reshape(256, 256)
-            path = folder / "mpl_head_mri_16bit.png"
-            cv2.imwrite(str(path), mri)
-            out["mpl_head_mri_16bit.png"] = path
-    except ImportError:
-        pass
+    data = Path(skimage.__file__).parent / "data"
+    out = {f"skimage_{n}": data / n for n in SKIMAGE_IMAGES}
+    images = Path(sklearn.__file__).parent / "datasets" / "images"
+    out.update({f"sklearn_{n}": images / n for n in SKLEARN_IMAGES})
+    sample = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data"
+    out["mpl_grace_hopper.jpg"] = sample / "grace_hopper.jpg"
+    _existing(out | {"s1045": sample / "s1045.ima.gz"})
+    mri = np.frombuffer(gzip.open(sample / "s1045.ima.gz").read(), "<u2").reshape(256, 256)  # 16-bit head MRI
+    path = folder / "mpl_head_mri_16bit.png"
+    cv2.imwrite(str(path), mri)
+    out["mpl_head_mri_16bit.png"] = path
     return out
 
 
@@ -111,12 +115,10 @@ PYDICOM_IMAGES = (
 
 
 def pydicom_files() -> dict[str, Path]:
-    try:
-        import pydicom
-    except ImportError:
-        return {}
+    import pydicom
+
     base = Path(pydicom.__file__).parent / "data" / "test_files"
-    return {f"pydicom_{n}": base / n for n in PYDICOM_IMAGES if (base / n).is_file()}
+    return _existing({f"pydicom_{n}": base / n for n in PYDICOM_IMAGES})
 
 
 def all_ood(folder: Path) -> dict[str, Path]:

@@ -55,15 +55,58 @@ def test_batch_rows_are_infer_rows_and_resume_adds_only_the_rest(tiny_export, sy
         assert abs(row["probability"] - twin["probability"]) < 1e-6
 
 
-def test_csv_and_parquet_outputs(tiny_export, synthetic_data, tmp_path):
+def _mixed_folder(synthetic_data: Path, folder: Path) -> Path:
+    """Eight test images, one cut short (a row with a warning) and one that is not an image (a failed row)."""
+    import shutil
+
+    folder.mkdir()
+    for f in sorted((synthetic_data / "test").rglob("*.jpeg"))[::4]:
+        shutil.copy(f, folder / f.name)
+    first = sorted(folder.iterdir())[0].read_bytes()
+    (folder / "cut_short.jpeg").write_bytes(first[: int(len(first) * 0.8)])
+    (folder / "not_an_image.png").write_bytes(b"this is text, not a PNG")
+    return folder
+
+
+def test_batch_csv_and_parquet_are_infer_csv_rows(tiny_export, synthetic_data, tmp_path):
+    """The same inputs through `infer --format csv` and `batch`: same columns, same order, every
+    value equal but the timing (`ms`)."""
+    import csv
+
+    from edge_pneumo.device.result import FIELDS
+
     pq = pytest.importorskip("pyarrow.parquet")
-    src = str(synthetic_data / "test")
-    run_batch(src, tmp_path / "r.csv", "local:1", model=str(tiny_export), log=lambda m: None)
-    lines = (tmp_path / "r.csv").read_text().splitlines()
-    assert lines[0].startswith("path,status,label,probability") and len(lines) == 33
-    run_batch(src, tmp_path / "r.parquet", "local:1", model=str(tiny_export), log=lambda m: None)
+    src = _mixed_folder(synthetic_data, tmp_path / "in")
+    r = CliRunner().invoke(app, ["infer", "--model", str(tiny_export), "--dir", str(src), "-f", "csv"])
+    infer_lines = [line for line in r.stdout.splitlines() if line]
+    infer_rows = {row["path"]: row for row in csv.DictReader(infer_lines)}
+    assert {row["status"] for row in infer_rows.values()} >= {"classified", "failed"}
+    assert any(row["warnings"] for row in infer_rows.values()) and any(row["guard"] for row in infer_rows.values())
+
+    run_batch(str(src), tmp_path / "r.csv", "local:1", model=str(tiny_export), log=lambda m: None)
+    batch_lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert batch_lines[0] == infer_lines[0] == ",".join(FIELDS)
+    batch_rows = list(csv.DictReader(batch_lines))
+    assert len(batch_rows) == len(infer_rows)
+    for row in batch_rows:
+        twin = infer_rows[row["path"]]
+        assert {k: v for k, v in row.items() if k != "ms"} == {k: v for k, v in twin.items() if k != "ms"}
+
+    run_batch(str(src), tmp_path / "r.parquet", "local:1", model=str(tiny_export), log=lambda m: None)
     table = pq.read_table(tmp_path / "r.parquet")
-    assert table.num_rows == 32 and set(table.column("status").to_pylist()) <= {"classified", "rejected"}
+    assert table.column_names == list(FIELDS) and table.num_rows == len(infer_rows)
+    for row in table.to_pylist():
+        twin = infer_rows[row["path"]]
+        for k in FIELDS:
+            if k == "ms":
+                continue
+            expected = twin[k]
+            if row[k] is None:
+                assert expected == "", (k, row["path"])
+            elif isinstance(row[k], float):
+                assert row[k] == float(expected), (k, row["path"])
+            else:
+                assert row[k] == expected, (k, row["path"])
 
 
 def test_a_killed_worker_costs_time_not_results(tiny_export, synthetic_data, tmp_path):

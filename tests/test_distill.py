@@ -20,7 +20,7 @@ def test_targets_mix_labels_and_a_softened_teacher():
     from edge_pneumo.training.fit import Recipe, targets
 
     y, teacher = np.array([0, 1, 1]), np.array([0.01, 0.99, 0.3])
-    assert np.array_equal(targets(y, Recipe(), teacher), y.astype(np.float32))  # alpha 1: the labels
+    assert np.array_equal(targets(y, Recipe(distill_alpha=1.0), teacher), y.astype(np.float32))  # alpha 1: the labels
     assert np.array_equal(targets(y, Recipe(distill_alpha=0.5), None), y.astype(np.float32))
     assert np.allclose(targets(y, Recipe(distill_alpha=0.5), teacher), 0.5 * y + 0.5 * teacher)
     soft = targets(y, Recipe(distill_alpha=0.25, teacher_temperature=2.0), teacher)

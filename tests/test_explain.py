@@ -4,8 +4,11 @@ artifact's maps follow the float model's."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from conftest import REPO
 
 from edge_pneumo.device.explain import gradcam_map, overlay, to_input_grid
 from edge_pneumo.lab.explain_checks import (
@@ -65,8 +68,16 @@ def test_maps_point_at_what_the_deployed_model_uses(real_data):
     ref = Classifier.load(artifact="onnx_float32")
     ref_maps, _ = maps_for(ref.backend, x, *ref.manifest.gradcam_params("onnx_float32"))
     assert map_agreement(maps, ref_maps)["spearman_mean"] > 0.8
+    # Where the heat lies: a uniform map scores exactly each region's share of the area, and the
+    # deployed maps score what `compare` recorded for this artifact (exported/report.json, all 390
+    # PNEUMONIA test images; these are its first 60).
+    even = heat_location(np.ones_like(maps))
+    assert even["heat_in_lung_boxes"] == pytest.approx(even["lung_box_share_of_area"])
+    assert even["heat_in_border"] == pytest.approx(even["border_share_of_area"])
+    recorded = json.loads((REPO / "exported" / "report.json").read_text())["explanation"]["artifacts"]["onnx_int8"]
     loc = heat_location(maps)
-    assert 0 <= loc["heat_in_lung_boxes"] <= 1 and 0 <= loc["heat_in_border"] <= 1
+    for key in ("heat_in_lung_boxes", "heat_in_border"):
+        assert loc[key] == pytest.approx(recorded["location"][key], abs=0.02), key
 
 
 @pytest.mark.realdata

@@ -15,16 +15,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, synthetic_xray
+from conftest import REPO, real_data_dir, synthetic_xray
 from ood_images import all_ood, synthetic
 from typer.testing import CliRunner
 
 from edge_pneumo import Classifier
 from edge_pneumo.apps.cli import app
 from edge_pneumo.device.guard import DICOM_RULES, check_dicom_header, contrast, layout_residual, layout_vector, texture
+from edge_pneumo.device.scoring import effective_band
 
 runner = CliRunner()
-ADULT = REPO.parent / "shared" / "data" / "adult_cxr"
+# Beside the chest_xray dataset (EDGE_PNEUMO_DATA, or ../shared/data/chest_xray).
+ADULT = (real_data_dir() or REPO.parent / "shared" / "data" / "chest_xray").parent / "adult_cxr"
 
 
 # --- layer 1: DICOM header rules --------------------------------------------------------
@@ -117,9 +119,12 @@ def test_synthetic_non_xrays_are_rejected_with_reasons(tiny_export, ood_folder):
 def test_a_synthetic_xray_passes_and_says_how_sure(tiny_export, tmp_path):
     img = tmp_path / "x.png"
     cv2.imwrite(str(img), synthetic_xray(np.random.default_rng(3), 1, 96))
-    r = Classifier.load(tiny_export).predict(img)
+    clf = Classifier.load(tiny_export)
+    r = clf.predict(img)
     assert r.status == "classified" and r.label in ("NORMAL", "PNEUMONIA")
-    assert r.confidence in ("confident", "indeterminate")
+    cal = clf.manifest.raw["calibration"]
+    lo, hi = effective_band(clf.manifest.threshold, cal["rule_out"], cal["rule_in"])
+    assert r.confidence == ("indeterminate" if lo <= r.raw_probability < hi else "confident")
     assert {"colour", "contrast", "texture", "layout", "features"} <= set(r.guard)
     assert r.to_dict()["reason"] is None and r.to_dict()["status"] == "classified"
 
@@ -252,20 +257,19 @@ def _retagged(src: Path, dst: Path, **tags) -> Path:
 
 @pytest.mark.realdata
 def test_every_clearly_non_chest_input_is_refused(real_data, tmp_path):
-    pytest.importorskip("pydicom")
-    images = all_ood(tmp_path / "ood")
+    images = all_ood(tmp_path / "ood")  # raises when a package or sample file is missing
     src = ADULT / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
-    if src.is_file():
-        images["lateral.dcm"] = _retagged(src, tmp_path / "lateral.dcm", ViewPosition="LL")
-        images["ct_head.dcm"] = _retagged(src, tmp_path / "ct_head.dcm", Modality="CT", BodyPartExamined="HEAD")
-    assert len(images) >= 40
+    assert src.is_file(), f"{src}: the adult chest film the lateral and CT inputs are made from is missing"
+    images["lateral.dcm"] = _retagged(src, tmp_path / "lateral.dcm", ViewPosition="LL")
+    images["ct_head.dcm"] = _retagged(src, tmp_path / "ct_head.dcm", Modality="CT", BodyPartExamined="HEAD")
+    # 11 synthetic + 26 scikit-image + 2 scikit-learn + 2 matplotlib + 13 pydicom + 2 retagged films
+    assert len(images) == 56
     rows = _infer_json(images.values())
     by_path = {r["path"]: r for r in rows}
     classified = [name for name, p in images.items() if by_path[str(p)]["status"] == "classified"]
     assert not classified, classified
-    if src.is_file():
-        assert "view" in by_path[str(images["lateral.dcm"])]["reason"]
-        assert "CT" in by_path[str(images["ct_head.dcm"])]["reason"]
+    assert "view" in by_path[str(images["lateral.dcm"])]["reason"]
+    assert "CT" in by_path[str(images["ct_head.dcm"])]["reason"]
 
 
 @pytest.mark.realdata

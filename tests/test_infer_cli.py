@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from edge_pneumo import Classifier
 from edge_pneumo.apps.cli import app
 from edge_pneumo.device.manifest import load_manifest
+from edge_pneumo.device.scoring import effective_band
 from edge_pneumo.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 
 runner = CliRunner()
@@ -54,6 +55,8 @@ def test_json_output_has_one_object_per_image(tiny_export, images):
     assert sorted(row["path"].rsplit("/", 1)[1] for row in rows) == names
     clf = Classifier.load(tiny_export)
     manifest = load_manifest(tiny_export)
+    cal = manifest.raw["calibration"]
+    lo, hi = effective_band(manifest.threshold, cal["rule_out"], cal["rule_in"])  # the band, on the raw scale
     for row in rows:
         assert row["status"] == "classified" and row["reason"] is None
         assert row["label"] in ("NORMAL", "PNEUMONIA")
@@ -61,7 +64,7 @@ def test_json_output_has_one_object_per_image(tiny_export, images):
         assert row["artifact"] == clf.entry.name and row["ms"] > 0
         assert row["sha256"] == manifest.artifacts[row["artifact"]].sha256[:16]
         assert row["model_version"] == manifest.raw["model_version"] and row["model_version"]
-        assert row["confidence"] in ("confident", "indeterminate")
+        assert row["confidence"] == ("indeterminate" if lo <= row["raw_probability"] < hi else "confident")
         assert row["probability"] == pytest.approx(clf.predict(row["path"]).probability, abs=1e-6)
 
 

@@ -13,6 +13,7 @@ from edge_pneumo.apps.verify import verify_folder, verify_inputs
 from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from edge_pneumo.lab.compare import Row, target_checks
+from edge_pneumo.lab.looks import TEST_LOG
 from edge_pneumo.lab.metrics import agreement_stats
 
 runner = CliRunner()
@@ -73,6 +74,7 @@ def test_compare_reports_every_row_and_survives_bad_artifacts(exported_copy, syn
     t = exported_copy / "pneumonia_float16.tflite"
     t.write_bytes(t.read_bytes()[:-4] + b"abcd")
     out = tmp_path / "reports"
+    looks_before = (exported_copy / TEST_LOG).read_text().splitlines()
     r = runner.invoke(
         app,
         [
@@ -111,6 +113,11 @@ def test_compare_reports_every_row_and_survives_bad_artifacts(exported_copy, syn
     md = (out / "REPORT.md").read_text()
     assert "| onnx_int8 |" in md and "tampered" in md and "missing" in md and "## Flip TTA" in md
     assert (out / "report.png").stat().st_size > 10_000
+    # it read the test split's labels: one more look in the model folder's log, with its figures
+    looks = (exported_copy / TEST_LOG).read_text().splitlines()
+    assert looks[: len(looks_before)] == looks_before and len(looks) == len(looks_before) + 1
+    look = json.loads(looks[-1])
+    assert look["by"] == "compare" and look["artifacts"]["onnx_int8"]["auc"] == rows["onnx_int8"]["metrics"]["auc"]
 
 
 def test_manifest_and_reports_never_hold_nan(tmp_path):

@@ -5,6 +5,7 @@ Whole archives on an existing engine (Dask distributed), not a scheduler of our 
   (`file://`, `s3://`, `gs://`, ... with a glob or a prefix);
 - the inputs are cut into partitions; each Dask task classifies one partition with a
   Classifier loaded once per worker process, and returns `infer`'s rows;
+- CSV and Parquet have `infer --format csv`'s columns and cells (apps/rows.py);
 - rows stream to the output as partitions finish (never all held in memory), through the same
   ledger as `watch` (keyed by the input's path), so `--resume` skips what is already there and
   nothing is written twice, even when a worker is killed and Dask runs its task again;
@@ -14,15 +15,14 @@ Whole archives on an existing engine (Dask distributed), not a scheduler of our 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from edge_pneumo.apps.rows import write_csv, write_parquet
 from edge_pneumo.decoders.decode import IMAGE_SUFFIXES
-from edge_pneumo.device.result import FIELDS
 from edge_pneumo.errors import EdgePneumoError, InputImageError, MissingRuntimeError
 
 _WORKER_CLASSIFIERS: dict = {}
@@ -198,9 +198,9 @@ def run_batch(
         sink.close()
     # CSV and Parquet are made from the streamed JSON lines (kept, with the ledger, for --resume).
     if suffix == ".csv":
-        _jsonl_to_csv(stream, output)
+        write_csv(_rows_of(stream), output)
     elif suffix == ".parquet":
-        _jsonl_to_parquet(stream, output)
+        write_parquet(_rows_of(stream), output)
     return {
         "inputs": len(items),
         "skipped": len(items) - len(todo),
@@ -216,48 +216,3 @@ def _rows_of(path: Path) -> Iterator[dict]:
         for line in f:
             if line.strip():
                 yield json.loads(line)
-
-
-def _jsonl_to_csv(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(FIELDS), lineterminator="\n", extrasaction="ignore")
-        w.writeheader()
-        for row in _rows_of(src):
-            w.writerow(
-                {
-                    k: (json.dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else v))
-                    for k, v in row.items()
-                }
-            )
-    os.replace(tmp, dst)
-
-
-def _jsonl_to_parquet(src: Path, dst: Path, chunk: int = 5000) -> None:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise MissingRuntimeError("Parquet output needs pyarrow: pip install 'edge-pneumo[cluster]'") from None
-    numbers = ("probability", "raw_probability", "threshold", "ms")
-    schema = pa.schema([(k, pa.float64() if k in numbers else pa.string()) for k in FIELDS])
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    writer = pq.ParquetWriter(str(tmp), schema)
-
-    def flush(rows):
-        cols = {
-            k: [(json.dumps(r.get(k)) if isinstance(r.get(k), (dict, list)) else r.get(k)) for r in rows]
-            for k in FIELDS
-        }
-        writer.write_table(pa.table(cols, schema=schema))
-
-    batch: list[dict] = []
-    for row in _rows_of(src):
-        batch.append(row)
-        if len(batch) >= chunk:
-            flush(batch)
-            batch = []
-    if batch:
-        flush(batch)
-    writer.close()
-    os.replace(tmp, dst)

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from edge_pneumo.errors import EXIT_FAILED, EXIT_OK, EdgePneumoError, report
+from edge_pneumo.training.config import ONE_SE, Recipe, TeacherConfig, TrainConfig, default
 
 app = typer.Typer(
     name="edge-pneumo",
@@ -77,8 +78,6 @@ def _print_version(value: bool) -> None:
 
 def _tolerance(text: str) -> float | str:
     """--threshold-tolerance text -> 'se' or a number (`Recipe` checks the range)."""
-    from edge_pneumo.lab.metrics import ONE_SE
-
     if text.strip().lower() == ONE_SE:
         return ONE_SE
     try:
@@ -91,109 +90,110 @@ def _tolerance(text: str) -> float | str:
 @handle_errors
 def train(
     data: DataOpt,
-    out: Annotated[Path, typer.Option(help="Where to write the model and its run record.")] = Path("exported"),
+    out: Annotated[Path, typer.Option(help="Where to write the model and its run record.")] = default(TrainConfig, "out"),
     epochs: Annotated[
         int,
         typer.Option(
             help="Most epochs of the validation run (cosine decay over them); the epoch with the best validation AUC is kept. 50 is the shipped recipe (rounds 5-11: longer schedules ranked better on validation).",
             min=1,
         ),
-    ] = 50,
+    ] = default(Recipe, "max_epochs"),
     patience: Annotated[
         int,
         typer.Option(
             help="Stop the validation run after this many epochs without a better validation AUC. The shipped recipe runs the whole cosine schedule (50 = --epochs; rounds 10-11).",
             min=1,
         ),
-    ] = 50,
+    ] = default(Recipe, "patience"),
     seed: Annotated[
         int,
         typer.Option(
             help="Seed for the weights, shuffling and augmentation (and the split, unless --split-seed or --teacher says otherwise)."
         ),
-    ] = 0,
+    ] = default(TrainConfig, "seed"),
     split_seed: Annotated[
         Optional[int],
         typer.Option(
             help="Seed of the patient-wise validation split. Default: the teacher's (with --teacher), else --seed.",
             show_default=False,
         ),
-    ] = None,
+    ] = default(TrainConfig, "split_seed"),
     val_fraction: Annotated[
         float, typer.Option(help="Share of train/ patients held out for validation.", min=0.01, max=0.9)
-    ] = 0.15,
-    class_weight: Annotated[bool, typer.Option(help="Weight classes to balance the 3:1 PNEUMONIA imbalance.")] = True,
+    ] = default(TrainConfig, "val_fraction"),
+    class_weight: Annotated[
+        bool, typer.Option(help="Weight classes to balance the 3:1 PNEUMONIA imbalance.")
+    ] = default(Recipe, "class_weight"),
     augment: Annotated[
         str,
         typer.Option(
             help="'seed' (flip, zoom 0.2, shear 0.2), 'strong' (+ rotation, brightness, contrast), 'robust' (+ translation), 'photometric' (+ gamma, blur) or 'aspect' (+ horizontal-only zoom)."
         ),
-    ] = "strong",
+    ] = default(Recipe, "augment"),
     label_smoothing: Annotated[
         float, typer.Option(help="Label smoothing of the cross-entropy targets (0 = off).", min=0.0, max=0.49)
-    ] = 0.0,
+    ] = default(Recipe, "label_smoothing"),
     intensity: Annotated[
         str,
         typer.Option(
             help="Intensity normalisation in the shared preprocessing: 'clahe' (local), 'equalize' (global) or 'none'."
         ),
-    ] = "clahe",
+    ] = default(TrainConfig, "intensity"),
     refit: Annotated[
         bool,
         typer.Option(
             help="Refit on all of train/ for the chosen number of epochs. Off in the shipped recipe (rounds 8-11): the validation-run model ships, so its threshold and band are chosen on the very model that runs, and the refit's time goes to epochs."
         ),
-    ] = False,
+    ] = default(TrainConfig, "refit_full"),
     teacher: Annotated[
         Optional[Path],
         typer.Option(
             help="Soft labels from `edge-pneumo teacher` (distillation; the student stays the seed CNN).",
             show_default=False,
         ),
-    ] = None,
+    ] = default(TrainConfig, "teacher"),
     distill_alpha: Annotated[
         float,
         typer.Option(
             help="With --teacher: target = alpha x label + (1 - alpha) x teacher probability.", min=0.0, max=1.0
         ),
-    ] = 0.5,
+    ] = default(Recipe, "distill_alpha"),
     teacher_temperature: Annotated[
         float,
         typer.Option(
             help="With --teacher: soften the teacher's probabilities first, sigmoid(logit(p) / T) (1 = as they are).",
             min=0.05,
         ),
-    ] = 1.0,
+    ] = default(Recipe, "teacher_temperature"),
     threshold_tolerance: Annotated[
         str,
         typer.Option(
             help="Balanced-accuracy slack of the threshold choice (the threshold nearest 0.5 within it wins): a number, or 'se' for one standard error of the maximum (the shipped recipe, round 7)."
         ),
-    ] = "se",
+    ] = str(default(Recipe, "threshold_tolerance")),
     threshold_family: Annotated[
         str,
         typer.Option(
             help="The harder acquisition batch of validation normals the threshold and rule-in are chosen on, with validation pneumonia ('none': all of validation)."
         ),
-    ] = "NORMAL2",
+    ] = default(TrainConfig, "threshold_family") or "none",
     threshold_tiebreak: Annotated[
         str,
         typer.Option(
             help="Among thresholds equally good by --threshold-tolerance: 'half' (the one nearest 0.5) or 'shifts' (the best mean balanced accuracy over the same validation images under 11 acquisition shifts: exposure, blur, noise, JPEG, crop, border, aspect; the shipped recipe, rounds 10-11)."
         ),
-    ] = "shifts",
+    ] = default(TrainConfig, "threshold_tiebreak"),
     holdout_family: Annotated[
         str,
         typer.Option(help="Experimental: hold this batch out of the validation run's fitting entirely ('none': off)."),
-    ] = "none",
+    ] = default(TrainConfig, "holdout_family") or "none",
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them) instead of stopping.")
-    ] = False,
+    ] = default(TrainConfig, "skip_bad"),
 ) -> None:
     """Train the seed CNN: epochs and threshold chosen on a patient-wise validation split, then test."""
     from edge_pneumo.device.preprocess import Preprocessing
-    from edge_pneumo.training.fit import Recipe
-    from edge_pneumo.training.train import TrainConfig, run_training
+    from edge_pneumo.training.train import run_training
 
     try:
         recipe = Recipe(
@@ -202,8 +202,8 @@ def train(
             class_weight=class_weight,
             augment=augment,
             label_smoothing=label_smoothing,
-            distill_alpha=distill_alpha if teacher is not None else 1.0,
-            teacher_temperature=teacher_temperature if teacher is not None else 1.0,
+            distill_alpha=distill_alpha,
+            teacher_temperature=teacher_temperature,
             threshold_tolerance=_tolerance(threshold_tolerance),
         )
         Preprocessing(intensity=intensity)  # checks the name
@@ -231,38 +231,38 @@ def train(
 @handle_errors
 def teacher(
     data: DataOpt,
-    out: Annotated[Path, typer.Option(help="The soft-label file to write (JSON, with the teacher's record).")] = Path(
-        "exported/teacher_soft_labels.json"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="The soft-label file to write (JSON, with the teacher's record).")
+    ] = default(TeacherConfig, "out"),
     seeds: Annotated[
         list[int], typer.Option("--seed", help="One teacher per seed (repeatable); their probabilities are averaged.")
-    ] = [0],
+    ] = list(default(TeacherConfig, "seeds")),
     size: Annotated[
         int, typer.Option(help="The teacher's input size in pixels (the student stays at 64).", min=32)
-    ] = 128,
+    ] = default(TeacherConfig, "size"),
     width: Annotated[
         int, typer.Option(help="Channels of the teacher's first stage (ResNet-18 shape: x1, x2, x4, x8).", min=8)
-    ] = 32,
+    ] = default(TeacherConfig, "width"),
     epochs: Annotated[
         int, typer.Option(help="Most epochs per teacher; the best by selection AUC is kept.", min=1)
-    ] = 14,
+    ] = default(TeacherConfig, "recipe").max_epochs,
     holdout_family: Annotated[
         str, typer.Option(help="Acquisition batch held out of fitting for selection ('none' for plain validation).")
-    ] = "NORMAL2",
+    ] = default(TeacherConfig, "holdout_family") or "none",
     save_models: Annotated[
         bool, typer.Option("--save-models", help="Also save each teacher as .keras beside the file.")
-    ] = False,
+    ] = default(TeacherConfig, "save_models"),
     folds: Annotated[
         int,
         typer.Option(
             help="k > 1: out-of-fold soft labels (k teachers per seed, each labels the patients it did not fit).", min=1
         ),
-    ] = 1,
+    ] = default(TeacherConfig, "folds"),
 ) -> None:
     """Train a larger CNN (from scratch, no downloads) once and save its soft labels for `train --teacher`."""
     from dataclasses import replace
 
-    from edge_pneumo.training.teacher import TEACHER_RECIPE, TeacherConfig, run_teacher
+    from edge_pneumo.training.teacher import run_teacher
 
     cfg = TeacherConfig(
         data=data,
@@ -271,7 +271,7 @@ def teacher(
         size=size,
         width=width,
         holdout_family=None if holdout_family.lower() == "none" else holdout_family,
-        recipe=replace(TEACHER_RECIPE, max_epochs=epochs),
+        recipe=replace(default(TeacherConfig, "recipe"), max_epochs=epochs),
         save_models=save_models,
         folds=folds,
     )
@@ -315,7 +315,7 @@ def evaluate(
     """Accuracy, ROC AUC, sensitivity, specificity, precision, F1 and confusion matrix at the model's threshold."""
     from edge_pneumo import jsonout
     from edge_pneumo.lab.evaluate import evaluate as score
-    from edge_pneumo.lab.evaluate import format_report, load_labelled
+    from edge_pneumo.lab.evaluate import format_report, load_labelled, log_evaluation
 
     if model.suffix == ".keras":
         from edge_pneumo.training.fit import predict
@@ -337,6 +337,7 @@ def evaluate(
     report = score(predict_fn, images, thr if threshold is None else threshold)
     report["model"] = name
     report["data"] = str(data)
+    log_evaluation(report, model.parent if model.suffix == ".keras" else clf.manifest.folder)
     if json_out:
         print(jsonout.dumps(report))
     else:
@@ -488,23 +489,25 @@ def infer(
     failed (unreadable file). Exit code 0: every image classified or rejected; 1: some images
     failed (the others have results); 3: nothing could run (bad model, no images).
     """
-    from edge_pneumo.apps.infer import FORMATS, run_infer
+    from edge_pneumo.apps.infer import FORMATS, InferOptions, run_infer
 
     if fmt not in FORMATS:
         raise typer.BadParameter("choose text, json or csv", param_hint="--format")
     code = run_infer(
-        [*(paths or []), *(image or [])],
-        directory,
-        model,
-        artifact,
-        fmt,
-        output,
-        threads,
-        batch_size,
-        not no_verify,
-        guard=not no_guard,
-        heatmap=heatmap,
-        tta=tta,
+        InferOptions(
+            items=[*(paths or []), *(image or [])],
+            directory=directory,
+            model=model,
+            artifact=artifact,
+            fmt=fmt,
+            output=output,
+            threads=threads,
+            batch_size=batch_size,
+            verify=not no_verify,
+            guard=not no_guard,
+            heatmap=heatmap,
+            tta=tta,
+        )
     )
     raise typer.Exit(code)
 
@@ -892,9 +895,9 @@ def compare(
     no_figure: Annotated[bool, typer.Option("--no-figure", help="Skip the PNG figure (needs matplotlib).")] = False,
 ) -> None:
     """Compare every artifact with the float model: accuracy, AUC, agreement, size, latency, memory."""
-    from edge_pneumo.lab.compare import run_compare
+    from edge_pneumo.lab.compare import CompareOptions, run_compare
 
-    code = run_compare(data, models, out, keras_model, threads, latency_runs, not no_figure)
+    code = run_compare(CompareOptions(data, models, out, keras_model, threads, latency_runs, figure=not no_figure))
     raise typer.Exit(code)
 
 

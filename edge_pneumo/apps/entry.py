@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Option -> run_infer keyword, for `infer` options that take a value / are flags.
+# Option -> InferOptions field, for `infer` options that take a value / are flags.
 _VALUE_OPTIONS = {
     "--image": "image",
     "-i": "image",
@@ -33,9 +33,9 @@ _VALUE_OPTIONS = {
 _FLAG_OPTIONS = {"--no-verify": "no_verify", "--no-guard": "no_guard", "--tta": "tta"}
 
 
-def parse_infer_args(args: list[str]) -> dict | None:
-    """`infer` arguments -> run_infer keywords, or None when Typer should handle them."""
-    from edge_pneumo.apps.infer import FORMATS  # needed for the run anyway
+def parse_infer_args(args: list[str]):
+    """`infer` arguments -> run_infer's options, or None when Typer should handle them."""
+    from edge_pneumo.apps.infer import FORMATS, InferOptions  # needed for the run anyway
 
     positional: list[str] = []
     images: list[str] = []
@@ -69,27 +69,27 @@ def parse_infer_args(args: list[str]) -> dict | None:
             values[key] = value  # repeated: the last one wins, as in Click
     try:
         threads = int(values["threads"]) if "threads" in values else None
-        batch_size = int(values.get("batch_size", 32))
+        batch_size = int(values.get("batch_size", InferOptions.BATCH_SIZE))
     except ValueError:
         return None
-    fmt = values.get("fmt", "text")
+    fmt = values.get("fmt", InferOptions.FORMAT)
     if (threads is not None and threads < 1) or batch_size < 1 or fmt not in FORMATS:
         return None
     path = lambda key: Path(values[key]) if key in values else None
-    return {
-        "items": [*positional, *images],
-        "directory": path("directory"),
-        "model": path("model"),
-        "artifact": values.get("artifact"),
-        "fmt": fmt,
-        "output": path("output"),
-        "threads": threads,
-        "batch_size": batch_size,
-        "verify": "no_verify" not in flags,
-        "guard": "no_guard" not in flags,
-        "heatmap": path("heatmap"),
-        "tta": "tta" in flags,
-    }
+    return InferOptions(
+        items=[*positional, *images],
+        directory=path("directory"),
+        model=path("model"),
+        artifact=values.get("artifact"),
+        fmt=fmt,
+        output=path("output"),
+        threads=threads,
+        batch_size=batch_size,
+        verify="no_verify" not in flags,
+        guard="no_guard" not in flags,
+        heatmap=path("heatmap"),
+        tta="tta" in flags,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             from edge_pneumo.errors import EdgePneumoError, report
 
             try:
-                code = run_infer(**parsed)
+                code = run_infer(parsed)
             except (EdgePneumoError, KeyboardInterrupt) as e:
                 code = report(e)
             sys.exit(code)

@@ -15,24 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_pneumo.device.artifact_formats import TOLERANCES, VERIFY_BUDGET_FACTOR, float32_reference
 from edge_pneumo.device.manifest import Manifest, default_model_folder, load_manifest
 from edge_pneumo.device.probe_inputs import VERIFY_IMAGES, VERIFY_SEED, verify_inputs  # noqa: F401
 from edge_pneumo.device.runtime import open_backend
 from edge_pneumo.errors import EdgePneumoError, MissingRuntimeError
 from edge_pneumo.lab.metrics import agreement_stats
 
-# How far an artifact may drift from the outputs recorded at export, on another CPU/runtime build.
-REPRODUCE_TOLERANCE = {"float32": 1e-4, "float16": 1e-3, "dynamic_int8": 2 / 255, "int8": 2 / 255}
 GUARD_TOLERANCE = 0.05  # relative drift of the guard's feature distances from export
 
 
 def reference_artifact(manifest: Manifest) -> str | None:
-    """The float32 artifact others are compared with (ONNX first: its runtime is in the base install)."""
-    for runtime in ("onnx", "tflite"):
-        for name, e in manifest.artifacts.items():
-            if e.precision == "float32" and e.runtime == runtime:
-                return name
-    return None
+    """The name of the float32 artifact others are compared with (artifact_formats.float32_reference)."""
+    ref = float32_reference(manifest.artifacts.values())
+    return ref.name if ref else None
 
 
 def device_info() -> dict:
@@ -73,95 +69,14 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write
     manifest = load_manifest(Path(folder) if folder else default_model_folder())
     x = verify_inputs(manifest.preprocessing)
     ref_name = reference_artifact(manifest)
-    rows, outputs, features = [], {}, {}
-    guard_row = {
-        "name": "guard parameters",
-        "file": manifest.raw.get("params_file", {}).get("file", "-"),
-        "runtime": "-",
-        "precision": "-",
-        "status": "ok",
-        "notes": [],
-    }
-    arrays = None
-    try:
-        arrays = manifest.params(verify=True)
-        from edge_pneumo.device.guard import Guard
-
-        for name in manifest.artifacts:
-            Guard.from_manifest(manifest.raw["guard"], arrays, name)
-            manifest.gradcam_params(name)
-    except EdgePneumoError as e:
-        guard_row["status"], arrays = "FAILED", None
-        guard_row["notes"].append(str(e))
-    except (KeyError, TypeError, ValueError) as e:
-        guard_row["status"], arrays = "FAILED", None
-        guard_row["notes"].append(f"guard section or parameters incomplete ({type(e).__name__}: {e}); re-export")
+    guard_row, arrays = _check_guard(manifest)
+    rows, outputs = [], {}
     for name, entry in manifest.artifacts.items():
-        row = {
-            "name": name,
-            "file": entry.file,
-            "runtime": entry.runtime,
-            "precision": entry.precision,
-            "status": "ok",
-            "notes": [],
-        }
+        row, probs = _check_artifact(manifest, entry, x, runs, arrays)
         rows.append(row)
-        try:
-            manifest.verify(entry)
-            t0 = time.perf_counter()
-            backend = open_backend(entry.path(manifest.folder), threads=1)
-            row["load_ms"] = round(1000 * (time.perf_counter() - t0), 2)
-            run = backend.run(x)
-            probs = run.probability
-            outputs[name], features[name] = probs, run.features
-            times = []
-            for i in range(runs):
-                t0 = time.perf_counter()
-                backend.predict(x[i % len(x)][None])
-                times.append(time.perf_counter() - t0)
-            row["latency_ms_p50"] = round(1000 * float(np.median(times)), 3)
-        except MissingRuntimeError as e:
-            row["status"] = "skipped"
-            row["notes"].append(str(e).split(": ", 1)[-1])
-            continue
-        except EdgePneumoError as e:
-            row["status"] = "FAILED"
-            row["notes"].append(str(e))
-            continue
-        recorded = entry.raw.get("verify_outputs")
-        if recorded is not None:
-            tol = REPRODUCE_TOLERANCE.get(entry.precision, 1e-4)
-            drift = float(np.max(np.abs(probs - np.asarray(recorded, np.float32))))
-            row["max_drift_from_export"] = drift
-            if drift > tol:
-                row["status"] = "FAILED"
-                row["notes"].append(
-                    f"outputs differ from those recorded at export by {drift:.2e} (> {tol:.1e}): broken runtime build?"
-                )
-        recorded_d = entry.raw.get("verify_feature_distances")
-        if arrays is not None and recorded_d is not None and features.get(name) is not None:
-            from edge_pneumo.device.guard import feature_distance
-
-            d = feature_distance(features[name], arrays[f"{name}/feature_mean"], arrays[f"{name}/feature_whitening"])
-            gap = float(np.max(np.abs(d - np.asarray(recorded_d)) / (1.0 + np.abs(np.asarray(recorded_d)))))
-            row["guard_drift"] = gap
-            if gap > GUARD_TOLERANCE:
-                row["status"] = "FAILED"
-                row["notes"].append(
-                    f"guard feature distances differ from export by {gap:.1%} (> {GUARD_TOLERANCE:.0%})"
-                )
-    ref = outputs.get(ref_name) if ref_name else None
-    for row in rows:
-        if row["status"] != "ok" or ref is None or row["name"] == ref_name:
-            continue
-        budget = manifest.artifacts[row["name"]].raw.get("validation", {}).get("budget", {})
-        probs = outputs[row["name"]]
-        stats = agreement_stats(probs, ref, manifest.threshold)
-        dp = stats["max_abs_dp"]
-        row.update(max_abs_dp_vs_reference=dp, agreement_vs_reference=stats["agreement"])
-        if budget.get("max_abs_dp") is not None and dp > budget["max_abs_dp"] * 10:
-            row["status"] = "FAILED"
-            row["notes"].append(f"max|dp| {dp:.2e} vs {ref_name} exceeds 10x its export budget")
+        if probs is not None:
+            outputs[name] = probs
+    _compare_with_reference(manifest, rows, outputs, ref_name)
     passed = (
         all(r["status"] != "FAILED" for r in rows)
         and any(r["status"] == "ok" for r in rows)
@@ -187,6 +102,97 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write
         except OSError as e:
             report["profile_error"] = f"could not write the device profile ({e.strerror or e})"
     return report
+
+
+def _check_guard(manifest: Manifest) -> tuple[dict, dict | None]:
+    """The guard's parameters load for every artifact: (its report row, the arrays or None)."""
+    row = {
+        "name": "guard parameters",
+        "file": manifest.raw.get("params_file", {}).get("file", "-"),
+        "runtime": "-",
+        "precision": "-",
+        "status": "ok",
+        "notes": [],
+    }
+    try:
+        arrays = manifest.params(verify=True)
+        from edge_pneumo.device.guard import Guard
+
+        for name in manifest.artifacts:
+            Guard.from_manifest(manifest.raw["guard"], arrays, name)
+            manifest.gradcam_params(name)
+    except EdgePneumoError as e:
+        row["status"], arrays = "FAILED", None
+        row["notes"].append(str(e))
+    except (KeyError, TypeError, ValueError) as e:
+        row["status"], arrays = "FAILED", None
+        row["notes"].append(f"guard section or parameters incomplete ({type(e).__name__}: {e}); re-export")
+    return row, arrays
+
+
+def _check_artifact(manifest: Manifest, entry, x: np.ndarray, runs: int, arrays: dict | None):
+    """One artifact: load, run the fixed inputs, time it, compare with what export recorded.
+    Returns (its report row, its probabilities or None when it did not run)."""
+    row = {"name": entry.name, "file": entry.file, "runtime": entry.runtime, "precision": entry.precision}
+    row.update(status="ok", notes=[])
+    try:
+        manifest.verify(entry)
+        t0 = time.perf_counter()
+        backend = open_backend(entry.path(manifest.folder), threads=1)
+        row["load_ms"] = round(1000 * (time.perf_counter() - t0), 2)
+        run = backend.run(x)
+        times = []
+        for i in range(runs):
+            t0 = time.perf_counter()
+            backend.predict(x[i % len(x)][None])
+            times.append(time.perf_counter() - t0)
+        row["latency_ms_p50"] = round(1000 * float(np.median(times)), 3)
+    except MissingRuntimeError as e:
+        row["status"] = "skipped"
+        row["notes"].append(str(e).split(": ", 1)[-1])
+        return row, None
+    except EdgePneumoError as e:
+        row["status"] = "FAILED"
+        row["notes"].append(str(e))
+        return row, None
+    probs = run.probability
+    recorded = entry.raw.get("verify_outputs")
+    if recorded is not None:
+        tol = TOLERANCES[entry.precision].reproduce if entry.precision in TOLERANCES else 1e-4
+        drift = float(np.max(np.abs(probs - np.asarray(recorded, np.float32))))
+        row["max_drift_from_export"] = drift
+        if drift > tol:
+            row["status"] = "FAILED"
+            row["notes"].append(
+                f"outputs differ from those recorded at export by {drift:.2e} (> {tol:.1e}): broken runtime build?"
+            )
+    recorded_d = entry.raw.get("verify_feature_distances")
+    if arrays is not None and recorded_d is not None and run.features is not None:
+        from edge_pneumo.device.guard import feature_distance
+
+        name = entry.name
+        d = feature_distance(run.features, arrays[f"{name}/feature_mean"], arrays[f"{name}/feature_whitening"])
+        gap = float(np.max(np.abs(d - np.asarray(recorded_d)) / (1.0 + np.abs(np.asarray(recorded_d)))))
+        row["guard_drift"] = gap
+        if gap > GUARD_TOLERANCE:
+            row["status"] = "FAILED"
+            row["notes"].append(f"guard feature distances differ from export by {gap:.1%} (> {GUARD_TOLERANCE:.0%})")
+    return row, probs
+
+
+def _compare_with_reference(manifest: Manifest, rows: list[dict], outputs: dict, ref_name: str | None) -> None:
+    """Each artifact that ran against the float32 reference: within VERIFY_BUDGET_FACTOR x its export budget."""
+    ref = outputs.get(ref_name) if ref_name else None
+    for row in rows:
+        if row["status"] != "ok" or ref is None or row["name"] == ref_name:
+            continue
+        budget = manifest.artifacts[row["name"]].raw.get("validation", {}).get("budget", {})
+        stats = agreement_stats(outputs[row["name"]], ref, manifest.threshold)
+        dp = stats["max_abs_dp"]
+        row.update(max_abs_dp_vs_reference=dp, agreement_vs_reference=stats["agreement"])
+        if budget.get("max_abs_dp") is not None and dp > budget["max_abs_dp"] * VERIFY_BUDGET_FACTOR:
+            row["status"] = "FAILED"
+            row["notes"].append(f"max|dp| {dp:.2e} vs {ref_name} exceeds {VERIFY_BUDGET_FACTOR}x its export budget")
 
 
 def format_verify_report(report: dict) -> str:

@@ -18,7 +18,6 @@ from edge_pneumo.decoders.pixels import GreyImage, colourfulness, to_grey_uint8
 from edge_pneumo.decoders.stderr_capture import capture
 from edge_pneumo.errors import InputImageError
 
-JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
 MIN_SIDE = 16  # smaller than this is not an X-ray, whatever the header says
 

@@ -6,8 +6,8 @@ A chest X-ray then becomes the same kind of grey uint8 image as a JPEG: 8-bit pi
 rescale and no window are display values already and are used as they are; anything else
 goes through the modality LUT (rescale slope/intercept), VOI LUT or window and a min-max
 stretch to 0..255. MONOCHROME1 is inverted so bone is bright. An 8-bit JPEG-compressed frame
-is decoded like a JPEG file, at a reduced scale when the image is big. pydicom's warnings become this file's warnings; none reaches
-the terminal.
+is decoded like a JPEG file, at a reduced scale when the image is big. pydicom's warnings become
+this file's warnings; none reaches the terminal.
 """
 
 from __future__ import annotations

@@ -84,7 +84,8 @@ def decode_jpeg(name: str, data: bytes, min_side_hint: int | None) -> GreyImage:
                 f"{name}: JPEG cut short, {missing:.0%} of the image is missing; too little to classify"
             )
         warnings.append(
-            f"damaged JPEG (premature end of data, {missing:.0%} of rows missing); classified from what could be decoded"
+            f"damaged JPEG (premature end of data, {missing:.0%} of rows missing); classified from what could be "
+            "decoded"
         )
     colour = 0.0
     if colourspace not in ("Gray", "GRAY"):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from edge_pneumo.decoders.decode import IMAGE_SUFFIXES, JPEG_SUFFIXES, GreyImage, read_grey  # noqa: F401  (re-exported)
+from edge_pneumo.decoders.decode import read_grey
 
 _INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 _INTENSITIES = ("none", "equalize", "clahe")

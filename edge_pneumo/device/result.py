@@ -1,4 +1,5 @@
-"""One result type and one row format, for every front end (infer, serve, watch, batch).
+"""One result type and one row format, for every front end (infer, serve, watch, batch);
+apps/rows.py writes the rows as JSON lines, CSV or Parquet.
 
 A result has a `status`:
 - `classified`: a label, the calibrated probability of PNEUMONIA, and a confidence
@@ -96,12 +97,6 @@ class Result:
         if self.content_sha256:
             d["content_sha256"] = self.content_sha256
         return d
-
-    def csv_row(self) -> dict:
-        d = self.to_dict()
-        d["warnings"] = "; ".join(d["warnings"])
-        d["guard"] = "; ".join(f"{k}={v}" for k, v in self.guard.items() if not isinstance(v, dict))
-        return {k: ("" if d.get(k) is None else d[k]) for k in FIELDS}
 
     def text_line(self) -> str:
         if self.status == CLASSIFIED:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_pneumo import jsonout
+from edge_pneumo.device.artifact_formats import TOLERANCES, float32_reference
 from edge_pneumo.device.manifest import load_manifest
 from edge_pneumo.errors import (
     EXIT_OK,
@@ -27,7 +28,9 @@ from edge_pneumo.errors import (
     IntegrityError,
     ModelFileError,
 )
+from edge_pneumo.lab.dataset import find_split
 from edge_pneumo.lab.evaluate import load_labelled
+from edge_pneumo.lab.looks import is_test_split, log_look_or_warn
 from edge_pneumo.lab.metrics import agreement_stats, binary_report, effective_band, roc_curve
 
 KERAS_ROW = "keras_float32"
@@ -82,31 +85,74 @@ def _keras_available() -> bool:
     return find_spec("tensorflow") is not None and find_spec("keras") is not None
 
 
-def run_compare(
-    data: Path,
-    models: Path,
-    out: Path,
-    keras_model: Path | None,
-    threads: int,
-    latency_runs: int,
-    figure: bool,
-    log=print,
-) -> int:
+@dataclass(frozen=True)
+class CompareOptions:
+    """One `compare` run (the CLI's options)."""
+
+    data: Path  # labelled images: DIR/test or DIR/{NORMAL,PNEUMONIA}
+    models: Path  # the exported/ folder
+    out: Path  # REPORT.md, report.json, report.png
+    keras_model: Path | None = None  # the float Keras reference; default: the manifest's source model
+    threads: int = 1  # per artifact, for latency
+    latency_runs: int = 50
+    figure: bool = True
+
+
+def run_compare(opts: CompareOptions, log=print) -> int:
+    """Every artifact (and the float Keras model, with TensorFlow) on a labelled set: the rows,
+    the deployment checks and the trust sections, written to opts.out. Returns the exit code."""
     t_start = time.time()
-    manifest = load_manifest(models)
+    manifest = load_manifest(opts.models)
     threshold = manifest.threshold
-    images = load_labelled(data, manifest.preprocessing, skip_bad=True)
+    images = load_labelled(opts.data, manifest.preprocessing, skip_bad=True)
     if images.skipped:
         log(f"skipped {len(images.skipped)} unreadable image(s), e.g. {images.skipped[0]}")
+    rows, keras_path = _rows_to_run(manifest, opts)
+    tf_import_s = _run_rows(manifest, rows, keras_path, images, opts)
+    for row in rows:
+        if row.probabilities is not None:
+            row.metrics = binary_report(images.y, row.probabilities, threshold)
+    ref = _reference(rows)
+    for row in rows:
+        if row.probabilities is not None and ref is not None:
+            row.metrics.update(agreement_stats(row.probabilities, ref.probabilities, threshold))
+    report = {
+        "data": str(opts.data),
+        "images": int(len(images.y)),
+        "skipped_images": len(images.skipped),
+        "threshold": threshold,
+        "reference": ref.name if ref else None,
+        "threads": opts.threads,
+        "latency_runs": opts.latency_runs,
+        "seconds_excluding_tensorflow_import": round(time.time() - t_start - tf_import_s, 1),
+        "rows": [r.to_dict() for r in rows],
+        "checks": target_checks(rows, ref),
+    }
+    report.update(trust_sections(manifest, opts.models, images, rows, log))
+    _log_look(opts, rows)
+    _write_reports(report, manifest, rows, images.y, opts, log)
+    ok = [r for r in rows if r.status == "ok"]
+    if not ok:
+        raise EdgePneumoError("no artifact could be compared; see the rows above")
+    return EXIT_OK if len(ok) == len(rows) else EXIT_PARTIAL
 
+
+def _rows_to_run(manifest, opts: CompareOptions) -> tuple[list[Row], Path]:
+    """One row per artifact, after the float Keras model's when TensorFlow and the model are here."""
     rows: list[Row] = []
-    keras_path = keras_model or (models / manifest.raw.get("source_model", {}).get("file", "pneumonia_cnn.keras"))
-    want_keras = _keras_available() and keras_path.is_file()
-    if want_keras:
+    keras_path = opts.keras_model or (
+        opts.models / manifest.raw.get("source_model", {}).get("file", "pneumonia_cnn.keras")
+    )
+    if _keras_available() and keras_path.is_file():
         rows.append(Row(KERAS_ROW, "keras", "float32", keras_path.name, keras_path.stat().st_size / 1e6))
     for e in manifest.artifacts.values():
         rows.append(Row(e.name, e.runtime, e.precision, e.file))
+    return rows, keras_path
 
+
+def _run_rows(manifest, rows: list[Row], keras_path: Path, images, opts: CompareOptions) -> float:
+    """Each row's model in its own worker process: probabilities and timings into the row, or
+    why not (tampered, missing, no runtime, failed). Returns the seconds spent importing TensorFlow."""
     import typer
 
     tf_import_s = 0.0
@@ -117,22 +163,10 @@ def run_compare(
             rows, label="comparing", file=sys.stderr, show_pos=True, item_show_func=lambda r: r.name if r else ""
         ) as bar:
             for row in bar:
-                kind, path = ("keras", keras_path) if row.name == KERAS_ROW else ("artifact", models / row.file)
-                if kind == "artifact":
-                    entry = manifest.artifacts[row.name]
-                    try:
-                        manifest.verify(entry)
-                    except IntegrityError:
-                        row.status, row.note = "tampered", "sha256 does not match the manifest; not run"
-                        continue
-                    except ModelFileError:
-                        row.status, row.note = "missing", "file listed in the manifest is missing"
-                        continue
-                    row.size_mb = path.stat().st_size / 1e6
-                    if row.runtime == "tflite" and not _litert_available():
-                        row.status, row.note = "skipped", "needs LiteRT: pip install 'edge-pneumo[tflite]'"
-                        continue
-                result = _run_worker(kind, path, scratch / "images.npy", threads, latency_runs, scratch)
+                kind, path = ("keras", keras_path) if row.name == KERAS_ROW else ("artifact", opts.models / row.file)
+                if kind == "artifact" and not _ready_to_run(manifest, row, path):
+                    continue
+                result = _run_worker(kind, path, scratch / "images.npy", opts.threads, opts.latency_runs, scratch)
                 tf_import_s += result.get("import_s", 0.0)
                 if "error" in result:
                     row.status, row.note = "failed", result["error"]
@@ -145,60 +179,70 @@ def run_compare(
                     "latency_ms_p95": float(np.percentile(lat, 95)),
                     "peak_rss_mb": result["peak_rss_mb"],
                 }
-                row.metrics = binary_report(images.y, row.probabilities, threshold)
+    return tf_import_s
 
-    ref = _reference(rows)
-    for row in rows:
-        if row.probabilities is not None and ref is not None:
-            row.metrics.update(agreement_stats(row.probabilities, ref.probabilities, threshold))
-    report = {
-        "data": str(data),
-        "images": int(len(images.y)),
-        "skipped_images": len(images.skipped),
-        "threshold": threshold,
-        "reference": ref.name if ref else None,
-        "threads": threads,
-        "latency_runs": latency_runs,
-        "seconds_excluding_tensorflow_import": round(time.time() - t_start - tf_import_s, 1),
-        "rows": [r.to_dict() for r in rows],
-        "checks": target_checks(rows, ref),
-    }
-    report.update(trust_sections(manifest, models, images, rows, log))
+
+def _ready_to_run(manifest, row: Row, path: Path) -> bool:
+    """The artifact's file matches the manifest and its runtime is installed; else the row says why."""
+    try:
+        manifest.verify(manifest.artifacts[row.name])
+    except IntegrityError:
+        row.status, row.note = "tampered", "sha256 does not match the manifest; not run"
+        return False
+    except ModelFileError:
+        row.status, row.note = "missing", "file listed in the manifest is missing"
+        return False
+    row.size_mb = path.stat().st_size / 1e6
+    if row.runtime == "tflite" and not _litert_available():
+        row.status, row.note = "skipped", "needs LiteRT: pip install 'edge-pneumo[tflite]'"
+        return False
+    return True
+
+
+def _log_look(opts: CompareOptions, rows: list[Row]) -> None:
+    """A comparison on the test split is a look at its labels (lab.looks)."""
+    if not is_test_split(find_split(opts.data, "test")):
+        return
+    figures = {r.name: {"accuracy": r.metrics.get("accuracy"), "auc": r.metrics.get("auc")} for r in rows if r.metrics}
+    log_look_or_warn(opts.models, "compare", {"data": str(opts.data), "artifacts": figures})
+
+
+def _write_reports(report: dict, manifest, rows: list[Row], y: np.ndarray, opts: CompareOptions, log=print) -> None:
+    """report.json, REPORT.md and (with matplotlib) report.png into opts.out."""
+    out = opts.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(jsonout.dumps(report, indent=2) + "\n")
-    md = markdown_report(report, manifest, figure_name="report.png" if figure else None)
-    if figure:
+    md = markdown_report(report, manifest, figure_name="report.png" if opts.figure else None)
+    if opts.figure:
         try:
-            write_figure(rows, images.y, threshold, out / "report.png")
+            write_figure(rows, y, report["threshold"], out / "report.png")
         except ImportError:
             log("no figure: matplotlib is not installed (pip install 'edge-pneumo[train]')")
             md = markdown_report(report, manifest, figure_name=None)
     (out / "REPORT.md").write_text(md)
     log(table(report))
-    log(f"\nwrote {out / 'REPORT.md'}, {out / 'report.json'}" + (", report.png" if figure else ""))
-    ok = [r for r in rows if r.status == "ok"]
-    if not ok:
-        raise EdgePneumoError("no artifact could be compared; see the rows above")
-    return EXIT_OK if len(ok) == len(rows) else EXIT_PARTIAL
+    log(f"\nwrote {out / 'REPORT.md'}, {out / 'report.json'}" + (", report.png" if opts.figure else ""))
 
 
 def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -> dict:
     """Calibration and confidence band, the input guard and the explanation, on this labelled set."""
-    from edge_pneumo.device.classifier import Classifier
-    from edge_pneumo.device.guard import OUT_OF_POPULATION
-    from edge_pneumo.device.runtime import open_backend
-    from edge_pneumo.lab.explain_checks import (
-        deletion_test,
-        heat_location,
-        map_agreement,
-        maps_for,
-        randomised_head_agreement,
-    )
+    out: dict = {"calibration": _calibration_section(manifest, images.y, rows)}
+    tta_section = manifest.raw.get("tta")
+    if tta_section:
+        out["tta"] = _tta_rows(manifest, models, images, rows, tta_section, log)
+    ran = [r.name for r in rows if r.probabilities is not None and r.name in manifest.artifacts]
+    if not ran:
+        return out
+    out["guard"] = _guard_section(manifest, models, images, ran, log)
+    out["explanation"] = _explanation_section(manifest, models, images, ran, log)
+    return out
+
+
+def _calibration_section(manifest, y: np.ndarray, rows: list[Row]) -> dict:
+    """ECE before and after the manifest's temperature, and the band's figures, per artifact."""
     from edge_pneumo.lab.metrics import apply_temperature, band_report, expected_calibration_error
 
-    out: dict = {}
     cal = manifest.raw.get("calibration") or {}
-    y = images.y
     per_artifact = {}
     for r in rows:
         if r.probabilities is None:
@@ -215,7 +259,7 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
                 cal.get("rule_in", manifest.threshold),
             ),
         }
-    out["calibration"] = {
+    return {
         "temperature": cal.get("temperature"),
         "rule_out": cal.get("rule_out"),
         "rule_in": cal.get("rule_in"),
@@ -223,15 +267,14 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
         "selection": {k: cal.get(k) for k in ("ece_selection", "ece_selection_calibrated", "band_selection")},
         "this_set": per_artifact,
     }
-    tta_section = manifest.raw.get("tta")
-    if tta_section:
-        out["tta"] = _tta_rows(manifest, models, images, rows, tta_section, log)
-    # The guard, through the whole pipeline on the files, with the device's default artifact
-    # (or the first artifact that ran, when that one could not).
-    ran = [r.name for r in rows if r.probabilities is not None and r.name in manifest.artifacts]
-    if not ran:
-        return out
+
+
+def _guard_section(manifest, models: Path, images, ran: list[str], log=print) -> dict:
+    """The guard, through the whole pipeline on the files, with the device's default artifact
+    (or the first artifact that ran, when that one could not)."""
+    from edge_pneumo.device.classifier import Classifier
     from edge_pneumo.device.device_profile import preferred_artifact
+    from edge_pneumo.device.guard import OUT_OF_POPULATION
 
     name = preferred_artifact(manifest)
     clf = Classifier.load(models, artifact=name if name in ran else ran[0])
@@ -239,18 +282,28 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
     rejected = [{"path": r.path, "reason": r.reason} for r in results if r.status == "rejected"]
     unlike = OUT_OF_POPULATION.split("{")[0]
     warned = [r.path for r in results if r.status == "classified" and any(w.startswith(unlike) for w in r.warnings)]
-    out["guard"] = {"artifact": clf.entry.name, "images": len(results), "rejected": rejected, "warned": len(warned)}
     log(
         f"guard ({clf.entry.name}): {len(rejected)} of {len(results)} rejected, {len(warned)} classified with a warning"
     )
-    # The explanation, per int8 artifact, against the float32 reference's maps.
-    pos = np.flatnonzero(y == 1)
-    x = images.x[pos]
-    expl: dict = {}
-    ref_name = next(
-        (n for n in ran if manifest.artifacts[n].precision == "float32" and manifest.artifacts[n].runtime == "onnx"),
-        None,
+    return {"artifact": clf.entry.name, "images": len(results), "rejected": rejected, "warned": len(warned)}
+
+
+def _explanation_section(manifest, models: Path, images, ran: list[str], log=print) -> dict:
+    """Grad-CAM per artifact on the PNEUMONIA images: deletion test, location, randomised head,
+    and agreement with the float32 reference's maps."""
+    from edge_pneumo.device.runtime import open_backend
+    from edge_pneumo.lab.explain_checks import (
+        deletion_test,
+        heat_location,
+        map_agreement,
+        maps_for,
+        randomised_head_agreement,
     )
+
+    x = images.x[np.flatnonzero(images.y == 1)]
+    expl: dict = {}
+    ref_entry = float32_reference(manifest.artifacts[n] for n in ran)
+    ref_name = ref_entry.name if ref_entry else None
     maps = {}
     for name in ran:
         backend = open_backend(models / manifest.artifacts[name].file, threads=2)
@@ -269,8 +322,7 @@ def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -
     for name in ran:
         if ref_name and name != ref_name:
             expl[name]["vs_float32"] = map_agreement(maps[name], maps[ref_name])
-    out["explanation"] = {"images": int(len(x)), "reference": ref_name, "artifacts": expl}
-    return out
+    return {"images": int(len(x)), "reference": ref_name, "artifacts": expl}
 
 
 def _tta_rows(manifest, models: Path, images, rows: list[Row], section: dict, log=print) -> dict:
@@ -302,39 +354,23 @@ def _litert_available() -> bool:
 
 
 def _reference(rows: list[Row]) -> Row | None:
-    """The float Keras model when it ran, else the float32 ONNX artifact."""
-    for r in rows:
-        if r.name == KERAS_ROW and r.probabilities is not None:
-            return r
-    for r in rows:
-        if r.runtime == "onnx" and r.precision == "float32" and r.probabilities is not None:
-            return r
-    return None
+    """The float Keras model when it ran, else the float32 artifact (artifact_formats.float32_reference)."""
+    ran = [r for r in rows if r.probabilities is not None]
+    keras = [r for r in ran if r.name == KERAS_ROW]
+    return keras[0] if keras else float32_reference(ran)
 
 
 def target_checks(rows: list[Row], ref: Row | None) -> list[dict]:
-    """The deployment targets: int8 within 1 pp accuracy / 0.01 AUC / 98% agreement; float32 identical."""
+    """The deployment targets (artifact_formats.TOLERANCES: int8 within 1 pp accuracy / 0.01 AUC /
+    98% agreement; float32 identical)."""
     checks = []
     if ref is None:
         return checks
     for r in rows:
         if r.probabilities is None or r is ref:
             continue
-        m = r.metrics
-        if r.precision in ("int8", "dynamic_int8"):
-            ok = (
-                abs(m["accuracy"] - ref.metrics["accuracy"]) <= 0.01
-                and m["agreement"] >= 0.98
-                and abs(m["auc"] - ref.metrics["auc"]) <= 0.01
-            )
-            rule = "accuracy within 1 pp, AUC within 0.01, agreement >= 98%"
-        elif r.precision == "float32":
-            ok = m["agreement"] == 1.0 and m["max_abs_dp"] <= 1e-4
-            rule = "agreement 100%, max|dp| <= 1e-4"
-        else:
-            ok = m["agreement"] >= 0.99
-            rule = "agreement >= 99%"
-        checks.append({"name": r.name, "rule": rule, "passed": bool(ok)})
+        target = TOLERANCES[r.precision if r.precision in TOLERANCES else "float16"].compare
+        checks.append({"name": r.name, "rule": target.rule, "passed": bool(target.passed(r.metrics, ref.metrics))})
     return checks
 
 
@@ -441,14 +477,16 @@ def _trust_markdown(report: dict) -> list[str]:
                 f"| validation (selection) | training run | {_f(sel.get('ece_selection'), 3)} | "
                 f"{_f(sel.get('ece_selection_calibrated'), 3)} | {_f(b.get('decided_share'), 3)} | "
                 f"{_f(b.get('rule_out_sensitivity'), 4)} | {_f(b.get('rule_in_specificity'), 4)} | "
-                f"{b.get('pneumonia_among_ruled_out')} | {b.get('normal_among_ruled_in')} | {_f(b.get('accuracy_of_decided'), 4)} |"
+                f"{b.get('pneumonia_among_ruled_out')} | {b.get('normal_among_ruled_in')} | "
+                f"{_f(b.get('accuracy_of_decided'), 4)} |"
             )
         for name, m in cal["this_set"].items():
             b = m["band"]
             lines.append(
                 f"| this set ({report['images']}) | {name} | {_f(m['ece'], 3)} | {_f(m['ece_calibrated'], 3)} | "
-                f"{_f(b['decided_share'], 3)} | {_f(b['rule_out_sensitivity'], 4)} | {_f(b['rule_in_specificity'], 4)} | "
-                f"{b['pneumonia_among_ruled_out']} | {b['normal_among_ruled_in']} | {_f(b['accuracy_of_decided'], 4)} |"
+                f"{_f(b['decided_share'], 3)} | {_f(b['rule_out_sensitivity'], 4)} | "
+                f"{_f(b['rule_in_specificity'], 4)} | {b['pneumonia_among_ruled_out']} | "
+                f"{b['normal_among_ruled_in']} | {_f(b['accuracy_of_decided'], 4)} |"
             )
         lines.append("")
     t = report.get("tta")
@@ -487,7 +525,8 @@ def _trust_markdown(report: dict) -> list[str]:
             "",
             f"On the {e['images']} PNEUMONIA images of this set. Deletion: mean drop of P(PNEUMONIA) when the "
             "top 15% of the map is hidden, against the same mask moved elsewhere. Randomised head: rank "
-            "correlation with maps from random head weights, mean over 10 random heads (range of single heads; low is right). Agreement: rank correlation "
+            "correlation with maps from random head weights, mean over 10 random heads (range of single heads; low is "
+            "right). Agreement: rank correlation "
             f"with `{e['reference']}`'s maps.",
             "",
             "| artifact | deletion drop | moved drop | ratio | vs float32 (Spearman, mean / 5th pct) | "
@@ -500,7 +539,9 @@ def _trust_markdown(report: dict) -> list[str]:
             lines.append(
                 f"| {name} | {d['drop_salient']:.3f} | {d['drop_moved']:.3f} | {d['ratio']:.2f} | "
                 f"{(_f(vs['spearman_mean'], 3) + ' / ' + _f(vs['spearman_p05'], 3)) if vs else '-'} | "
-                f"{rnd['spearman_mean']:.3f} ({_f(rnd.get('spearman_draw_min'), 2)} to {_f(rnd.get('spearman_draw_max'), 2)}) | {loc['heat_in_lung_boxes']:.2f} ({loc['lung_box_share_of_area']:.2f}) | "
+                f"{rnd['spearman_mean']:.3f} ({_f(rnd.get('spearman_draw_min'), 2)} to "
+                f"{_f(rnd.get('spearman_draw_max'), 2)}) | "
+                f"{loc['heat_in_lung_boxes']:.2f} ({loc['lung_box_share_of_area']:.2f}) | "
                 f"{loc['heat_in_border']:.2f} ({loc['border_share_of_area']:.2f}) |"
             )
         lines.append("")

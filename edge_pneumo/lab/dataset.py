@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_pneumo.device.preprocess import IMAGE_SUFFIXES, Preprocessing
+from edge_pneumo.decoders.decode import IMAGE_SUFFIXES
+from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.errors import DatasetError, InputImageError
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # label 1 = PNEUMONIA, the positive class
@@ -130,8 +131,8 @@ def patient_folds(samples: Sequence[Sample], k: int, seed: int) -> list[int]:
 
 
 def image_family(filename: str) -> str:
-    """The acquisition batch a Kermany file name belongs to: normals come as `IM-*` and
-    `NORMAL2-IM-*` (two batches of the original collection); pneumonia as bacteria/virus."""
+    """The file family a Kermany file name belongs to: normals come as `IM-*` and `NORMAL2-IM-*`
+    (two batches of the original collection, in train/ and test/ alike); pneumonia as bacteria/virus."""
     name = Path(filename).name
     if name.startswith("NORMAL2-"):
         return "NORMAL2"
@@ -146,8 +147,9 @@ def selection_split(
     """(fit, selection): the patient-wise validation split, plus every image of one acquisition
     batch held out of fitting.
 
-    Validation normals are easier than test normals (another batch), so a threshold chosen on
-    plain validation over-calls PNEUMONIA on test. Holding out a whole batch of normals imitates
+    Validation normals are easier than test normals (test/'s are other, lower-numbered patients
+    of the same two families; see training/shifts.py), so a threshold chosen on plain validation
+    over-calls PNEUMONIA on test. Holding out a whole batch of normals imitates
     an unseen batch inside train/: epochs, thresholds and calibration chosen on `selection`
     have seen a shift like the one they will meet. `holdout_family=None` gives the plain split.
     """

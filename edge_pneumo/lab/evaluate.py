@@ -9,6 +9,7 @@ import numpy as np
 
 from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.lab.dataset import LoadedImages, discover, find_split, load_images
+from edge_pneumo.lab.looks import is_test_split, log_look_or_warn
 from edge_pneumo.lab.metrics import binary_report
 
 
@@ -33,6 +34,13 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], images: LoadedImages, 
     report = binary_report(images.y, probabilities, threshold)
     report["skipped"] = len(images.skipped)
     return report
+
+
+def log_evaluation(report: dict, model_folder: Path) -> None:
+    """An evaluation on the test split is a look at its labels (lab.looks): logged beside the model."""
+    if is_test_split(find_split(report["data"], "test")):
+        figures = {k: report[k] for k in ("model", "data", "threshold", "accuracy", "auc")}
+        log_look_or_warn(model_folder, "evaluate", figures)
 
 
 def format_report(r: dict, title: str) -> str:

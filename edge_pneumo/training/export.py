@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_pneumo import __version__
-from edge_pneumo.device.artifact_formats import DEFAULT_ARTIFACT, ExportFormat
+from edge_pneumo.device.artifact_formats import DEFAULT_ARTIFACT, ExportFormat, float32_reference
 from edge_pneumo.device.guard import feature_distance
 from edge_pneumo.device.manifest import SCHEMA_VERSION, sha256_of, write_manifest, write_params
 from edge_pneumo.device.probe_inputs import verify_inputs
@@ -346,9 +346,8 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
             else:
                 if not float_onnx.exists():
                     _export_onnx_float(km, float_onnx)
-                src = (
-                    scratch / "pneumonia_float32.onnx" if (scratch / "pneumonia_float32.onnx").exists() else float_onnx
-                )
+                ref = float32_reference(f for f in cfg.formats if f.runtime == "onnx")
+                src = scratch / ref.file if ref and (scratch / ref.file).exists() else float_onnx
                 _export_onnx_quantized(fmt, src, calib, path, scratch)
             backend = open_backend(path, threads=2)
             v = validate_outputs(reference, backend.predict(check.x), check.y, km.threshold, fmt, cfg.budget_scale)

@@ -1,53 +1,15 @@
-"""Fitting the seed CNN: recipe, tf.data pipeline, early stopping, full-train refit."""
+"""Fitting the seed CNN (its recipe: config.Recipe): tf.data pipeline, early stopping, full-train refit."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from edge_pneumo.lab.metrics import ONE_SE, apply_temperature, best_threshold, binary_report
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything that decides how the model is trained; recorded in the run record."""
-
-    max_epochs: int = 10
-    patience: int = 6
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    lr_schedule: str = "cosine"  # "constant" or "cosine" decay over max_epochs
-    class_weight: bool = True  # weight NORMAL ~3x to balance the 3:1 imbalance
-    augment: str = "strong"  # "seed", "strong", "robust", "photometric" or "aspect" (see model.build_augmenter)
-    label_smoothing: float = 0.0  # targets 0/1 -> eps/2, 1-eps/2: less extreme probabilities
-    average_last: int = 0  # average the weights of the best epoch and the N-1 before it (0 or 1: off)
-    threshold_tolerance: float | str = 0.01  # balanced-accuracy slack when picking the threshold, or "se" (see metrics)
-    distill_alpha: float = 1.0  # target = alpha * label + (1 - alpha) * teacher probability (1 = no teacher)
-    teacher_temperature: float = 1.0  # the teacher's probability softened first: sigmoid(logit(p) / T)
-
-    def __post_init__(self) -> None:
-        if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError("max_epochs, patience, batch_size and learning_rate must be positive")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError("lr_schedule must be 'constant' or 'cosine'")
-        if self.augment not in ("seed", "strong", "robust", "photometric", "aspect"):
-            raise ValueError("augment must be 'seed', 'strong', 'robust', 'photometric' or 'aspect'")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError("label_smoothing must be in [0, 0.5)")
-        if not 0.0 <= self.distill_alpha <= 1.0:
-            raise ValueError("distill_alpha must be in [0, 1]")
-        if self.teacher_temperature <= 0:
-            raise ValueError("teacher_temperature must be positive")
-        if self.threshold_tolerance != ONE_SE and (
-            isinstance(self.threshold_tolerance, str) or self.threshold_tolerance < 0
-        ):
-            raise ValueError(f"threshold_tolerance must be a number >= 0 or {ONE_SE!r} (one standard error)")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from edge_pneumo.lab.metrics import apply_temperature, best_threshold, binary_report
+from edge_pneumo.training.config import Recipe
 
 
 def set_determinism(seed: int) -> None:

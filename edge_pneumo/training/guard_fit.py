@@ -91,7 +91,8 @@ def fit_pixel_guard(all_train: PixelStats, fit_part: np.ndarray) -> tuple[dict, 
             "aspect": list(ASPECT_RANGE),
             "rule": (
                 f"colour: 2 x the training maximum + {COLOUR_FLOOR}; contrast: {MARGINS['contrast']} x the training "
-                f"minimum; texture: {MARGINS['texture']} x the training maximum and {MARGINS['smoothness']} x the minimum (all {len(all_train.colour)} train/ "
+                f"minimum; texture: {MARGINS['texture']} x the training maximum and {MARGINS['smoothness']} x the "
+                f"minimum (all {len(all_train.colour)} train/ "
                 "images); aspect: set by hand, the dataset's copies are all square"
             ),
             "train_range": {
@@ -122,6 +123,9 @@ def fit_feature_guard(features: np.ndarray, fit_part: np.ndarray) -> tuple[dict,
     d = feature_distance(f_held, mean.astype(np.float32), whitening.astype(np.float32))
     limits = {
         **_threshold(d),
-        "rule": f"Mahalanobis distance (shrinkage {FEATURE_SHRINKAGE}) from {len(f_fit)} fit images; {_LIMIT_RULE} {len(d)} held-out images",
+        "rule": (
+            f"Mahalanobis distance (shrinkage {FEATURE_SHRINKAGE}) from {len(f_fit)} fit images; {_LIMIT_RULE} "
+            f"{len(d)} held-out images"
+        ),
     }
     return limits, {"feature_mean": mean.astype(np.float32), "feature_whitening": whitening.astype(np.float32)}

@@ -70,7 +70,8 @@ def load_keras(path: str | os.PathLike) -> KerasModel:
     shape = tuple(model.input_shape[1:])
     if shape != pre.input_shape or model.output_shape[-1] != 1:
         raise ModelFileError(
-            f"{path}: input {shape} / output {model.output_shape} do not fit the record's contract {pre.input_shape} -> 1"
+            f"{path}: input {shape} / output {model.output_shape} do not fit the record's contract {pre.input_shape} "
+            "-> 1"
         )
     return KerasModel(model, path, record, pre, threshold)
 

@@ -1,8 +1,11 @@
 """Acquisition shifts applied to raw images: a proxy for an unseen scanner batch, built from train/ only.
 
-The patient-wise validation split comes from the same source as train/, so every candidate
-scores ~0.99 AUC on it and it cannot tell recipes or thresholds apart, while the test split
-comes from another acquisition batch. These shifts mimic what differs between acquisitions
+The patient-wise validation split comes from the same patients' population as train/, so every
+candidate scores ~0.99 AUC on it and it cannot tell recipes or thresholds apart, while test/ is
+harder. Not because it is another batch by name: its normals are the same two file families as
+train/'s (`IM-*` 69, `NORMAL2-IM-*` 165), but other patients, the lowest-numbered of each
+(IM patient ids 1-111 vs 115-766 in train/, NORMAL2 7-381 vs 383-1423), so possibly acquired
+at another time. These shifts mimic what differs between acquisitions
 (exposure curve, sharpness, noise, compression, field of view, aspect ratio). They are applied
 to the raw image *before* the shared preprocessing, so the model's own intensity normalisation
 sees them. Used to break threshold ties by robustness (`train --threshold-tiebreak shifts`)

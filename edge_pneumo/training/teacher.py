@@ -39,26 +39,10 @@ from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.errors import DatasetError
 from edge_pneumo.lab.dataset import Sample, discover, find_split, load_images, patient_folds, selection_split
 from edge_pneumo.lab.metrics import binary_report
-from edge_pneumo.training.fit import Recipe, fit, predict
+from edge_pneumo.training.config import TeacherConfig
+from edge_pneumo.training.fit import fit, predict
 
 SOFT_LABELS_SCHEMA = 1
-TEACHER_RECIPE = Recipe(max_epochs=14, patience=5, augment="strong")
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    data: Path
-    out: Path  # the soft-label file (JSON)
-    seeds: tuple[int, ...] = (0,)
-    size: int = 128
-    width: int = 32
-    intensity: str = "clahe"
-    split_seed: int = 0
-    val_fraction: float = 0.15
-    holdout_family: str | None = "NORMAL2"
-    recipe: Recipe = TEACHER_RECIPE
-    save_models: bool = False
-    folds: int = 1  # k > 1: out-of-fold soft labels on the fit part (k teachers per seed)
 
 
 def sample_key(s: Sample, split_dir: Path) -> str:
@@ -81,7 +65,8 @@ def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
     fit_s, sel_s = selection_split(samples, cfg.val_fraction, cfg.split_seed, cfg.holdout_family)
     pre = Preprocessing(size=cfg.size, intensity=cfg.intensity)
     log(
-        f"teacher: {len(fit_s)} fit / {len(sel_s)} selection images at {cfg.size} px (held-out family: {cfg.holdout_family})"
+        f"teacher: {len(fit_s)} fit / {len(sel_s)} selection images at {cfg.size} px (held-out family: "
+        f"{cfg.holdout_family})"
     )
     full = load_images(samples, pre)
     sel_set = set(sel_s)
@@ -146,7 +131,10 @@ def run_teacher(cfg: TeacherConfig, log: Callable[[str], None] = print) -> dict:
     record = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["edge-pneumo", *sys.argv[1:]]) if sys.argv else "",
-        "model": f"ResNet-18-shaped CNN, width {cfg.width}, {cfg.size} px (edge_pneumo.training.model.build_teacher_model)",
+        "model": (
+            f"ResNet-18-shaped CNN, width {cfg.width}, {cfg.size} px "
+            "(edge_pneumo.training.model.build_teacher_model)"
+        ),
         "seeds": list(cfg.seeds),
         "preprocessing": pre.to_dict(),
         "recipe": cfg.recipe.to_dict(),
@@ -275,6 +263,7 @@ def merge_soft_labels(paths: list[Path], data: Path, out: Path, log: Callable[[s
     save_soft_labels(out, record, labels)
     member_aucs = ", ".join(f"{(m.record.get('selection') or {}).get('auc', float('nan')):.4f}" for m in members)
     log(
-        f"merged {len(members)} teachers: selection AUC {record['selection']['auc']:.4f} (members: {member_aucs}); wrote {out}"
+        f"merged {len(members)} teachers: selection AUC {record['selection']['auc']:.4f} (members: {member_aucs}); "
+        f"wrote {out}"
     )
     return record

@@ -3,11 +3,10 @@ refit on the whole train split, evaluate on test, save the model and its run rec
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from edge_pneumo import jsonout
 from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.errors import DatasetError
 from edge_pneumo.lab.dataset import CLASS_NAMES, discover, find_split, image_family, load_images, selection_split
+from edge_pneumo.lab.looks import append_look
 from edge_pneumo.lab.metrics import (
-    ONE_SE,
     apply_temperature,
     band_report,
     band_thresholds,
@@ -28,44 +27,97 @@ from edge_pneumo.lab.metrics import (
     fit_temperature,
     youden,
 )
-from edge_pneumo.training.fit import Recipe, fit, predict
+from edge_pneumo.training.config import ONE_SE, TrainConfig
+from edge_pneumo.training.fit import fit, predict
 from edge_pneumo.training.keras_io import MODEL_NAME, record_path, save_model, versions
 
-TEST_LOG = "test_evaluations.jsonl"
-TIEBREAKS = ("half", "shifts")  # among equally good thresholds: the one nearest 0.5, or the most shift-robust
+
+@dataclass
+class _Split:
+    """The training images, loaded, and which of them the operating point is chosen on."""
+
+    preprocessing: Preprocessing
+    split_dir: Path
+    split_seed: int
+    train_s: list
+    val_s: list
+    full: object  # dataset.LoadedImages: x, y, samples, skipped
+    in_val: np.ndarray  # per image of `full`: in the selection part
+    shift_family: str | None
+    has_family: bool
+    shift_set: np.ndarray  # per selection image: on the images the threshold is chosen on
+    plain_val: np.ndarray  # per selection image: in plain validation (not the held-out batch)
+    soft: object | None  # teacher.SoftLabels
+    teacher_p: np.ndarray | None  # the teacher's probability per image of `full`
+
+    @property
+    def x_tr(self):
+        return self.full.x[~self.in_val]
+
+    @property
+    def y_tr(self):
+        return self.full.y[~self.in_val]
+
+    @property
+    def x_va(self):
+        return self.full.x[self.in_val]
+
+    @property
+    def y_va(self):
+        return self.full.y[self.in_val]
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    data: Path
-    out: Path
-    seed: int = 0
-    split_seed: int | None = (
-        None  # the patient split's seed; None: the teacher's split seed with --teacher, else `seed`
-    )
-    val_fraction: float = 0.15
-    refit_full: bool = True
-    skip_bad: bool = False
-    intensity: str = "clahe"
-    recipe: Recipe = Recipe()
-    evaluate_test: bool = True
-    holdout_family: str | None = None  # an acquisition batch held out of the validation run (see data.selection_split)
-    threshold_family: str | None = "NORMAL2"  # the harder batch of validation normals the operating point is chosen on
-    teacher: Path | None = None  # soft labels from `edge-pneumo teacher` (distillation)
-    rule_out_sensitivity: float = 0.97
-    rule_in_specificity: float = 0.95
-    threshold_tiebreak: str = "half"  # see TIEBREAKS
+@dataclass
+class _Selection:
+    """What the validation run chose: the model, its threshold, calibration and flip-TTA point."""
 
-    def __post_init__(self):
-        if self.threshold_tiebreak not in TIEBREAKS:
-            raise ValueError(
-                f"threshold tie-break must be one of {', '.join(TIEBREAKS)}, not {self.threshold_tiebreak!r}"
-            )
+    chosen: object  # fit.FitResult
+    p_va: np.ndarray
+    threshold: float
+    robustness: dict | None
+    validation: dict  # binary_report on all selection images at the threshold
+    calibration: dict
+    selection_figures: dict
+    where: str  # the images the threshold was chosen on, in words
+    tta: dict
 
 
 def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Train, evaluate and save; returns the run record (also written beside the model)."""
     started = time.time()
+    if cfg.teacher is None:
+        cfg = replace(cfg, recipe=cfg.recipe.without_teacher())
+    split = _load_split(cfg, log)
+    sel = _select(cfg, split, log)
+    final, final_history = sel.chosen, None
+    if cfg.refit_full:
+        final = fit(
+            split.full.x,
+            split.full.y,
+            cfg.recipe,
+            cfg.seed,
+            epochs=sel.chosen.best_epoch,
+            threshold=sel.threshold,
+            on_epoch=_epoch_line("full-train refit", log),
+            teacher=split.teacher_p,
+        )
+        final_history = final.history
+    record = _run_record(cfg, split, sel, final_history)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    if cfg.evaluate_test:
+        _evaluate_test(cfg, split.preprocessing, final.model, sel, record, log)
+    record["seconds"] = round(time.time() - started, 1)
+    save_model(final.model, cfg.out / MODEL_NAME)
+    rp = record_path(cfg.out / MODEL_NAME)
+    tmp = rp.with_suffix(".tmp")
+    tmp.write_text(jsonout.dumps(record, indent=2) + "\n")
+    tmp.replace(rp)
+    log(f"wrote {cfg.out / MODEL_NAME} and {rp} ({record['seconds']:.0f} s)")
+    return record
+
+
+def _load_split(cfg: TrainConfig, log: Callable[[str], None]) -> _Split:
+    """train/ split patient-wise into fit and selection parts, loaded, with the teacher's labels."""
     preprocessing = Preprocessing(intensity=cfg.intensity)
     split_dir = find_split(cfg.data, "train")
     samples = discover(split_dir)
@@ -96,9 +148,9 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     in_val = np.array([s in val_set for s in full.samples])
     if in_val.all() or not in_val.any():
         raise DatasetError("the validation split is empty or takes everything; add images or change --val-fraction")
-    x_tr, y_tr, x_va, y_va = full.x[~in_val], full.y[~in_val], full.x[in_val], full.y[in_val]
+    y_va = full.y[in_val]
     # The shift-aware operating point: PNEUMONIA from validation, NORMAL from the harder acquisition
-    # batch only (the test split's normals are mostly that batch; validation's other normals are easy).
+    # batch only (test/'s normals are mostly that batch, 165 of 234; validation's other normals are easy).
     family = np.array([image_family(s.path.name) for s in full.samples])[in_val]
     shift_family = cfg.threshold_family or cfg.holdout_family
     has_family = bool(shift_family) and bool(((family == shift_family) & (y_va == 0)).any())
@@ -109,170 +161,174 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         teacher_p = soft.for_samples(full.samples, split_dir)
         log(
             f"teacher: {cfg.teacher} ({soft.record.get('model', '')}; selection AUC "
-            f"{soft.record.get('selection', {}).get('auc', float('nan')):.4f}); targets = {cfg.recipe.distill_alpha} x label "
-            f"+ {1 - cfg.recipe.distill_alpha:.2f} x teacher"
+            f"{soft.record.get('selection', {}).get('auc', float('nan')):.4f}); "
+            f"targets = {cfg.recipe.distill_alpha} x label + {1 - cfg.recipe.distill_alpha:.2f} x teacher"
             + (f" (softened, T = {cfg.recipe.teacher_temperature})" if cfg.recipe.teacher_temperature != 1.0 else "")
         )
+    return _Split(
+        preprocessing, split_dir, split_seed, train_s, val_s, full, in_val,
+        shift_family, has_family, shift_set, plain_val, soft, teacher_p,
+    )  # fmt: skip
 
-    def epoch_line(stage):
-        def show(r):
-            extra = f"  val_auc {r['val_auc']:.4f}  val_acc@0.5 {r['val_accuracy']:.4f}" if "val_auc" in r else ""
-            log(f"[{stage}] epoch {r['epoch']:>2}  loss {r['loss']:.4f}  acc {r['accuracy']:.4f}{extra}")
 
-        return show
+def _epoch_line(stage: str, log: Callable[[str], None]) -> Callable[[dict], None]:
+    def show(r):
+        extra = f"  val_auc {r['val_auc']:.4f}  val_acc@0.5 {r['val_accuracy']:.4f}" if "val_auc" in r else ""
+        log(f"[{stage}] epoch {r['epoch']:>2}  loss {r['loss']:.4f}  acc {r['accuracy']:.4f}{extra}")
 
+    return show
+
+
+def _select(cfg: TrainConfig, split: _Split, log: Callable[[str], None]) -> _Selection:
+    """The validation run: fit on the fit part, choose epoch, threshold, calibration and TTA point."""
+    y_va, shift_set, plain_val = split.y_va, split.shift_set, split.plain_val
     chosen = fit(
-        x_tr,
-        y_tr,
+        split.x_tr,
+        split.y_tr,
         cfg.recipe,
         cfg.seed,
-        x_va,
+        split.x_va,
         y_va,
-        on_epoch=epoch_line("validation run"),
-        teacher=None if teacher_p is None else teacher_p[~in_val],
+        on_epoch=_epoch_line("validation run", log),
+        teacher=None if split.teacher_p is None else split.teacher_p[~split.in_val],
         threshold_on=shift_set,
     )
     vm = chosen.val_metrics
-    p_va = predict(chosen.model, x_va)
+    p_va = predict(chosen.model, split.x_va)
     threshold, robustness = chosen.threshold, None
     if cfg.threshold_tiebreak == "shifts":
-        on_shift = [full.samples[i] for i in np.flatnonzero(in_val)[shift_set]]
+        on_shift = [split.full.samples[i] for i in np.flatnonzero(split.in_val)[shift_set]]
         robustness = shift_robust_threshold(
-            chosen.model, on_shift, y_va[shift_set], p_va[shift_set], preprocessing, cfg.recipe.threshold_tolerance
-        )
+            chosen.model, on_shift, y_va[shift_set], p_va[shift_set], split.preprocessing,
+            cfg.recipe.threshold_tolerance,
+        )  # fmt: skip
         threshold = robustness["threshold"]
         vm = binary_report(y_va, p_va, threshold)
         log(
             f"threshold tie broken by robustness to {len(robustness['shifted_j'])} acquisition shifts: "
-            f"{threshold:.4f} (nearest 0.5: {robustness['threshold_nearest_half']:.4f}); mean shifted balanced accuracy "
-            f"{robustness['mean_shifted_balanced_accuracy']:.4f} (nearest 0.5: {robustness['mean_shifted_balanced_accuracy_half']:.4f})"
+            f"{threshold:.4f} (nearest 0.5: {robustness['threshold_nearest_half']:.4f}); "
+            f"mean shifted balanced accuracy {robustness['mean_shifted_balanced_accuracy']:.4f} "
+            f"(nearest 0.5: {robustness['mean_shifted_balanced_accuracy_half']:.4f})"
         )
     calibration = _calibration(y_va, p_va, shift_set, threshold, cfg)
+    shift_family, held_out = split.shift_family, "held out of fitting" if cfg.holdout_family else "validation patients"
     selection_figures = {
         "validation": binary_report(y_va[plain_val], p_va[plain_val], threshold),
-        "shift_set": (binary_report(y_va[shift_set], p_va[shift_set], threshold) if has_family else None),
-        "shift_set_is": f"{shift_family} normals ({'held out of fitting' if cfg.holdout_family else 'validation patients'}) + validation pneumonia",
+        "shift_set": (binary_report(y_va[shift_set], p_va[shift_set], threshold) if split.has_family else None),
+        "shift_set_is": f"{shift_family} normals ({held_out}) + validation pneumonia",
     }
     where = (
         f"{'held-out' if cfg.holdout_family else 'validation'} {shift_family} normals + validation pneumonia"
-        if has_family
+        if split.has_family
         else "validation"
     )
     log(
-        f"validation run: best epoch {chosen.best_epoch}, threshold {threshold:.4f} (max balanced accuracy on {where}); "
+        f"validation run: best epoch {chosen.best_epoch}, threshold {threshold:.4f} "
+        f"(max balanced accuracy on {where}); "
         f"selection accuracy {vm['accuracy']:.4f}, AUC {vm['auc']:.4f}; temperature {calibration['temperature']:.3f}, "
         f"band [{calibration['rule_out']:.4f}, {calibration['rule_in']:.4f})"
     )
-    tta = _tta_operating_point(y_va, predict(chosen.model, x_va, tta=True), shift_set, plain_val, cfg)
+    tta = _tta_operating_point(y_va, predict(chosen.model, split.x_va, tta=True), shift_set, plain_val, cfg)
     log(
-        f"flip TTA: threshold {tta['threshold']:.4f}, selection AUC {tta['selection_figures']['validation']['auc']:.4f}, "
+        f"flip TTA: threshold {tta['threshold']:.4f}, "
+        f"selection AUC {tta['selection_figures']['validation']['auc']:.4f}, "
         f"temperature {tta['calibration']['temperature']:.3f}"
     )
-    final, final_history = chosen, None
-    if cfg.refit_full:
-        final = fit(
-            full.x,
-            full.y,
-            cfg.recipe,
-            cfg.seed,
-            epochs=chosen.best_epoch,
-            threshold=threshold,
-            on_epoch=epoch_line("full-train refit"),
-            teacher=teacher_p,
-        )
-        final_history = final.history
+    return _Selection(chosen, p_va, threshold, robustness, vm, calibration, selection_figures, where, tta)
 
-    record: dict = {
+
+def _threshold_rule(cfg: TrainConfig, sel: _Selection) -> str:
+    tolerance = cfg.recipe.threshold_tolerance
+    return (
+        f"max balanced accuracy on {sel.where} (validation run), ties within "
+        + ("one standard error of it" if tolerance == ONE_SE else str(tolerance))
+        + " broken "
+        + (
+            "by the best mean balanced accuracy over the same images under acquisition shifts, then "
+            if sel.robustness
+            else ""
+        )
+        + "toward 0.5"
+    )
+
+
+def _run_record(cfg: TrainConfig, split: _Split, sel: _Selection, final_history: list | None) -> dict:
+    """The run record written beside the model (test figures are added by _evaluate_test)."""
+    robustness, y_va, in_val = sel.robustness, split.y_va, split.in_val
+    return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["edge-pneumo", *sys.argv[1:]]) if sys.argv else "",
         "seed": cfg.seed,
         "model_file": MODEL_NAME,
         "class_names": list(CLASS_NAMES),
-        "threshold": threshold,
-        "threshold_rule": f"max balanced accuracy on {where} (validation run), ties within "
-        + (
-            "one standard error of it"
-            if cfg.recipe.threshold_tolerance == ONE_SE
-            else str(cfg.recipe.threshold_tolerance)
-        )
-        + " broken "
-        + (
-            "by the best mean balanced accuracy over the same images under acquisition shifts, then "
-            if robustness
-            else ""
-        )
-        + "toward 0.5",
+        "threshold": sel.threshold,
+        "threshold_rule": _threshold_rule(cfg, sel),
         "threshold_robustness": None if robustness is None else {k: v for k, v in robustness.items() if k != "scores"},
-        "calibration": calibration,
-        "selection_figures": selection_figures,
+        "calibration": sel.calibration,
+        "selection_figures": sel.selection_figures,
         # The validation run's scores, so a new threshold or band rule can be checked without retraining.
         "selection_scores": {
             "label": y_va.astype(int).tolist(),
-            "shift_set": shift_set.astype(int).tolist(),
-            "probability": [round(float(v), 6) for v in p_va],
+            "shift_set": split.shift_set.astype(int).tolist(),
+            "probability": [round(float(v), 6) for v in sel.p_va],
             "shifted_shift_set": None if robustness is None else robustness["scores"],
         },
-        "tta": tta,
-        "teacher": None if cfg.teacher is None else {"file": str(cfg.teacher), "record": soft.record},
-        "preprocessing": preprocessing.to_dict(),
+        "tta": sel.tta,
+        "teacher": None if cfg.teacher is None else {"file": str(cfg.teacher), "record": split.soft.record},
+        "preprocessing": split.preprocessing.to_dict(),
         "recipe": cfg.recipe.to_dict(),
         "split": {
-            "split_seed": split_seed,
+            "split_seed": split.split_seed,
             "val_fraction": cfg.val_fraction,
             "holdout_family": cfg.holdout_family,
-            "threshold_family": shift_family if has_family else None,
+            "threshold_family": split.shift_family if split.has_family else None,
             "train_images": int((~in_val).sum()),
             "val_images": int(in_val.sum()),
-            "train_patients": len({s.patient for s in train_s}),
-            "val_patients": len({s.patient for s in val_s}),
-            "skipped_files": full.skipped,
+            "train_patients": len({s.patient for s in split.train_s}),
+            "val_patients": len({s.patient for s in split.val_s}),
+            "skipped_files": split.full.skipped,
         },
-        "best_epoch": chosen.best_epoch,
+        "best_epoch": sel.chosen.best_epoch,
         "refit_on_full_train": cfg.refit_full,
-        "history": {"validation_run": chosen.history, "full_train_refit": final_history},
-        "validation": vm,
+        "history": {"validation_run": sel.chosen.history, "full_train_refit": final_history},
+        "validation": sel.validation,
         "versions": versions(),
     }
 
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    if cfg.evaluate_test:
-        try:
-            test_dir = find_split(cfg.data, "test")
-        except DatasetError:
-            test_dir = None
-        if test_dir is not None and test_dir != Path(cfg.data) / "train":
-            test = load_images(discover(test_dir), preprocessing, skip_bad=cfg.skip_bad)
-            p_test = predict(final.model, test.x)
-            tm = binary_report(test.y, p_test, threshold)
-            tm["ece"] = expected_calibration_error(test.y, p_test)
-            tm["ece_calibrated"] = expected_calibration_error(
-                test.y, apply_temperature(p_test, calibration["temperature"])
-            )
-            tm["band"] = band_report(test.y, p_test, threshold, calibration["rule_out"], calibration["rule_in"])
-            log(
-                f"test ({tm['n']} images, threshold {tm['threshold']:.4f}): accuracy {tm['accuracy']:.4f}  "
-                f"AUC {tm['auc']:.4f}  sensitivity {tm['sensitivity']:.4f}  specificity {tm['specificity']:.4f}  "
-                f"ECE {tm['ece']:.3f} -> {tm['ece_calibrated']:.3f}  decided {tm['band']['decided_share']:.3f}"
-            )
-            p_tta = predict(final.model, test.x, tta=True)
-            tm["tta"] = binary_report(test.y, p_tta, tta["threshold"])
-            tm["tta"]["band"] = band_report(
-                test.y, p_tta, tta["threshold"], tta["calibration"]["rule_out"], tta["calibration"]["rule_in"]
-            )
-            log(
-                f"test with flip TTA (threshold {tta['threshold']:.4f}): accuracy {tm['tta']['accuracy']:.4f}  "
-                f"AUC {tm['tta']['auc']:.4f}"
-            )
-            record["test"] = tm
-            record["test_evaluations"] = _log_test_look(cfg.out, record, tm)
-    record["seconds"] = round(time.time() - started, 1)
-    save_model(final.model, cfg.out / MODEL_NAME)
-    rp = record_path(cfg.out / MODEL_NAME)
-    tmp = rp.with_suffix(".tmp")
-    tmp.write_text(jsonout.dumps(record, indent=2) + "\n")
-    tmp.replace(rp)
-    log(f"wrote {cfg.out / MODEL_NAME} and {rp} ({record['seconds']:.0f} s)")
-    return record
+
+def _evaluate_test(
+    cfg: TrainConfig, preprocessing: Preprocessing, model, sel: _Selection, record: dict, log: Callable[[str], None]
+) -> None:
+    """Score test/ at the chosen operating points (plain and flip TTA) into the record, and log the look."""
+    try:
+        test_dir = find_split(cfg.data, "test")
+    except DatasetError:
+        return
+    if test_dir == Path(cfg.data) / "train":
+        return
+    threshold, calibration, tta = sel.threshold, sel.calibration, sel.tta
+    test = load_images(discover(test_dir), preprocessing, skip_bad=cfg.skip_bad)
+    p_test = predict(model, test.x)
+    tm = binary_report(test.y, p_test, threshold)
+    tm["ece"] = expected_calibration_error(test.y, p_test)
+    tm["ece_calibrated"] = expected_calibration_error(test.y, apply_temperature(p_test, calibration["temperature"]))
+    tm["band"] = band_report(test.y, p_test, threshold, calibration["rule_out"], calibration["rule_in"])
+    log(
+        f"test ({tm['n']} images, threshold {tm['threshold']:.4f}): accuracy {tm['accuracy']:.4f}  "
+        f"AUC {tm['auc']:.4f}  sensitivity {tm['sensitivity']:.4f}  specificity {tm['specificity']:.4f}  "
+        f"ECE {tm['ece']:.3f} -> {tm['ece_calibrated']:.3f}  decided {tm['band']['decided_share']:.3f}"
+    )
+    p_tta = predict(model, test.x, tta=True)
+    tm["tta"] = binary_report(test.y, p_tta, tta["threshold"])
+    tm["tta"]["band"] = band_report(
+        test.y, p_tta, tta["threshold"], tta["calibration"]["rule_out"], tta["calibration"]["rule_in"]
+    )
+    log(
+        f"test with flip TTA (threshold {tta['threshold']:.4f}): accuracy {tm['tta']['accuracy']:.4f}  "
+        f"AUC {tm['tta']['auc']:.4f}"
+    )
+    record["test"] = tm
+    record["test_evaluations"] = _log_test_look(cfg.out, record, tm)
 
 
 def shift_robust_threshold(
@@ -368,8 +424,7 @@ def _tta_operating_point(
 
 
 def _log_test_look(out: Path, record: dict, tm: dict) -> list[dict]:
-    """Every look at the test split is logged, so the reported number says how often test was seen."""
-    path = out / TEST_LOG
+    """Every look at the test split is logged (lab.looks), so the reported number says how often test was seen."""
     entry = {
         "created": record["created"],
         "command": record["command"],
@@ -383,6 +438,4 @@ def _log_test_look(out: Path, record: dict, tm: dict) -> list[dict]:
     }
     if "tta" in tm:
         entry.update(tta_threshold=tm["tta"]["threshold"], tta_accuracy=tm["tta"]["accuracy"], tta_auc=tm["tta"]["auc"])
-    with path.open("a") as f:
-        f.write(jsonout.dumps(entry) + "\n")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return append_look(out, entry)
