@@ -130,6 +130,49 @@ def test_a_site_reference_from_its_own_images(real_data, adult_results, tmp_path
     assert _drift(adult_results, "--site", site_file).returncode == 1
 
 
+def test_a_site_file_from_calibrate_is_the_reference(real_data, tmp_path):
+    """`calibrate` on half of test/'s patients: the other half, classified with the site file, stays within its
+    population's limits; the adult films trip them; results made without the site file are refused."""
+    if "calibrate" not in subprocess.run([EXE, "--help"], text=True, capture_output=True).stdout:
+        pytest.skip("no `calibrate` command in this version")
+    paths = _images(real_data / "test")
+    random.Random(2).shuffle(paths)
+    later = []
+    for p in paths:
+        if zlib.crc32(patient_id(p.name).encode()) % 2:
+            later.append(p)
+        else:
+            (tmp_path / "site" / p.parent.name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "site" / p.parent.name / p.name).symlink_to(p)
+    site = tmp_path / "site.json"
+    cmd = [EXE, "calibrate", str(tmp_path / "site"), "--out", str(site), "--model", str(ARTIFACT), "--name", "A"]
+    subprocess.run(cmd, text=True, capture_output=True, check=True)
+
+    def infer_site(images, out):
+        cmd = [
+            EXE,
+            "infer",
+            "-",
+            "--model",
+            str(ARTIFACT),
+            "--site",
+            str(site),
+            "--format",
+            "json",
+            "--output",
+            str(out),
+        ]
+        subprocess.run(cmd, input="\n".join(map(str, images)), text=True, capture_output=True, check=True)
+        return out
+
+    r = _drift(infer_site(later, tmp_path / "later.jsonl"), "--site", site)
+    assert r.returncode == 0, r.stdout + r.stderr
+    tripped = _drift(infer_site(_images(_adult()), tmp_path / "adult.jsonl"), "--site", site)
+    assert tripped.returncode == 1 and "OUT feature_distance" in tripped.stdout
+    plain = _drift(_infer(later, tmp_path / "plain.jsonl"), "--site", site)
+    assert plain.returncode == 3 and "operating point" in plain.stderr
+
+
 def test_plot(adult_results, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "drift.png"
