@@ -23,4 +23,7 @@ def finite(obj):
 
 
 def dumps(obj, **kwargs) -> str:
-    return json.dumps(finite(obj), allow_nan=False, **kwargs)
+    try:  # nearly always finite already: one pass, no copy (a folder run writes a row per image)
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError:
+        return json.dumps(finite(obj), allow_nan=False, **kwargs)

@@ -10,6 +10,7 @@ checks that they turn the same arguments into the same call.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -93,6 +94,10 @@ def parse_infer_args(args: list[str]):
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Before numpy loads: one BLAS thread. The guard's matrices are tiny (64 x 128 @ 128 x 128), and
+    # OpenBLAS's extra threads only spin, taking the decoders' cores: 2.4 ms against 0.03 ms for one
+    # batch's feature distances on 2 cores; a folder run used 1.45x the CPU (issue 27). Same results.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["infer"]:
         parsed = parse_infer_args(args[1:])

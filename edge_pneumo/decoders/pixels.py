@@ -76,6 +76,9 @@ def stretch_to_uint8(img: np.ndarray) -> np.ndarray:
     return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
+_EXACT_U8_PIXELS = (1 << 24) // 255  # float32 sums of 0..255 values are exact up to this many
+
+
 def colourfulness(img: np.ndarray) -> float:
     """How far an image is from grey: the mean of max |channel difference| per pixel, in 0..255 units
     (a small coloured marker on a grey X-ray hardly moves it; a photograph does).
@@ -89,6 +92,12 @@ def colourfulness(img: np.ndarray) -> float:
     h, w = small.shape[:2]
     step = max(1, min(h, w) // 64)
     small = small[::step, ::step]
+    if small.dtype == np.uint8 and small.shape[0] * small.shape[1] <= _EXACT_U8_PIXELS:
+        # Integer channel differences in C (OpenCV), summed exactly: the very value the float32
+        # lines below give (their sum is exact below 2^24), without six numpy passes.
+        b, g, r = cv2.split(np.ascontiguousarray(small))
+        diff = cv2.max(cv2.max(cv2.absdiff(b, g), cv2.absdiff(g, r)), cv2.absdiff(b, r))
+        return float(np.float32(int(np.add.reduce(diff, axis=None, dtype=np.int64)) / diff.size))
     if small.dtype == np.uint8:
         small = small.astype(np.float32)
     elif small.dtype == np.uint16:

@@ -32,6 +32,7 @@ from edge_pneumo.device.runtime import RUNTIME_BY_SUFFIX, Backend, Outputs, defa
 from edge_pneumo.device.scoring import apply_temperature, effective_band
 from edge_pneumo.errors import InputImageError, InputRejected, ModelFileError
 
+PER_TASK = 4  # images per decoding task in a folder run
 GUARD_OFF_WARNING = "input guard turned off (--no-guard): nothing checked that this is a frontal chest X-ray"
 
 
@@ -215,9 +216,11 @@ class Classifier:
         A file that cannot be used gives a `failed` result; the others still get theirs."""
         threads = decode_threads or default_threads()
         with _decoder_pool(threads) as pool:
-            prepared = (
-                map(self._prepare, paths) if pool is None else _bounded_map(pool, self._prepare, paths, 8 * batch_size)
-            )
+            if pool is None:
+                prepared = map(self._prepare, paths)
+            else:  # a few images per task: one thread hand-off (future, lock, wake-up) per PER_TASK images
+                tasks = _bounded_map(pool, self._prepare_all, _chunks(paths, PER_TASK), 8 * batch_size // PER_TASK)
+                prepared = (p for done in tasks for p in done)
             pending: list = []
             # Ramp up: the first model calls take 4, 8, 16... images, so the model starts while
             # the decoders fill the pipeline instead of waiting for a whole first batch.
@@ -233,6 +236,9 @@ class Classifier:
                 yield _notify(r, on_result)
 
     # -- the steps ------------------------------------------------------------------------
+
+    def _prepare_all(self, paths: list) -> list:
+        return [self._prepare(p) for p in paths]
 
     def _prepare(self, path) -> _Prepared | Result:
         hint = self.preprocessing.min_side_hint
@@ -382,6 +388,17 @@ def _decoder_pool(threads: int):
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         yield pool
+
+
+def _chunks(items: Iterable, n: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _bounded_map(pool, fn, items, window: int):

@@ -102,8 +102,27 @@ def rules_as_data() -> list[dict]:
 
 
 def contrast(small: np.ndarray) -> float:
-    """Standard deviation of the resized grey image (0 for a blank page)."""
-    return float(small.std())
+    """Standard deviation of the resized grey image (0 for a blank page). OpenCV's, in one C call:
+    the same float64 value as numpy's `small.std()` (all 5,840 dataset images), ~15x faster."""
+    return float(cv2.meanStdDev(small)[1][0, 0])
+
+
+def _mean32(f: np.ndarray) -> np.floating:
+    """numpy's `f.mean()` for a float32 array (the same operations and types), without its wrapper."""
+    total = np.add.reduce(f, axis=None)
+    return total.dtype.type(total / np.intp(f.size))
+
+
+def _mean_var32(f: np.ndarray) -> tuple[np.floating, np.floating]:
+    """numpy's `f.mean()` and `f.var()` for a float32 array: the very operations numpy's own Python
+    wrapper runs, in the same order and types (so the same bits), without its ~20-30 us of overhead."""
+    n = np.intp(f.size)
+    m = np.add.reduce(f, axis=None, keepdims=True)
+    np.true_divide(m, n, out=m, casting="unsafe")
+    x = np.subtract(f, m)
+    np.square(x, out=x)
+    total = np.add.reduce(x, axis=None)
+    return m.flat[0], total.dtype.type(total / n)
 
 
 def texture(small: np.ndarray) -> float:
@@ -112,24 +131,27 @@ def texture(small: np.ndarray) -> float:
 
     Radiographs at 64 px are smooth; noise, gravel, text and checkerboards are not."""
     f = small.astype(np.float32)
-    var = float(f.var())
+    var = float(_mean_var32(f)[1])
     if var < 1e-6:
         return 0.0
     detail = (f - cv2.blur(cv2.blur(f, (3, 3)), (3, 3)))[2:-2, 2:-2]
-    return float((detail * detail).mean() / var)
+    return float(_mean32(detail * detail) / var)
 
 
 def layout_vector(small: np.ndarray) -> np.ndarray:
     """A LAYOUT_SIZE^2 thumbnail, zero mean and unit variance (brightness and contrast removed)."""
     t = cv2.resize(small, (LAYOUT_SIZE, LAYOUT_SIZE), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
-    return (t - t.mean()) / (t.std() + 1e-3)
+    mean, var = _mean_var32(t)
+    return (t - mean) / (np.sqrt(var) + 1e-3)
 
 
 def layout_residual(v: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """RMS of what the training images' principal components cannot explain (rows of v)."""
     z = np.atleast_2d(v) - mean
     r = z - (z @ basis.T) @ basis
-    return np.sqrt((r * r).mean(axis=1))
+    sq = np.multiply(r, r, out=r)
+    ms = np.add.reduce(sq, axis=1)  # numpy's mean(axis=1), without its wrapper: the same bits
+    return np.sqrt(np.true_divide(ms, np.intp(sq.shape[1]), out=ms, casting="unsafe"))
 
 
 def feature_distance(h: np.ndarray, mean: np.ndarray, whitening: np.ndarray) -> np.ndarray:

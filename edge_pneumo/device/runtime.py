@@ -78,6 +78,8 @@ def open_backend(path: str | os.PathLike, threads: int | None = None) -> Backend
 def _quantize(batch: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
     if scale == 0:
         return batch.astype(dtype)
+    if scale == 1.0 and zero_point == 0 and batch.dtype == dtype:
+        return batch  # the shipped int8 TFLite takes raw uint8 pixels: nothing to convert
     info = np.iinfo(dtype)
     q = np.round(batch.astype(np.float32) / scale) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)
