@@ -43,11 +43,13 @@ def folder_rows(artifact: str, data_root: Path) -> dict[str, str]:
 
 def model_identity(artifact: str) -> dict:
     """What the rows depend on besides the code: the model, its artifact, and the manifest's
-    threshold, calibration, guard, preprocessing and parameter file."""
+    threshold, calibration, guard, preprocessing, parameter file and view check."""
     from edge_pneumo.device.manifest import default_model_folder, load_manifest
 
     m = load_manifest(default_model_folder())
-    decides = {k: m.raw.get(k) for k in ("threshold", "calibration", "guard", "preprocessing", "params_file")}
+    decides = {
+        k: m.raw.get(k) for k in ("threshold", "calibration", "guard", "preprocessing", "params_file", "view_check")
+    }
     return {
         "model_version": m.raw.get("model_version"),
         "sha256": m.artifacts[artifact].sha256,

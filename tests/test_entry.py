@@ -18,6 +18,7 @@ PLAIN = [
     ["--image=a.png", "--image", "-", "--no-verify"],
     ["--no-guard", "--heatmap", "maps", "x.jpeg"],
     ["--tta", "--dir", "folder"],
+    ["--max-pixels", "1000000", "x.jpeg"],
     ["--dir", "folder", "--model", "exported", "--artifact", "tflite_int8"],
     ["-d", "folder", "-m", "m.onnx", "-f", "csv", "-o", "out.csv"],
     ["--format=json", "--output=r.jsonl", "--threads", "1", "--batch-size=8", "x.jpeg"],
@@ -33,6 +34,7 @@ FOR_TYPER = [
     ["--batch-size", "-1", "x.jpeg"],
     ["--bogus", "x.jpeg"],
     ["--model"],
+    ["--max-pixels", "0", "x.jpeg"],
 ]
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edge_pneumo.apps.rows import write_csv, write_parquet
+from edge_pneumo.decoders import limits
 from edge_pneumo.decoders.decode import IMAGE_SUFFIXES
 from edge_pneumo.errors import EdgePneumoError, InputImageError, MissingRuntimeError
 
@@ -81,10 +82,19 @@ def _read(item: str) -> bytes:
 
 
 def classify_partition(
-    items: list[str], model: str | None, artifact: str | None, guard: bool = True, tta: bool = False
+    items: list[str],
+    model: str | None,
+    artifact: str | None,
+    guard: bool = True,
+    tta: bool = False,
+    max_pixels: int | None = None,
 ) -> list[dict]:
-    """One Dask task: the rows for a partition, with a Classifier cached per worker process."""
+    """One Dask task: the rows for a partition, with a Classifier cached per worker process.
+    `max_pixels`: the client's pixel budget, for workers on other machines (no shared environment)."""
+    from edge_pneumo.decoders.limits import set_max_pixels
     from edge_pneumo.device.classifier import Classifier
+
+    set_max_pixels(max_pixels)
 
     key = (model, artifact, guard, tta)
     clf = _WORKER_CLASSIFIERS.get(key)
@@ -172,6 +182,7 @@ def run_batch(
                     artifact,
                     guard,
                     tta,
+                    limits.max_pixels(),
                     pure=False,
                     retries=3,
                 )

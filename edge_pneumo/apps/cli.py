@@ -26,6 +26,16 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+MaxPixelsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--max-pixels",
+        help="Refuse, before decoding, any image whose header announces more pixels than this "
+        "(width x height x frames; a decompression bomb). Default: $EDGE_PNEUMO_MAX_PIXELS, else 60000000.",
+        min=1,
+        show_default=False,
+    ),
+]
 DataOpt = Annotated[
     Path,
     typer.Option(
@@ -403,6 +413,42 @@ def export(
     print(f"wrote {len(manifest['artifacts'])} artifacts and {out / 'manifest.json'}")
 
 
+@app.command("train-view")
+@handle_errors
+def train_view(
+    data: DataOpt = Path("../shared/data/chest_xray"),
+    non_cxr: Annotated[
+        Path, typer.Option(help="The non-chest development set (with sources.csv): the negatives.")
+    ] = Path("../shared/data/non_cxr"),
+    adult: Annotated[Path, typer.Option(help="Adult frontal chest films: positives beside Kermany train/.")] = Path(
+        "../shared/data/adult_cxr"
+    ),
+    out: Annotated[Path, typer.Option(help="The exported/ folder whose manifest gains the view check.")] = Path(
+        "exported"
+    ),
+    folds: Annotated[
+        Optional[int], typer.Option(help="Source-held-out folds for the limit (default: the recipe's).", min=2)
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per fit (default: the recipe's).", min=1)] = None,
+    seed: int = 0,
+) -> None:
+    """Fit the view check (frontal chest or not), choose its limit on source-held-out folds, export it to ONNX."""
+    from edge_pneumo.training.view_train import ViewConfig, run_view_training
+
+    given = {k: v for k, v in (("folds", folds), ("epochs", epochs)) if v is not None}
+    cfg = ViewConfig(data=data, non_cxr=non_cxr, adult=adult, out=out, seed=seed, **given)
+    section = run_view_training(cfg, log=lambda m: print(m, flush=True))
+    print("source-held-out: category, view check alone, whole guard")
+    for name, c in section["held_out"].items():
+        if c["positive"]:
+            print(f"  {name:<18} {c['n'] - c['refused']:>5}/{c['n']:<5} accepted")
+        else:
+            print(
+                f"  {name:<18} {c['refused']:>5}/{c['n']:<5} refused   {c['refused_by_guard']:>5}/{c['n']:<5} refused"
+            )
+    print(f"wrote the view check into {out / 'manifest.json'} (refuse below {section['refuse_below']})")
+
+
 @app.command("formats")
 def list_formats() -> None:
     """List the export formats and their validation budgets."""
@@ -481,6 +527,7 @@ def infer(
         ),
     ] = None,
     tta: TtaOpt = False,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Classify X-rays as NORMAL or PNEUMONIA with onnxruntime or LiteRT (no TensorFlow).
 
@@ -507,6 +554,7 @@ def infer(
             guard=not no_guard,
             heatmap=heatmap,
             tta=tta,
+            max_pixels=max_pixels,
         )
     )
     raise typer.Exit(code)
@@ -599,6 +647,7 @@ def serve(
     outbox: OutboxOpt = None,
     forward_retry_max: ForwardRetryOpt = None,
     tta: TtaOpt = False,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Serve a LAN page and JSON API (and optionally a DICOM node) for a clinic appliance.
 
@@ -607,10 +656,12 @@ def serve(
     by a radiologist. Nothing uploaded is written to disk.
     """
     from edge_pneumo.apps.serve import check_exposure, read_token, run_server
+    from edge_pneumo.decoders.limits import set_max_pixels
     from edge_pneumo.decoders.stderr_capture import protect_python_stderr
     from edge_pneumo.device.classifier import Classifier
 
     protect_python_stderr()
+    set_max_pixels(max_pixels)
     token = read_token(token_file)
     check_exposure(host, token)
     clf = Classifier.load(model, artifact=artifact, tta=tta)
@@ -675,6 +726,7 @@ def watch(
     once: Annotated[bool, typer.Option("--once", help="Classify what is there now, then exit (for cron).")] = False,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose.")] = False,
     tta: TtaOpt = False,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Classify every image in a folder, then each new one as it arrives: nothing lost, nothing twice.
 
@@ -684,10 +736,12 @@ def watch(
 
     from edge_pneumo.apps.ledger import ResultSink
     from edge_pneumo.apps.watch import Watcher
+    from edge_pneumo.decoders.limits import set_max_pixels
     from edge_pneumo.decoders.stderr_capture import protect_python_stderr
     from edge_pneumo.device.classifier import Classifier
 
     protect_python_stderr()
+    set_max_pixels(max_pixels)
     if not folder.is_dir():
         raise EdgePneumoError(f"{folder}: no such folder to watch")
     clf = Classifier.load(model, artifact=artifact, guard=not no_guard, tta=tta)
@@ -754,14 +808,17 @@ def batch(
     partition_size: Annotated[int, typer.Option(help="Inputs per Dask task.", min=1)] = 128,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Turn the input guard off, on purpose.")] = False,
     tta: TtaOpt = False,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Score a whole archive on a Dask cluster: the same rows as infer, streamed, resumable, each input once."""
     import sys
 
     from edge_pneumo.apps.batch import run_batch
+    from edge_pneumo.decoders.limits import set_max_pixels
     from edge_pneumo.decoders.stderr_capture import protect_python_stderr
 
     protect_python_stderr()
+    set_max_pixels(max_pixels)  # before the cluster starts: its local worker processes inherit it
     bar = None
     if sys.stderr.isatty():
         bar = typer.progressbar(length=1, label="classifying", file=sys.stderr)

@@ -10,6 +10,11 @@ The C-STORE answer says what happened: success for a classified image; a failure
 the reason in Error Comment for an image the guard refused (0xC001) or could not read (0xC000);
 0xA700 when the device itself failed (nothing is recorded then, so a resend is processed).
 With a forwarder, each image's SR (and overlay) goes to the archive through the outbox.
+
+Memory: pynetdicom runs each association in its own thread; one image at a time is decoded and
+classified (`_model`), and a C-STORE that waits more than `DECODE_WAIT_S` for its turn is
+answered 0xA700 (the sender retries). A deflated dataset is checked as sent, before pynetdicom
+inflates it (0.88 MB can inflate to 900 MB): the pixel budget's inflate cap (decoders/dicom.py).
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import threading
 from collections.abc import Sequence
 
 from edge_pneumo.apps.ledger import ResultSink
+from edge_pneumo.decoders import limits
 from edge_pneumo.errors import MissingRuntimeError
 
 LOG = logging.getLogger("edge_pneumo.decoders.dicom")
 STATUS_SUCCESS, STATUS_CANNOT_PROCESS, STATUS_REFUSED = 0x0000, 0xC000, 0xC001
 STATUS_OUT_OF_RESOURCES = 0xA700  # our own trouble (e.g. the disk): nothing recorded, the sender may try again
+DECODE_WAIT_S = 10.0  # a C-STORE waits this long for the one decode slot, then gets 0xA700
 # CR, DX for presentation, DX for processing, Secondary Capture (digitised film, many gateways).
 STORAGE_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.1",
@@ -57,7 +64,8 @@ def store_status(row: dict):
 
     ds = Dataset()
     ds.Status = STATUS_REFUSED if row.get("status") == "rejected" else STATUS_CANNOT_PROCESS
-    ds.ErrorComment = (row.get("reason") or row.get("status") or "refused")[:64]
+    reason = row.get("reason") or row.get("status") or "refused"
+    ds.ErrorComment = (limits.short_reason(reason) if limits.is_over_budget(reason) else reason)[:64]
     return ds
 
 
@@ -107,6 +115,9 @@ class DicomNode:
 
     def _on_store(self, event) -> int:
         try:
+            refused = _inflate_check(event)
+            if refused is not None:
+                return refused
             ds = event.dataset
             ds.file_meta = event.file_meta
             buf = io.BytesIO()
@@ -117,8 +128,13 @@ class DicomNode:
                 return store_status(before)
             data = buf.getvalue()
             heat = self.forward is not None and self.forward.heatmap
-            with self._model:
+            if not self._model.acquire(timeout=DECODE_WAIT_S):  # one decode at a time: a bounded wait
+                LOG.warning("c-store refused: the decode slot stayed busy for %.0f s", DECODE_WAIT_S)
+                return _status(STATUS_OUT_OF_RESOURCES, "busy: every decode slot is taken; send again")
+            try:
                 r = (self.clf.explain if heat else self.clf.predict_bytes)(data, name=f"dicom:{sop}")
+            finally:
+                self._model.release()
             row = r.to_dict()
             row.update(path=None, sop_instance_uid=sop, calling_ae=str(event.assoc.requestor.ae_title).strip())
             if self.forward is not None:  # queued before the row is recorded: a crash between them repeats, never loses
@@ -142,3 +158,27 @@ class DicomNode:
             status.Status = STATUS_OUT_OF_RESOURCES
             status.ErrorComment = f"internal error ({type(e).__name__}); send again"[:64]
             return status
+
+
+def _status(code: int, comment: str):
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.Status, ds.ErrorComment = code, comment[:64]
+    return ds
+
+
+def _inflate_check(event):
+    """A deflated dataset, checked as sent (before pynetdicom inflates all of it): None, or the failure status."""
+    from pydicom.uid import UID
+
+    if not UID(str(event.context.transfer_syntax)).is_deflated:
+        return None
+    from edge_pneumo.decoders.dicom import check_inflated_size
+
+    try:
+        check_inflated_size(event.encoded_dataset(include_meta=True), "c-store")
+    except limits.ImageTooLarge as e:
+        LOG.warning("c-store refused: %s", limits.short_reason(str(e)))
+        return _status(STATUS_CANNOT_PROCESS, limits.short_reason(str(e)))
+    return None

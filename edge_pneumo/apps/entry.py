@@ -30,6 +30,7 @@ _VALUE_OPTIONS = {
     "--threads": "threads",
     "--batch-size": "batch_size",
     "--heatmap": "heatmap",
+    "--max-pixels": "max_pixels",
 }
 _FLAG_OPTIONS = {"--no-verify": "no_verify", "--no-guard": "no_guard", "--tta": "tta"}
 
@@ -71,10 +72,13 @@ def parse_infer_args(args: list[str]):
     try:
         threads = int(values["threads"]) if "threads" in values else None
         batch_size = int(values.get("batch_size", InferOptions.BATCH_SIZE))
+        max_pixels = int(values["max_pixels"]) if "max_pixels" in values else None
     except ValueError:
         return None
     fmt = values.get("fmt", InferOptions.FORMAT)
     if (threads is not None and threads < 1) or batch_size < 1 or fmt not in FORMATS:
+        return None
+    if max_pixels is not None and max_pixels < 1:
         return None
     path = lambda key: Path(values[key]) if key in values else None
     return InferOptions(
@@ -90,6 +94,7 @@ def parse_infer_args(args: list[str]):
         guard="no_guard" not in flags,
         heatmap=path("heatmap"),
         tta="tta" in flags,
+        max_pixels=max_pixels,
     )
 
 

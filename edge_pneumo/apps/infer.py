@@ -63,7 +63,7 @@ class InferOptions:
 
     __slots__ = (
         "items", "directory", "model", "artifact", "fmt", "output",
-        "threads", "batch_size", "verify", "guard", "heatmap", "tta",
+        "threads", "batch_size", "verify", "guard", "heatmap", "tta", "max_pixels",
     )  # fmt: skip
     BATCH_SIZE = 32
     FORMAT = "text"
@@ -82,10 +82,12 @@ class InferOptions:
         guard: bool = True,
         heatmap: Path | None = None,
         tta: bool = False,
+        max_pixels: int | None = None,
     ):
         self.items, self.directory, self.model, self.artifact = list(items or []), directory, model, artifact
         self.fmt, self.output, self.threads, self.batch_size = fmt, output, threads, batch_size
         self.verify, self.guard, self.heatmap, self.tta = verify, guard, heatmap, tta
+        self.max_pixels = max_pixels  # the pixel budget (decoders/limits.py); None: $EDGE_PNEUMO_MAX_PIXELS or 60 MP
 
     def _values(self) -> tuple:
         return tuple(getattr(self, k) for k in self.__slots__)
@@ -98,8 +100,11 @@ class InferOptions:
 
 
 def run_infer(opts: InferOptions) -> int:
+    from edge_pneumo.decoders.limits import set_max_pixels
     from edge_pneumo.decoders.stderr_capture import protect_python_stderr
     from edge_pneumo.device.classifier import Classifier
+
+    set_max_pixels(opts.max_pixels)
 
     protect_python_stderr()  # our messages never go through fd 2, so a decoder's redirect cannot swallow them
     paths = gather_paths(opts.items, opts.directory)

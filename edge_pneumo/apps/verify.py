@@ -77,8 +77,11 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write
         if probs is not None:
             outputs[name] = probs
     _compare_with_reference(manifest, rows, outputs, ref_name)
+    from edge_pneumo.device.view_check import verify_rows
+
+    view_rows = verify_rows(manifest, x)  # the view check's files (manifest section view_check), if any
     passed = (
-        all(r["status"] != "FAILED" for r in rows)
+        all(r["status"] != "FAILED" for r in rows + view_rows)
         and any(r["status"] == "ok" for r in rows)
         and guard_row["status"] == "ok"
     )
@@ -89,7 +92,7 @@ def verify_folder(folder: str | os.PathLike | None = None, runs: int = 20, write
         "reference": ref_name,
         "inputs": len(x),
         "device": device_info(),
-        "artifacts": rows + [guard_row],
+        "artifacts": rows + [guard_row] + view_rows,
         "passed": passed,
         "fastest": fastest,
         "profile": None,

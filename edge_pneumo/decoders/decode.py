@@ -3,6 +3,8 @@
 The format is told from the bytes, not the name. JPEG: `jpeg.py` (simplejpeg, damage reported
 as data). PNG, BMP and TIFF: OpenCV with fd 2 captured (`native_output.capture`), so a libpng
 or libtiff complaint becomes this file's warning. DICOM: `dicom.py` (the `dicom` extra).
+Every path reads the size its header announces and checks it against the pixel budget
+(`limits.py`) before it decodes a pixel.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_pneumo.decoders import limits
 from edge_pneumo.decoders.jpeg import decode_jpeg, jpeg_size  # noqa: F401  (jpeg_size: re-exported)
 from edge_pneumo.decoders.pixels import GreyImage, colourfulness, to_grey_uint8
 from edge_pneumo.decoders.stderr_capture import capture
@@ -103,7 +106,35 @@ def _is_text(data: bytes) -> bool:
     return True
 
 
+def _check_png_chunks(name: str, data: bytes) -> None:
+    """Every PNG chunk must fit in the file. OpenCV 5 allocates a chunk's declared length before
+    reading it: fuzzing found a 5.9 kB PNG whose IDAT claims 4 GB (4 GB of RSS, 16-38 s). A
+    chunk that runs past the end never decodes anyway: the file was cut short (or forged)."""
+    i = 8
+    while i + 8 <= len(data):
+        length = int.from_bytes(data[i : i + 4], "big")
+        kind = data[i + 4 : i + 8]
+        if i + 12 + length > len(data):
+            raise InputImageError(
+                f"{name}: PNG cut short (or forged): its {kind.decode('latin-1')!r} chunk claims {length:,} bytes, "
+                f"only {max(len(data) - i - 12, 0):,} follow"
+            )
+        if kind == b"IEND":
+            return
+        i += 12 + length
+
+
 def _decode_other(name: str, data: bytes) -> GreyImage:
+    fmt = "png" if data[:4] == b"\x89PNG" else "bmp" if data[:2] == b"BM" else "tiff"
+    size = limits.header_size(data)
+    if size is None:
+        # Refused, not decoded under a cap: OpenCV's own cap (OPENCV_IO_MAX_IMAGE_PIXELS, 1 GP) is read
+        # once per process and is far above the budget, and a header that imagesize cannot read
+        # is one libpng/libtiff would not trust either.
+        raise InputImageError(f"{name}: corrupt image that cannot be decoded (no size in its {fmt.upper()} header)")
+    limits.check(name, fmt.upper(), *size)
+    if fmt == "png":
+        _check_png_chunks(name, data)
     with capture() as said:
         try:
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -114,7 +145,6 @@ def _decode_other(name: str, data: bytes) -> GreyImage:
             f"{name}: corrupt image that cannot be decoded" + (f" ({said.lines[0]})" if said.lines else "")
         )
     warnings = [f"decoder: {line}" for line in said.lines[:3]]
-    fmt = "png" if data[:4] == b"\x89PNG" else "bmp" if data[:2] == b"BM" else "tiff"
     try:
         grey = to_grey_uint8(img, name)
     except cv2.error as e:

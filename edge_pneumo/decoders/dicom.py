@@ -6,8 +6,12 @@ A chest X-ray then becomes the same kind of grey uint8 image as a JPEG: 8-bit pi
 rescale and no window are display values already and are used as they are; anything else
 goes through the modality LUT (rescale slope/intercept), VOI LUT or window and a min-max
 stretch to 0..255. MONOCHROME1 is inverted so bone is bright. An 8-bit JPEG-compressed frame
-is decoded like a JPEG file, at a reduced scale when the image is big. pydicom's warnings become
-this file's warnings; none reaches the terminal.
+is decoded like a JPEG file, at a reduced scale when the image is big. pydicom's warnings
+become this file's warnings; none reaches the terminal.
+
+Before any of that, the pixel budget (`limits.py`): a deflated file is inflated once under a cap
+(it could grow a thousandfold), then Rows x Columns x NumberOfFrames, and the size each
+compressed frame's own header announces (JPEG SOF, JPEG-LS, JPEG 2000 SIZ), are checked.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import io
 import logging
 import threading
 import warnings as _warnings
+import zlib
 from collections.abc import Callable
 
 import numpy as np
 
-from edge_pneumo.decoders.jpeg import decode_jpeg
+from edge_pneumo.decoders import limits
+from edge_pneumo.decoders.jpeg import check_scans, decode_jpeg, jpeg_size
 from edge_pneumo.decoders.pixels import GreyImage, stretch_to_uint8, to_grey_uint8
 from edge_pneumo.errors import InputImageError, InputRejected, MissingRuntimeError
 
@@ -121,6 +127,150 @@ def _display_ready(ds, arr) -> bool:
     )
 
 
+MAX_ELEMENTS = 20_000  # top-level data elements; a CR or DX has a few hundred
+
+
+class _TooManyElements(Exception):
+    pass
+
+
+class _ElementCount:
+    """pydicom's `stop_when` hook, used to count: a few kB of zeros parse as ~100,000 empty
+    elements per second of CPU (fuzzing found a 3.6 kB deflated file that took 5 s)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, tag, vr, length) -> bool:
+        self.n += 1
+        if self.n > MAX_ELEMENTS:
+            raise _TooManyElements
+        return False
+
+
+JPEG_LS_SYNTAXES = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+
+
+def _prefer_safe_plugin(ds) -> None:
+    """JPEG-LS through CharLS (pyjpegls, which highdicom brings) only, never pylibjpeg's libjpeg:
+    fuzzing found a 654-byte JPEG-LS DICOM on which libjpeg loops forever (CharLS refuses it in
+    1 ms, and gives libjpeg's pixels on valid files). Without pyjpegls, pydicom's default stays."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if syntax not in JPEG_LS_SYNTAXES:
+        return
+    from pydicom.pixels import get_decoder
+
+    if "pyjpegls" in get_decoder(syntax).available_plugins:
+        ds.pixel_array_options(decoding_plugin="pyjpegls")
+
+
+def _as_int(value, default: int) -> int:
+    try:
+        return int(str(value).strip() or default)
+    except (TypeError, ValueError):
+        return default
+
+
+def check_inflated_size(data: bytes, name: str) -> None:
+    """A deflated DICOM (the whole dataset zlib-compressed) can inflate a thousandfold, and pydicom
+    inflates all of it at once. So inflate its start, check the pixel budget on the header found
+    there, then inflate the rest in chunks thrown away, up to what that header's pixels need
+    (or a 16-bit film at the budget, when the start says nothing) plus 1 MB."""
+    try:
+        from pydicom.filereader import _read_file_meta_info, read_preamble
+        from pydicom.uid import UID
+
+        fp = io.BytesIO(data)
+        read_preamble(fp, False)
+        syntax = _read_file_meta_info(fp).get("TransferSyntaxUID")
+        if not syntax or not UID(str(syntax)).is_deflated:
+            return
+        start = fp.tell()
+    except Exception:  # not readable this way: dcmread reports it
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        head = inflater.decompress(data[start:], 1 << 18)
+    except zlib.error:
+        return  # damaged stream: dcmread says so
+    cap = 2 * limits.max_pixels()
+    header = _header_of(head)
+    if header is not None:
+        check_budget(header, name)
+        rows, cols = _as_int(header.get("Rows", 0), 0), _as_int(header.get("Columns", 0), 0)
+        frames = max(_as_int(header.get("NumberOfFrames", 1), 1), 1)
+        samples = max(_as_int(header.get("SamplesPerPixel", 1), 1), 1)
+        bits = max(_as_int(header.get("BitsAllocated", 16), 16), 1)
+        if rows and cols:
+            cap = min(cap, rows * cols * frames * samples * -(-bits // 8))
+    cap += 1 << 20
+    total, tail = len(head), inflater.unconsumed_tail
+    try:
+        while tail and total <= cap and not inflater.eof:
+            out = inflater.decompress(tail, 1 << 20)
+            if not out and inflater.unconsumed_tail == tail:
+                break  # no progress (trailing bytes zlib will not take): never loop on them
+            total, tail = total + len(out), inflater.unconsumed_tail
+    except zlib.error:
+        return
+    if total > cap:
+        raise limits.ImageTooLarge(
+            f"{name}: deflated DICOM inflates to more than {cap / 1e6:.0f} MB, more than its pixels need "
+            f"(pixel budget {limits.max_pixels() / 1e6:g} MP); refused before decoding (a decompression bomb?)"
+        )
+
+
+def _header_of(head: bytes):
+    """The elements before the pixel data in an inflated dataset's start (explicit VR little endian), or None."""
+    from pydicom.filereader import read_dataset
+
+    count = _ElementCount()
+    try:
+        ds = read_dataset(
+            io.BytesIO(head), False, True, stop_when=lambda tag, vr, n: count(tag, vr, n) or tag >= 0x7FE00000
+        )
+        return ds if "Rows" in ds else None
+    except Exception:  # cut in the middle of an element, or damaged: the size cap alone decides
+        return None
+
+
+def _frame_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) a compressed frame's own header announces: JPEG/JPEG-LS SOF, JPEG 2000 SIZ."""
+    if frame[:2] == b"\xff\xd8":
+        return jpeg_size(frame)
+    at = frame.find(b"\xff\x4f\xff\x51", 0, 4096)  # J2K codestream (possibly inside a JP2 box)
+    if at >= 0 and len(frame) >= at + 24:
+        x, y, x0, y0 = (int.from_bytes(frame[at + k : at + k + 4], "big") for k in (8, 12, 16, 20))
+        return max(x - x0, 0), max(y - y0, 0)
+    return None
+
+
+def check_budget(ds, name: str) -> None:
+    """Rows x Columns x NumberOfFrames, and each compressed frame's own announced size, against the budget."""
+    frames = max(_as_int(ds.get("NumberOfFrames", 1), 1), 1)
+    rows, cols = _as_int(ds.get("Rows", 0), 0), _as_int(ds.get("Columns", 0), 0)
+    limits.check(name, "DICOM", cols, rows, frames)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_transfer_syntax or not syntax.is_encapsulated or "PixelData" not in ds:
+        return
+    from pydicom.encaps import generate_frames
+
+    total = 0
+    try:
+        for frame in generate_frames(ds.PixelData, number_of_frames=frames):
+            size = _frame_size(bytes(frame[: 1 << 20]))
+            if size is not None and frame[:2] == b"\xff\xd8":
+                check_scans(name, bytes(frame), *size)
+            if size is not None:
+                total += size[0] * size[1]
+                if total > limits.max_pixels():
+                    limits.check(name, "compressed frame in the DICOM", *size, frames)
+    except InputImageError:
+        raise
+    except Exception:  # damaged encapsulation: the pixel decoder reports it
+        return
+
+
 def read_dicom(
     data: bytes, name: str, dicom_check: Callable[[dict], str | None] | None = None, min_side_hint: int | None = None
 ):
@@ -133,11 +283,17 @@ def read_dicom(
     said: list[str] = []
     _SINK.messages = said
     try:
+        check_inflated_size(data, name)
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=False)
+            ds = pydicom.filereader.read_partial(io.BytesIO(data), stop_when=_ElementCount(), force=False)
+        except _TooManyElements:
+            raise InputImageError(
+                f"{name}: DICOM with more than {MAX_ELEMENTS:,} top-level elements; refused (no X-ray has that many)"
+            ) from None
         except Exception as e:  # pydicom raises InvalidDicomError, EOFError, ... for broken files
             raise InputImageError(f"{name}: not a readable DICOM file ({type(e).__name__})") from None
         header = header_fields(ds)
+        check_budget(ds, name)
         if dicom_check is not None:
             reason = dicom_check(header)
             if reason:
@@ -150,6 +306,7 @@ def read_dicom(
                 )
             raise InputImageError(f"{name}: DICOM without pixel data (a report or structured document?)")
         arr = _jpeg_frame_fast(ds, min_side_hint)
+        _prefer_safe_plugin(ds)
         try:
             arr = ds.pixel_array if arr is None else arr
         except Exception as e:  # missing decoder plugin, corrupt or cut-short pixel data
@@ -183,5 +340,10 @@ def read_dicom(
         warnings = [f"DICOM: {m}" for m in dict.fromkeys(said)][:3]
         size = (int(ds.get("Columns", grey.shape[1])), int(ds.get("Rows", grey.shape[0])))
         return GreyImage(grey, warnings, colour, size, "dicom", header)
+    except (InputImageError, InputRejected, MissingRuntimeError):
+        raise
+    except Exception as e:  # pydicom parses elements lazily: a damaged one fails where it is first read
+        text = str(e).splitlines()[0][:120] if str(e) else ""
+        raise InputImageError(f"{name}: damaged DICOM file ({type(e).__name__}: {text})") from None
     finally:
         _SINK.messages = None

@@ -5,7 +5,7 @@ printing it, so a damaged file gets a named warning in its own result and nothin
 terminal. It gives the same pixels as OpenCV's decoder (the same libjpeg-turbo grey output,
 the same 1/2, 1/4, 1/8 scaled decoding: all 5,840 dataset images identical). A JPEG that
 simplejpeg refuses goes to OpenCV with fd 2 captured. Also used for the JPEG frame inside a
-DICOM file.
+DICOM file. Both paths check the SOF's size against the pixel budget before decoding.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 import cv2
 import numpy as np
 
+from edge_pneumo.decoders import limits
 from edge_pneumo.decoders.pixels import GreyImage, colourfulness
 from edge_pneumo.decoders.stderr_capture import capture
 from edge_pneumo.errors import InputImageError
@@ -22,26 +23,57 @@ from edge_pneumo.errors import InputImageError
 MAX_MISSING_FRACTION = 0.25  # a cut JPEG missing more than this is refused, not guessed at
 _EOI = b"\xff\xd9"
 _REDUCED = (8, 4, 2)
+SCAN_WORK = 20  # scans x pixels allowed, in pixel budgets: a 60 MP film may have 20 scans, a 1 MP one 1,200
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: markers without a length
 
 
 def jpeg_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's SOF marker, without decoding; None if not found."""
-    b = bytes(data[:65536])
+    """(width, height) from a JPEG's (or JPEG-LS's) SOF marker, without decoding; None if not found.
+
+    Walks the marker segments up to the first scan, as libjpeg does: bytes that are not a
+    marker are skipped to the next 0xFF (libjpeg's "extraneous bytes"), so any SOF libjpeg
+    would act on is found, however many APPn segments come first."""
+    b = data if isinstance(data, bytes) else bytes(data)
     i = 2
     while i + 9 < len(b):
         if b[i] != 0xFF:
-            return None
+            i = b.find(b"\xff", i)
+            if i < 0:
+                return None
+            continue
         marker = b[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
         seg_len = (b[i + 2] << 8) | b[i + 3]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:  # F7: JPEG-LS
             h = (b[i + 5] << 8) | b[i + 6]
             w = (b[i + 7] << 8) | b[i + 8]
             return w, h
         i += 2 + seg_len
     return None
+
+
+def check_scans(name: str, data: bytes, width: int, height: int) -> None:
+    """Refuse a JPEG whose scans would cost more than SCAN_WORK x the pixel budget to decode.
+
+    Each scan of a progressive JPEG is a pass over every coefficient, however few bytes it
+    holds: 2,000 repeats of a 14-byte scan made a 44 kB, 4 MP JPEG take 64 s. Real encoders
+    write 1 (baseline) to ~10 scans. Counted as FF DA pairs, which entropy-coded data never
+    contains (its FF bytes are stuffed): an upper bound, exact for any real file."""
+    scans = data.count(b"\xff\xda")
+    work = scans * width * height
+    if scans > 1 and work > SCAN_WORK * limits.max_pixels():
+        raise limits.ImageTooLarge(
+            f"{name}: JPEG with {scans} scans of {width} x {height} px ({work / 1e6:.0f} MP of decoding work), above "
+            f"{SCAN_WORK} x the pixel budget of {limits.max_pixels() / 1e6:g} MP; refused before decoding "
+            "(a scan bomb? real JPEGs have 1 to ~10 scans)"
+        )
 
 
 def reduction_factor(size: tuple[int, int] | None, min_side_hint: int | None) -> int:
@@ -62,6 +94,8 @@ def decode_jpeg(name: str, data: bytes, min_side_hint: int | None) -> GreyImage:
         h, w, colourspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return decode_jpeg_opencv(name, data, min_side_hint)
+    limits.check(name, "JPEG", w, h)
+    check_scans(name, data, w, h)
     factor = reduction_factor((w, h), min_side_hint)
     scale = dict(min_factor=factor, min_height=math.ceil(h / factor), min_width=math.ceil(w / factor))
     complete = data.rstrip(b"\x00\r\n ").endswith(_EOI)
@@ -84,8 +118,8 @@ def decode_jpeg(name: str, data: bytes, min_side_hint: int | None) -> GreyImage:
                 f"{name}: JPEG cut short, {missing:.0%} of the image is missing; too little to classify"
             )
         warnings.append(
-            f"damaged JPEG (premature end of data, {missing:.0%} of rows missing); classified from what could be "
-            "decoded"
+            f"damaged JPEG (premature end of data, {missing:.0%} of rows missing); "
+            "classified from what could be decoded"
         )
     colour = 0.0
     if colourspace not in ("Gray", "GRAY"):
@@ -115,8 +149,13 @@ def _libjpeg_message(e: Exception) -> str:
 
 def decode_jpeg_opencv(name: str, data: bytes, min_side_hint: int | None) -> GreyImage:
     """JPEGs simplejpeg refuses (garbage inside the header, exotic variants): OpenCV, with
-    libjpeg's messages captured and attached to this file."""
+    libjpeg's messages captured and attached to this file. The size comes from the SOF, checked
+    against the pixel budget; a JPEG without one is refused (libjpeg could not decode it either)."""
     size = jpeg_size(data)
+    if size is None:
+        raise InputImageError(f"{name}: corrupt JPEG that cannot be decoded (no frame header)")
+    limits.check(name, "JPEG", *size)
+    check_scans(name, data, *size)
     factor = reduction_factor(size, min_side_hint)
     flag = {
         1: cv2.IMREAD_GRAYSCALE,
@@ -135,7 +174,7 @@ def decode_jpeg_opencv(name: str, data: bytes, min_side_hint: int | None) -> Gre
             f"{name}: corrupt JPEG that cannot be decoded" + (f" ({said.lines[0]})" if said.lines else "")
         )
     warnings = [f"damaged JPEG ({line}); classified from what decoded" for line in said.lines[:3]]
-    w, h = size or (pixels.shape[1], pixels.shape[0])
+    w, h = size
     return GreyImage(pixels, warnings, 0.0, (w, h), "jpeg")
 
 

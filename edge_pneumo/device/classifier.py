@@ -103,6 +103,7 @@ class Classifier:
         gradcam=None,
         use_guard: bool = True,
         tta: bool = False,
+        view_check=None,
     ):
         self.backend = backend
         self.manifest = manifest
@@ -113,6 +114,7 @@ class Classifier:
         self.calibration = Calibration.from_manifest(manifest, tta)
         self.threshold = self.calibration.threshold
         self.guard = guard if use_guard else None
+        self.view_check = view_check if use_guard else None  # device/view_check.py: frontal chest or not
         self.gradcam = gradcam
         self.model_version = str(manifest.raw.get("model_version", ""))
         self._model_lock = threading.Lock()  # a LiteRT interpreter serves one call at a time
@@ -180,7 +182,12 @@ class Classifier:
                     f"{manifest.folder}: the manifest's guard section is unusable ({e}); re-run "
                     "`edge-pneumo export`, or pass --no-guard on purpose"
                 ) from None
-        return cls(backend, manifest, entry, guard_obj, None, use_guard=guard, tta=tta)
+        view = None
+        if guard:
+            from edge_pneumo.device.view_check import ViewCheck
+
+            view = ViewCheck.from_manifest(manifest, verify=verify, runtime=entry.runtime)
+        return cls(backend, manifest, entry, guard_obj, None, use_guard=guard, tta=tta, view_check=view)
 
     # -- one image ------------------------------------------------------------------------
 
@@ -301,6 +308,7 @@ class Classifier:
                     None if out.features is None else out.features[:n],
                     None if out.conv is None else out.conv[:n],
                 )
+            views = self.view_check.check(batch) if self.view_check is not None else [(None, None)] * len(ready)
             share = (time.perf_counter() - t0) / len(ready)
             verdicts = (
                 self.guard.check_features(out.features)
@@ -312,6 +320,14 @@ class Classifier:
                 if not math.isnan(dist):
                     guard["features"] = round(dist, 3)
                 ms = 1000 * (p.seconds + share)
+                view_score, view_reason = views[i]
+                if view_score is not None:
+                    guard["view"] = round(view_score, 2)
+                if view_reason:
+                    results[id(p)] = self._rejected(
+                        p.path, view_reason, "view", guard, ms / 1000, p.warnings, p.content_sha256
+                    )
+                    continue
                 if reason:
                     results[id(p)] = self._rejected(
                         p.path, reason, "features", guard, ms / 1000, p.warnings, p.content_sha256

@@ -227,6 +227,9 @@ def _write_reports(report: dict, manifest, rows: list[Row], y: np.ndarray, opts:
 def trust_sections(manifest, models: Path, images, rows: list[Row], log=print) -> dict:
     """Calibration and confidence band, the input guard and the explanation, on this labelled set."""
     out: dict = {"calibration": _calibration_section(manifest, images.y, rows)}
+    view = manifest.raw.get("view_check")
+    if view and "held_out" in view:  # the view check's source-held-out results, as train-view recorded them
+        out["view_check"] = {k: view[k] for k in ("refuse_below", "rule", "held_out")}
     tta_section = manifest.raw.get("tta")
     if tta_section:
         out["tta"] = _tta_rows(manifest, models, images, rows, tta_section, log)
@@ -407,6 +410,27 @@ def table(report: dict) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells)
 
 
+def view_check_lines(section: dict | None) -> list[str]:
+    """The view check's source-held-out results, from the manifest (`edge-pneumo train-view` wrote them)."""
+    if not section or "held_out" not in section:
+        return []
+    lines = [
+        "## View check (frontal chest or not), source-held-out",
+        "",
+        f"Each image scored by a model fitted without its fold (folds by dev-set repository, Kermany patient, "
+        f"adult film); refused below {section['refuse_below']} ({section['rule']}).",
+        "",
+        "| category | images | view check alone | whole guard |",
+        "|---|---:|---|---|",
+    ]
+    for name, c in section["held_out"].items():
+        if c["positive"]:
+            lines.append(f"| {name} (frontal chest) | {c['n']} | {c['n'] - c['refused']} accepted | |")
+        else:
+            lines.append(f"| {name} | {c['n']} | {c['refused']} refused | {c['refused_by_guard']} refused |")
+    return [*lines, ""]
+
+
 def markdown_report(report: dict, manifest, figure_name: str | None) -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
@@ -518,6 +542,7 @@ def _trust_markdown(report: dict) -> list[str]:
         ]
         lines += [f"- `{r['path']}`: {r['reason']}" for r in g["rejected"][:20]]
         lines.append("")
+    lines += view_check_lines(report.get("view_check"))
     e = report.get("explanation")
     if e and e.get("artifacts"):
         lines += [

@@ -436,6 +436,7 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
         for e in entries:
             os.replace(scratch / e["file"], cfg.out / e["file"])
         os.replace(params_path, cfg.out / PARAMS_FILE)
+        _keep_view_check(cfg.out, manifest)
         write_manifest(cfg.out, manifest)
         return manifest
     finally:
@@ -555,6 +556,19 @@ def _artifact_entry(fmt: ExportFormat, path: Path, backend, v: ArtifactValidatio
         "verify_outputs": [round(float(p), 7) for p in backend.predict(verify_inputs(pre))],
         **_quantization_note(fmt),
     }
+
+
+def _keep_view_check(out: Path, manifest: dict) -> None:
+    """The view check does not depend on the pneumonia model's weights: a re-export keeps the
+    folder's section (`edge-pneumo train-view`) when its files are still there."""
+    from edge_pneumo.device.view_check import SECTION
+
+    try:
+        old = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get(SECTION)
+    except (OSError, ValueError):
+        return
+    if old and all((out / e["file"]).is_file() for e in old.get("artifacts", [])):
+        manifest[SECTION] = old
 
 
 def remake_artifacts(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:

@@ -514,7 +514,8 @@ compare() {
   local summary=${SUMMARY:-$CACHE/last-run.json}
   local results_dir=${summary%.json}-results
   mkdir -p "$results_dir"
-  "$HOST_PY" - "$SCRATCH" "$summary" "$results_dir" "$N_IMAGES" "$QEMU_CPU" "$(date +%s.%N)" "$T_START" <<'EOF'
+  "$HOST_PY" - "$SCRATCH" "$summary" "$results_dir" "$N_IMAGES" "$QEMU_CPU" "$(date +%s.%N)" "$T_START" \
+    "$REPO/exported/manifest.json" <<'EOF'
 import json, os, shutil, sys
 from pathlib import Path
 
@@ -522,6 +523,8 @@ scratch, summary, results_dir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.a
 n_expected, qemu_cpu = int(sys.argv[4]), sys.argv[5]
 elapsed = float(sys.argv[6]) - float(sys.argv[7])
 TOL = {"float32": 1e-4, "int8": 1 / 255}
+VIEW_CHECK = "view_check" in json.loads(Path(sys.argv[8]).read_text())  # the guard's view check runs in every row
+VIEW_TOL = 0.1  # its logit (int8 ONNX), Pi against host
 
 def load(path):
     if not path.exists():
@@ -566,6 +569,13 @@ for line in (scratch / "artifacts.tsv").read_text().splitlines():
             problems.append(f"record counts: arm64 {len(pi)}, host {len(host)}, matched {len(common)}, expected {n_expected}")
         if row["label_mismatches"]: problems.append(f"{len(row['label_mismatches'])} label mismatches")
         if dps and max(dps) > tol: problems.append(f"max |dp| {max(dps):.3g} > {tol:.3g}")
+        dv = [abs(float(pi_by[k]["guard"]["view"]) - float(host_by[k]["guard"]["view"])) for k in common
+              if "view" in (pi_by[k].get("guard") or {}) and "view" in (host_by[k].get("guard") or {})]
+        row["max_abs_dview"] = max(dv) if dv else None
+        classified = [k for k in common if host_by[k]["status"] == "classified"]
+        if VIEW_CHECK and not all("view" in (pi_by[k].get("guard") or {}) for k in classified):
+            problems.append("a classified row on arm64 has no view-check score")
+        if dv and max(dv) > VIEW_TOL: problems.append(f"view score differs by {max(dv):.3g} > {VIEW_TOL}")
     row["problems"], row["ok"] = problems, not problems
     ok &= row["ok"]
     rows.append(row)

@@ -1,0 +1,91 @@
+"""The pixel budget: how many pixels a file may announce in its header before any is decoded.
+
+A 0.88 MB PNG can announce 30000 x 30000 px; decoding it costs 1.8 GB and seconds of CPU (a
+decompression bomb). Every decoder reads the size from the header first (JPEG: the SOF, via
+simplejpeg; PNG, TIFF, BMP: `imagesize`; DICOM: Rows x Columns x NumberOfFrames) and calls
+`check` before it decodes a pixel.
+
+One source for the limit, process-wide: `EDGE_PNEUMO_MAX_PIXELS` (whole pixels), else
+`DEFAULT_MAX_PIXELS`. It is an environment variable, not a parameter, so every decode path
+(a file, an upload, a C-STORE, a heatmap's re-decode, a Dask worker or other child process
+started later) sees the same value without threading it through every call; the front ends'
+`--max-pixels` calls `set_max_pixels`, which sets it for this process and its children.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+
+from edge_pneumo.errors import EdgePneumoError, InputImageError
+
+DEFAULT_MAX_PIXELS = 60_000_000  # a 7,745 px square film; the largest real chest detectors are ~ 4,300 x 4,300
+ENV = "EDGE_PNEUMO_MAX_PIXELS"
+_MARK = "refused before decoding"  # in every ImageTooLarge message
+
+
+class ImageTooLarge(InputImageError):
+    """The header announces more pixels than the budget: refused before any pixel is decoded."""
+
+
+def max_pixels() -> int:
+    """The budget in force: $EDGE_PNEUMO_MAX_PIXELS, else the default."""
+    raw = os.environ.get(ENV, "").strip().replace("_", "")
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise EdgePneumoError(f"{ENV}={raw!r}: not a whole number of pixels (e.g. {DEFAULT_MAX_PIXELS})") from None
+    if value < 1:
+        raise EdgePneumoError(f"{ENV}={raw!r}: the pixel budget must be at least 1")
+    return value
+
+
+def set_max_pixels(value: int | None) -> None:
+    """Set the budget for this process and the processes it starts (None: leave it as it is)."""
+    if value is None:
+        return
+    if value < 1:
+        raise EdgePneumoError(f"--max-pixels {value}: the pixel budget must be at least 1")
+    os.environ[ENV] = str(int(value))
+
+
+def check(name: str, fmt: str, width: int, height: int, frames: int = 1) -> None:
+    """Raise `ImageTooLarge` when width x height x frames is above the budget."""
+    budget = max_pixels()
+    total = max(width, 0) * max(height, 0) * max(frames, 1)
+    if total <= budget:
+        return
+    shape = f"{width} x {height} px" + (f" x {frames} frames" if frames > 1 else "")
+    raise ImageTooLarge(
+        f"{name}: the {fmt} header announces {shape} ({total / 1e6:.1f} MP), above the pixel budget of "
+        f"{budget / 1e6:g} MP; refused before decoding (a decompression bomb? if the film is real, raise "
+        f"--max-pixels or {ENV})"
+    )
+
+
+def is_over_budget(reason: str | None) -> bool:
+    """Whether a failed row's reason is this budget's refusal (front ends map it to their own status)."""
+    return bool(reason) and _MARK in reason
+
+
+def short_reason(reason: str) -> str:
+    """The refusal in at most 64 characters (a DICOM ErrorComment is an LO)."""
+    m = re.search(r"\(([\d.]+) MP\), above the pixel budget of ([^ ]+) MP", reason or "")
+    text = f"header announces {m[1]} MP, over the {m[2]} MP pixel budget" if m else (reason or "").split(": ", 1)[-1]
+    return text[:64]
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG, TIFF or BMP from its header (the `imagesize` package); None if unknown."""
+    import imagesize
+
+    try:
+        w, h = imagesize.get(io.BytesIO(data), exif_rotation=False)  # stored size: what the decoder allocates
+    except Exception:  # imagesize raises struct.error, ValueError... on a damaged header
+        return None
+    if w is None or h is None or w < 0 or h < 0:
+        return None
+    return int(w), abs(int(h))
