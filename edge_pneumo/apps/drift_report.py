@@ -83,6 +83,7 @@ def _shipped_reference(model: Path | None, sha: str, op: dict) -> drift.Referenc
     path = folder / drift.REFERENCE_NAME
     if not path.is_file():
         raise drift.DriftError(f"{folder}: no {drift.REFERENCE_NAME}; pass --site FILE, or measure one (README)")
+    op = {**op, "guard": drift.guard_identity(manifest.raw)}
     if op.get("tta") is None:  # the band rows were made with is the manifest's plain one
         cal = manifest.raw.get("calibration") or {}
         op = {**op, "rule_out": cal.get("rule_out"), "rule_in": cal.get("rule_in")}
@@ -146,8 +147,9 @@ def write_reference(results: Path, out_path: Path, source: str, model: Path | No
         from edge_pneumo.device.manifest import default_model_folder, load_manifest
 
         folder = Path(model) if model is not None else default_model_folder()
-        cal = load_manifest(folder.parent if folder.is_file() else folder).raw.get("calibration") or {}
-        band = {"rule_out": cal.get("rule_out"), "rule_in": cal.get("rule_in")}
+        raw = load_manifest(folder.parent if folder.is_file() else folder).raw
+        cal = raw.get("calibration") or {}
+        band = {"rule_out": cal.get("rule_out"), "rule_in": cal.get("rule_in"), "guard": drift.guard_identity(raw)}
     ref = drift.Reference.from_rows(rows, source, band)
     command = "edge-pneumo infer ... --format json --output RESULTS; edge-pneumo drift RESULTS --write-reference " + (
         f"{out_path.name} --source '{source}'"

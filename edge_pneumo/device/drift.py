@@ -286,6 +286,13 @@ def pick_reference(path: Path, sha256: str, op: dict) -> Reference:
     )
 
 
+def guard_identity(manifest_raw: dict) -> str:
+    """The guard's limits and view check as the manifest states them, hashed: a changed guard changes what is
+    rejected or warned, so a reference measured under another guard is refused like one for another band."""
+    guard = {"guard": manifest_raw.get("guard"), "view_check": manifest_raw.get("view_check")}
+    return hashlib.sha256(json.dumps(guard, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def operating_point(clf) -> dict:
     """A running classifier's operating point, as `Reference.operating_point` records it."""
     cal = clf.calibration
@@ -294,6 +301,7 @@ def operating_point(clf) -> dict:
         "tta": "flip" if clf.tta else None,
         "rule_out": cal.rule_out,
         "rule_in": cal.rule_in,
+        "guard": guard_identity(clf.manifest.raw) if clf.guard is not None else "off",
     }
 
 
