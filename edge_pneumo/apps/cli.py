@@ -986,6 +986,55 @@ def calibrate(
 
 @app.command()
 @handle_errors
+def drift(
+    results: Annotated[
+        Path, typer.Argument(help="Results of `infer --format json` (JSON lines), in the order the images arrived.")
+    ],
+    site: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Judge against this site's reference (a site file, or a file --write-reference wrote). "
+            "Default: the training population's, beside the model.",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Option("--model", "-m", help="The exported/ folder. Default: the shipped one.", show_default=False),
+    ] = None,
+    window: Annotated[
+        Optional[int], typer.Option(help="Readable results per window (default 500).", min=1, show_default=False)
+    ] = None,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option(help="Save a PNG: each statistic per window, with its limits (matplotlib).", show_default=False),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text, or json: one JSON line per window.")] = "text",
+    write_reference: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--write-reference",
+            help="Instead of judging: measure a reference from RESULTS (a site's own images) and add it to this file.",
+            show_default=False,
+        ),
+    ] = None,
+    source: Annotated[str, typer.Option(help="With --write-reference: what population RESULTS are.")] = "site images",
+) -> None:
+    """Drift watch over a results file: exit 1 when a window's statistic leaves its limit (README, 'Drift watch')."""
+    from edge_pneumo.apps import drift_report
+    from edge_pneumo.device.drift import WINDOW
+
+    if write_reference is not None:
+        ref = drift_report.write_reference(results, write_reference, source, model)
+        print(f"{write_reference}: reference for {ref.artifact} from {ref.summary['readable']} results ({source})")
+        raise typer.Exit(EXIT_OK)
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter("--format must be text or json")
+    raise typer.Exit(drift_report.run(results, site, model, window or WINDOW, plot, fmt))
+
+
+@app.command()
+@handle_errors
 def compare(
     data: Annotated[
         Path, typer.Option(help="Labelled images: DIR/test or DIR/{NORMAL,PNEUMONIA}.", envvar="EDGE_PNEUMO_DATA")

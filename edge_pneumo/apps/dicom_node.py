@@ -86,6 +86,7 @@ class DicomNode:
         self.allowed = [a.strip() for a in allowed]
         self.forward = forward  # a forward.Forwarder, or None
         self._server = None
+        self.drift = None  # serve's DriftWindow, when it runs the node
         self._model = threading.Lock()  # one association at a time in the model (interpreters are not thread-safe)
 
     def start(self):
@@ -139,6 +140,8 @@ class DicomNode:
             if self.forward is not None:  # queued before the row is recorded: a crash between them repeats, never loses
                 row["forward_error"] = self.forward.report(ds, row, r, data)
             self.sink.record(sop or f"sha256:{r.content_sha256}", row)
+            if self.drift is not None:
+                self.drift.add(row)
             LOG.info(
                 "c-store sha256=%s status=%s label=%s decision=%s p=%s",
                 (r.content_sha256 or "")[:16],

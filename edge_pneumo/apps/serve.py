@@ -173,7 +173,9 @@ def create_app(
     except ImportError:
         raise MissingRuntimeError("serve needs Starlette and uvicorn: pip install 'edge-pneumo[serve]'") from None
     from edge_pneumo import jsonout
+    from edge_pneumo.device.drift import DriftWindow
 
+    drift = DriftWindow.for_classifier(clf)  # the last 500 results, against the calibration population
     model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")  # LiteRT interpreters are not thread-safe
     slots = Slots(queue)
 
@@ -271,6 +273,7 @@ def create_app(
             r = await loop.run_in_executor(model, lambda: clf.explain(data) if want_map else clf.predict_bytes(data))
             row = r.to_dict()
             row["path"] = None  # an upload has no path; its content hash names it
+            drift.add(row)
             if want_map and r.heatmap is not None:
                 row["heatmap_png"] = await loop.run_in_executor(model, _overlay_png, data, r)
             LOG.info(
@@ -288,6 +291,11 @@ def create_app(
         finally:
             slots.give()
 
+    async def drift_status(request):
+        if not authorised(request):
+            return denied()
+        return JSON(drift.snapshot())
+
     calibration_note = html.escape(calibration_text(clf))
 
     async def page(request):
@@ -303,9 +311,11 @@ def create_app(
             Route("/healthz", healthz),
             Route("/api/v1/info", info),
             Route("/api/v1/classify", classify, methods=["POST"]),
+            Route("/api/v1/drift", drift_status),
         ],
         exception_handlers={Exception: crash},
     )
+    app.state.drift = drift  # run_server hands it to the DICOM node: one window for every result
     return app
 
 
@@ -332,6 +342,7 @@ def run_server(clf, host: str, port: int, token: str | None, max_upload_mb: floa
     app = create_app(clf, token, int(max_upload_mb * (1 << 20)), queue, outbox=outbox)
     node = None
     if dicom is not None:
+        dicom.drift = app.state.drift
         node = dicom.start()
         LOG.info(
             "DICOM node %s listening on port %d (allowed: %s)", dicom.ae_title, dicom.port, ", ".join(dicom.allowed)

@@ -16,19 +16,23 @@ new one as it arrives, each exactly once, across crashes and restarts.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from edge_pneumo.apps.ledger import ResultSink
 from edge_pneumo.decoders.decode import IMAGE_SUFFIXES, read_bytes
+from edge_pneumo.device.drift import DriftWindow
 from edge_pneumo.device.result import FAILED
 from edge_pneumo.device.scoring import DECISION_TEXT
 from edge_pneumo.errors import EdgePneumoError, MissingRuntimeError
 
+DRIFT_EVERY = 25  # judge the drift window after this many new results, and whenever a burst is done
 RETRY_WINDOW_S = 30.0  # a file modified this recently whose read failed as truncated is tried again
 _TRUNCATED_WORDS = ("cut short", "truncated", "premature", "file is empty")
 
@@ -53,6 +57,10 @@ class Watcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.counts = {"classified": 0, "rejected": 0, "failed": 0, "already": 0}
+        self.drift = DriftWindow.for_classifier(clf)  # the last 500 results, against the calibration population
+        self._drift_out: list[str] = []
+        self._drift_checked = 0  # drift.seen when last judged
+        self._resume_drift()
 
     # -- discovery ---------------------------------------------------------------------
 
@@ -114,7 +122,10 @@ class Watcher:
         try:
             while not self._stop.is_set():
                 busy = self._tick()
+                if not busy and self.drift.seen != self._drift_checked:
+                    self.check_drift()  # a burst has been processed
                 if once and not self._pending:
+                    self.check_drift()
                     break
                 if until is not None and until():
                     break
@@ -183,9 +194,37 @@ class Watcher:
             self.counts[r.status] += 1
             said = DECISION_TEXT.get(r.decision or "", "")  # the decision in words, as infer's text output
             self.log(f"{r.status:<10} {said:<29} {path}" + (f"  ({r.reason})" if r.reason else ""))
+            self.drift.add(row)
+            if self.drift.seen - self._drift_checked >= DRIFT_EVERY:
+                self.check_drift()
         else:
             self.counts["already"] += 1
         self._done(path)
+
+    def _resume_drift(self) -> None:
+        """Refill the drift window from the results already recorded by this artifact: a restart keeps it."""
+        try:
+            with open(self.sink.output, encoding="utf-8") as f:
+                tail = deque(f, maxlen=self.drift.size)
+        except OSError:
+            return
+        for line in tail:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("sha256") == self.clf.entry.sha256[:16]:
+                self.drift.add(row)
+
+    def check_drift(self) -> dict:
+        """Judge the window; log when a statistic leaves its limit or comes back (not on every result)."""
+        snap = self.drift.snapshot()
+        self._drift_checked = self.drift.seen
+        if snap["out"] != self._drift_out:
+            why = [s["why"] for s in snap.get("statistics", []) if s["out"]]
+            self.log("drift: " + ("; ".join(why) if why else f"back within limits over the last {snap['readable']}"))
+            self._drift_out = snap["out"]
+        return snap
 
     def _report(self, data: bytes, row: dict, r) -> str | None:
         import io
