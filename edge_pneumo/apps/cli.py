@@ -48,7 +48,10 @@ TtaOpt = Annotated[
     bool,
     typer.Option(
         "--tta",
-        help="Flip test-time augmentation: average the image and its mirror image (twice the model time; its own threshold, chosen on validation).",
+        help=(
+            "Flip test-time augmentation: average the image and its mirror image (twice the model time; its own "
+            "threshold, chosen on validation)."
+        ),
     ),
 ]
 SiteOpt = Annotated[
@@ -109,25 +112,36 @@ def _tolerance(text: str) -> float | str:
 @handle_errors
 def train(
     data: DataOpt,
-    out: Annotated[Path, typer.Option(help="Where to write the model and its run record.")] = default(TrainConfig, "out"),
+    out: Annotated[Path, typer.Option(help="Where to write the model and its run record.")] = default(
+        TrainConfig, "out"
+    ),
     epochs: Annotated[
         int,
         typer.Option(
-            help="Most epochs of the validation run (cosine decay over them); the epoch with the best validation AUC is kept. 50 is the shipped recipe (rounds 5-11: longer schedules ranked better on validation).",
+            help=(
+                "Most epochs of the validation run (cosine decay over them); the epoch with the best validation AUC is "
+                "kept. 50 is the shipped recipe (rounds 5-11: longer schedules ranked better on validation)."
+            ),
             min=1,
         ),
     ] = default(Recipe, "max_epochs"),
     patience: Annotated[
         int,
         typer.Option(
-            help="Stop the validation run after this many epochs without a better validation AUC. The shipped recipe runs the whole cosine schedule (50 = --epochs; rounds 10-11).",
+            help=(
+                "Stop the validation run after this many epochs without a better validation AUC. The shipped recipe "
+                "runs the whole cosine schedule (50 = --epochs; rounds 10-11)."
+            ),
             min=1,
         ),
     ] = default(Recipe, "patience"),
     seed: Annotated[
         int,
         typer.Option(
-            help="Seed for the weights, shuffling and augmentation (and the split, unless --split-seed or --teacher says otherwise)."
+            help=(
+                "Seed for the weights, shuffling and augmentation (and the split, unless --split-seed or --teacher "
+                "says otherwise)."
+            )
         ),
     ] = default(TrainConfig, "seed"),
     split_seed: Annotated[
@@ -146,7 +160,10 @@ def train(
     augment: Annotated[
         str,
         typer.Option(
-            help="'seed' (flip, zoom 0.2, shear 0.2), 'strong' (+ rotation, brightness, contrast), 'robust' (+ translation), 'photometric' (+ gamma, blur) or 'aspect' (+ horizontal-only zoom)."
+            help=(
+                "'seed' (flip, zoom 0.2, shear 0.2), 'strong' (+ rotation, brightness, contrast), 'robust' (+ "
+                "translation), 'photometric' (+ gamma, blur) or 'aspect' (+ horizontal-only zoom)."
+            )
         ),
     ] = default(Recipe, "augment"),
     label_smoothing: Annotated[
@@ -161,7 +178,11 @@ def train(
     refit: Annotated[
         bool,
         typer.Option(
-            help="Refit on all of train/ for the chosen number of epochs. Off in the shipped recipe (rounds 8-11): the validation-run model ships, so its threshold and band are chosen on the very model that runs, and the refit's time goes to epochs."
+            help=(
+                "Refit on all of train/ for the chosen number of epochs. Off in the shipped recipe (rounds 8-11): the "
+                "validation-run model ships, so its threshold and band are chosen on the very model that runs, and the "
+                "refit's time goes to epochs."
+            )
         ),
     ] = default(TrainConfig, "refit_full"),
     teacher: Annotated[
@@ -187,19 +208,29 @@ def train(
     threshold_tolerance: Annotated[
         str,
         typer.Option(
-            help="Balanced-accuracy slack of the threshold choice (the threshold nearest 0.5 within it wins): a number, or 'se' for one standard error of the maximum (the shipped recipe, round 7)."
+            help=(
+                "Balanced-accuracy slack of the threshold choice (the threshold nearest 0.5 within it wins): a number, "
+                "or 'se' for one standard error of the maximum (the shipped recipe, round 7)."
+            )
         ),
     ] = str(default(Recipe, "threshold_tolerance")),
     threshold_family: Annotated[
         str,
         typer.Option(
-            help="The harder acquisition batch of validation normals the threshold and rule-in are chosen on, with validation pneumonia ('none': all of validation)."
+            help=(
+                "The harder acquisition batch of validation normals the threshold and rule-in are chosen on, with "
+                "validation pneumonia ('none': all of validation)."
+            )
         ),
     ] = default(TrainConfig, "threshold_family") or "none",
     threshold_tiebreak: Annotated[
         str,
         typer.Option(
-            help="Among thresholds equally good by --threshold-tolerance: 'half' (the one nearest 0.5) or 'shifts' (the best mean balanced accuracy over the same validation images under 11 acquisition shifts: exposure, blur, noise, JPEG, crop, border, aspect; the shipped recipe, rounds 10-11)."
+            help=(
+                "Among thresholds equally good by --threshold-tolerance: 'half' (the one nearest 0.5) or 'shifts' (the "
+                "best mean balanced accuracy over the same validation images under 11 acquisition shifts: exposure, "
+                "blur, noise, JPEG, crop, border, aspect; the shipped recipe, rounds 10-11)."
+            )
         ),
     ] = default(TrainConfig, "threshold_tiebreak"),
     holdout_family: Annotated[
@@ -375,7 +406,10 @@ def export(
         list[str],
         typer.Option(
             "--formats",
-            help="Format names or presets, comma separated: 'all', 'device' (float32 ONNX, int8 ONNX, int8 TFLite) or any of the names `edge-pneumo formats` lists.",
+            help=(
+                "Format names or presets, comma separated: 'all', 'device' (float32 ONNX, int8 ONNX, int8 TFLite) or "
+                "any of the names `edge-pneumo formats` lists."
+            ),
         ),
     ] = ["all"],
     calibration_images: Annotated[
@@ -503,7 +537,10 @@ def infer(
     artifact: Annotated[
         Optional[str],
         typer.Option(
-            help="With a folder: the manifest's artifact name, e.g. tflite_int8. Default: this device's fastest (see verify).",
+            help=(
+                "With a folder: the manifest's artifact name, e.g. tflite_int8. Default: this device's fastest (see "
+                "verify)."
+            ),
             show_default=False,
         ),
     ] = None,
@@ -526,7 +563,10 @@ def infer(
         bool,
         typer.Option(
             "--no-guard",
-            help="Turn the input guard off, on purpose: every image is classified, even a blank page (each result says so).",
+            help=(
+                "Turn the input guard off, on purpose: every image is classified, even a blank page (each result says "
+                "so)."
+            ),
         ),
     ] = False,
     heatmap: Annotated[

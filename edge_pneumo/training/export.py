@@ -377,8 +377,8 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
                 problems.append(f"{fmt.name} (outputs {backend.outputs}, expected probability, features, conv)")
             failures += problems
             log(
-                f"{fmt.name:<20} {path.stat().st_size / 1e6:6.2f} MB  {v.summary()}  [{'FAILED' if problems else 'ok'}] "
-                f"({time.time() - t0:.1f} s)"
+                f"{fmt.name:<20} {path.stat().st_size / 1e6:6.2f} MB  {v.summary()}  "
+                f"[{'FAILED' if problems else 'ok'}] ({time.time() - t0:.1f} s)"
             )
             feats = _features(backend, everything.x)
             limits, farrays = fit_feature_guard(feats, fit_part)
