@@ -162,6 +162,122 @@ def calibration_text(clf) -> str:
     )
 
 
+def info_payload(clf, limits: dict, outbox=None) -> dict:
+    """What `/api/v1/info` says: the model, its calibration, the guard's limits, the outbox."""
+    m = clf.manifest
+    cal = clf.calibration
+    return {
+        "model_version": clf.model_version,
+        "artifact": clf.entry.name,
+        "file": clf.entry.file,
+        "sha256": clf.entry.sha256,
+        "runtime": clf.entry.runtime,
+        "precision": clf.entry.precision,
+        "class_names": list(clf.class_names),
+        "tta": "flip" if clf.tta else None,
+        "threshold": {"raw": cal.threshold, "calibrated": cal.calibrate(cal.threshold)},
+        "calibration": {
+            "temperature": cal.temperature,
+            "rule_out": cal.rule_out,
+            "rule_in": cal.rule_in,
+            "calibrated_on": cal.calibrated_on,
+            "site": None if clf.site is None else clf.site.summary(),
+        },
+        "guard": None
+        if clf.guard is None
+        else {
+            "dicom_rules": m.raw["guard"]["rules"],
+            "pixels": {k: v for k, v in m.raw["guard"]["pixels"].items() if k != "train_range"},
+            "layout": m.raw["guard"]["layout"],
+            "features": m.raw["guard"]["features"].get(clf.entry.name),
+        },
+        "limits": limits,
+        "outbox": None if outbox is None else outbox(),
+        "notice": "screening aid only: results are not verified by a radiologist",
+    }
+
+
+def _refuse_upload(headers, max_upload: int) -> tuple[int, str] | None:
+    """(status, message) when the headers alone refuse an upload: too large, unreadable length, not multipart."""
+    length = headers.get("content-length")
+    if length is not None:
+        try:
+            if int(length) > max_upload:
+                return 413, f"upload larger than {max_upload} bytes"
+        except ValueError:
+            return 400, "bad Content-Length"
+    if not headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        return 415, "send the image as multipart/form-data, field 'file'"
+    return None
+
+
+async def _read_body(request, max_upload: int) -> bytes | None:
+    """The upload's bytes, or None as soon as they pass `max_upload` (whatever Content-Length said)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_upload:
+            return None
+    return bytes(body)
+
+
+def _log_result(r, t0: float) -> None:
+    LOG.info(
+        "classify sha256=%s status=%s label=%s decision=%s p=%s ms=%.1f",
+        (r.content_sha256 or "")[:16],
+        r.status,
+        r.label,
+        r.decision,
+        None if r.probability is None else round(r.probability, 4),
+        1000 * (time.perf_counter() - t0),
+    )
+
+
+class _ServeState:
+    """What a classify request needs from its app: the model and its one thread, the queue, the drift window."""
+
+    def __init__(self, clf, model, slots, drift, max_upload: int, json_response):
+        self.clf, self.model, self.slots, self.drift = clf, model, slots, drift
+        self.max_upload, self.JSON = max_upload, json_response
+
+
+async def _classify(request, s: _ServeState):
+    """POST /api/v1/classify after the token check: refuse early, hold a slot, classify on the model thread."""
+    refused = _refuse_upload(request.headers, s.max_upload)
+    if refused is not None:
+        return s.JSON({"error": refused[1]}, status_code=refused[0])
+    if not s.slots.take():
+        return s.JSON(
+            {"error": "busy: every slot of the queue is taken; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+    try:
+        body = await _read_body(request, s.max_upload)
+        if body is None:
+            return s.JSON({"error": f"upload larger than {s.max_upload} bytes"}, status_code=413)
+        loop = asyncio.get_running_loop()
+        # Parsed off the event loop (~20 ms of CPU per MB): /healthz keeps answering while uploads arrive.
+        data = await loop.run_in_executor(None, parse_upload, body, request.headers.get("content-type", ""))
+        del body
+        if data is None:
+            return s.JSON({"error": "no 'file' field in the upload"}, status_code=400)
+        want_map = request.query_params.get("heatmap", "").lower() in ("1", "true", "yes")
+        t0 = time.perf_counter()
+        r = await loop.run_in_executor(s.model, lambda: s.clf.explain(data) if want_map else s.clf.predict_bytes(data))
+        row = r.to_dict()
+        row["path"] = None  # an upload has no path; its content hash names it
+        s.drift.add(row)
+        if want_map and r.heatmap is not None:
+            row["heatmap_png"] = await loop.run_in_executor(s.model, _overlay_png, data, r)
+        _log_result(r, t0)
+        if r.status == "failed":
+            return s.JSON({"error": r.reason, **row}, status_code=422)
+        return s.JSON(row)
+    finally:
+        s.slots.give()
+
+
 def create_app(
     clf, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD_MB << 20, queue: int = 8, outbox=None
 ):
@@ -203,93 +319,14 @@ def create_app(
     async def info(request):
         if not authorised(request):
             return denied()
-        m = clf.manifest
-        cal = clf.calibration
-        return JSON(
-            {
-                "model_version": clf.model_version,
-                "artifact": clf.entry.name,
-                "file": clf.entry.file,
-                "sha256": clf.entry.sha256,
-                "runtime": clf.entry.runtime,
-                "precision": clf.entry.precision,
-                "class_names": list(clf.class_names),
-                "tta": "flip" if clf.tta else None,
-                "threshold": {"raw": cal.threshold, "calibrated": cal.calibrate(cal.threshold)},
-                "calibration": {
-                    "temperature": cal.temperature,
-                    "rule_out": cal.rule_out,
-                    "rule_in": cal.rule_in,
-                    "calibrated_on": cal.calibrated_on,
-                    "site": None if clf.site is None else clf.site.summary(),
-                },
-                "guard": None
-                if clf.guard is None
-                else {
-                    "dicom_rules": m.raw["guard"]["rules"],
-                    "pixels": {k: v for k, v in m.raw["guard"]["pixels"].items() if k != "train_range"},
-                    "layout": m.raw["guard"]["layout"],
-                    "features": m.raw["guard"]["features"].get(clf.entry.name),
-                },
-                "limits": {"max_upload_bytes": max_upload, "queue": queue},
-                "outbox": None if outbox is None else outbox(),
-                "notice": "screening aid only: results are not verified by a radiologist",
-            }
-        )
+        return JSON(info_payload(clf, {"max_upload_bytes": max_upload, "queue": queue}, outbox))
+
+    state = _ServeState(clf, model, slots, drift, max_upload, JSON)
 
     async def classify(request):
         if not authorised(request):
             return denied()
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                if int(length) > max_upload:
-                    return JSON({"error": f"upload larger than {max_upload} bytes"}, status_code=413)
-            except ValueError:
-                return JSON({"error": "bad Content-Length"}, status_code=400)
-        ctype = request.headers.get("content-type", "")
-        if not ctype.lower().startswith("multipart/form-data"):
-            return JSON({"error": "send the image as multipart/form-data, field 'file'"}, status_code=415)
-        if not slots.take():
-            return JSON(
-                {"error": "busy: every slot of the queue is taken; retry shortly"},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )
-        try:
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > max_upload:
-                    return JSON({"error": f"upload larger than {max_upload} bytes"}, status_code=413)
-            loop = asyncio.get_running_loop()
-            # Parsed off the event loop (~20 ms of CPU per MB): /healthz keeps answering while uploads arrive.
-            data = await loop.run_in_executor(None, parse_upload, bytes(body), ctype)
-            del body
-            if data is None:
-                return JSON({"error": "no 'file' field in the upload"}, status_code=400)
-            want_map = request.query_params.get("heatmap", "").lower() in ("1", "true", "yes")
-            t0 = time.perf_counter()
-            r = await loop.run_in_executor(model, lambda: clf.explain(data) if want_map else clf.predict_bytes(data))
-            row = r.to_dict()
-            row["path"] = None  # an upload has no path; its content hash names it
-            drift.add(row)
-            if want_map and r.heatmap is not None:
-                row["heatmap_png"] = await loop.run_in_executor(model, _overlay_png, data, r)
-            LOG.info(
-                "classify sha256=%s status=%s label=%s decision=%s p=%s ms=%.1f",
-                (r.content_sha256 or "")[:16],
-                r.status,
-                r.label,
-                r.decision,
-                None if r.probability is None else round(r.probability, 4),
-                1000 * (time.perf_counter() - t0),
-            )
-            if r.status == "failed":
-                return JSON({"error": r.reason, **row}, status_code=422)
-            return JSON(row)
-        finally:
-            slots.give()
+        return await _classify(request, state)
 
     async def drift_status(request):
         if not authorised(request):

@@ -306,14 +306,41 @@ def check_band(km: KerasModel, section: str, threshold: float, calibration: dict
         ) from None
 
 
-def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
-    """Export, validate, fit the guard, then publish atomically. Raises ValidationError if any
-    artifact misses its budget."""
-    import onnxruntime
-    import tensorflow as tf
-    import tf2onnx
+class _Inputs:
+    """What every format of one export shares: images, the float model's reference outputs, the guard's fit."""
 
-    pre = km.preprocessing
+    def __init__(self, km: KerasModel, cfg: ExportConfig, log: Callable[[str], None]):
+        pre = km.preprocessing
+        samples = discover(find_split(cfg.data, "train"))
+        train_s, val_s = patient_split(samples, cfg.val_fraction, cfg.seed)
+        self.calib = CalibrationImages(load_images(stratified_sample(train_s, cfg.calibration_images, cfg.seed), pre).x)
+        self.check = load_images(stratified_sample(val_s, cfg.validation_images, cfg.seed), pre)
+        log(
+            f"calibration: {len(self.calib)} training images; validation: {len(self.check.y)} held-out images "
+            "(patient-wise)"
+        )
+        self.reference = predict(km.model, self.check.x)
+        # The guard: pixel statistics of every training image, fitted on the `fit` part of the
+        # training run's own selection split, thresholds on its held-out part.
+        family = km.record.get("split", {}).get("holdout_family")
+        fit_s, _ = selection_split(samples, cfg.val_fraction, cfg.seed, family)
+        fit_set = set(fit_s)
+        self.everything = load_images(samples, pre, skip_bad=True)
+        self.fit_part = np.array([s in fit_set for s in self.everything.samples])
+        self.pixel_section, self.arrays = fit_pixel_guard(pixel_stats(self.everything.samples, pre), self.fit_part)
+        log(
+            f"guard: {int(self.fit_part.sum())} fit / {int((~self.fit_part).sum())} held-out training images; "
+            f"layout refuse > {self.pixel_section['layout']['refuse']:.3f}, "
+            f"warn > {self.pixel_section['layout']['warn']:.3f}"
+        )
+        self.weights = (
+            km.model.get_layer("dense").get_weights()[0],
+            km.model.get_layer("pneumonia").get_weights()[0][:, 0],
+        )
+        self.x_verify = verify_inputs(pre)
+
+
+def _check_calibration(km: KerasModel) -> dict:
     calibration = km.record.get("calibration")
     if not calibration:
         raise EdgePneumoError(
@@ -323,133 +350,135 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
     check_band(km, "calibration", km.threshold, calibration)
     if km.record.get("tta"):
         check_band(km, "tta", float(km.record["tta"]["threshold"]), km.record["tta"]["calibration"])
-    samples = discover(find_split(cfg.data, "train"))
-    train_s, val_s = patient_split(samples, cfg.val_fraction, cfg.seed)
-    calib_s = stratified_sample(train_s, cfg.calibration_images, cfg.seed)
-    check_s = stratified_sample(val_s, cfg.validation_images, cfg.seed)
-    calib = CalibrationImages(load_images(calib_s, pre).x)
-    check = load_images(check_s, pre)
-    log(f"calibration: {len(calib)} training images; validation: {len(check.y)} held-out images (patient-wise)")
-    reference = predict(km.model, check.x)
-    # The guard: pixel statistics of every training image, fitted on the `fit` part of the
-    # training run's own selection split, thresholds on its held-out part.
-    family = km.record.get("split", {}).get("holdout_family")
-    fit_s, _ = selection_split(samples, cfg.val_fraction, cfg.seed, family)
-    fit_set = set(fit_s)
-    everything = load_images(samples, pre, skip_bad=True)
-    fit_part = np.array([s in fit_set for s in everything.samples])
-    pixel_section, arrays = fit_pixel_guard(pixel_stats(everything.samples, pre), fit_part)
-    log(
-        f"guard: {int(fit_part.sum())} fit / {int((~fit_part).sum())} held-out training images; layout refuse > "
-        f"{pixel_section['layout']['refuse']:.3f}, warn > {pixel_section['layout']['warn']:.3f}"
-    )
-    weights = km.model.get_layer("dense").get_weights()[0], km.model.get_layer("pneumonia").get_weights()[0][:, 0]
-    x_verify = verify_inputs(pre)
+    return calibration
 
+
+def _export_one(fmt, km: KerasModel, cfg: ExportConfig, inputs: _Inputs, scratch: Path, log) -> tuple[dict, list]:
+    """Write one format into `scratch`, validate it against the float model, fit its feature guard
+    and Grad-CAM weights (into `inputs.arrays`): its manifest entry and the budget misses."""
+    t0 = time.time()
+    path = scratch / fmt.file
+    float_onnx = scratch / "float_reference.onnx"
+    if fmt.runtime == "tflite":
+        _export_tflite(fmt, km, inputs.calib, path)
+    elif fmt.precision == "float32":
+        _export_onnx_float(km, path)
+    else:
+        if not float_onnx.exists():
+            _export_onnx_float(km, float_onnx)
+        ref = float32_reference(f for f in cfg.formats if f.runtime == "onnx")
+        src = scratch / ref.file if ref and (scratch / ref.file).exists() else float_onnx
+        _export_onnx_quantized(fmt, src, inputs.calib, path, scratch)
+    backend = open_backend(path, threads=2)
+    check = inputs.check
+    v = validate_outputs(inputs.reference, backend.predict(check.x), check.y, km.threshold, fmt, cfg.budget_scale)
+    problems = (
+        []
+        if v.passed
+        else [f"{fmt.name} (budget {v.budget}, got agreement {v.agreement:.4f}, max|dp| {v.max_abs_dp:.2e})"]
+    )
+    if backend.outputs != ("probability", "features", "conv"):
+        problems.append(f"{fmt.name} (outputs {backend.outputs}, expected probability, features, conv)")
+    log(
+        f"{fmt.name:<20} {path.stat().st_size / 1e6:6.2f} MB  {v.summary()}  "
+        f"[{'FAILED' if problems else 'ok'}] ({time.time() - t0:.1f} s)"
+    )
+    feats = _features(backend, inputs.everything.x)
+    limits, farrays = fit_feature_guard(feats, inputs.fit_part)
+    inputs.pixel_section["features"][fmt.name] = limits
+    w1, w2 = _head_weights(fmt, path, inputs.weights)
+    inputs.arrays.update({f"{fmt.name}/{k}": a for k, a in farrays.items()})
+    inputs.arrays[f"{fmt.name}/gradcam_channel_weights"] = gradcam_channel_weights(w1)
+    inputs.arrays[f"{fmt.name}/head_w2"] = w2.astype(np.float32)
+    entry = _artifact_entry(fmt, path, backend, v, km.preprocessing)
+    out_v = backend.run(inputs.x_verify)
+    entry["verify_feature_distances"] = [
+        round(float(d), 4)
+        for d in feature_distance(out_v.features, farrays["feature_mean"], farrays["feature_whitening"])
+    ]
+    return entry, problems
+
+
+def _manifest(km: KerasModel, cfg: ExportConfig, inputs: _Inputs, calibration: dict, entries: list, params) -> dict:
+    """The manifest of one export: the input contract, the calibration, the guard and every artifact."""
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    params_path, params_index = params
+    source_sha = sha256_of(km.path)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "task": "chest X-ray classification: NORMAL vs PNEUMONIA",
+        "model_version": f"seed-cnn-{str(km.record.get('created', ''))[:10]}-{source_sha[:12]}",
+        "class_names": list(km.record.get("class_names", ["NORMAL", "PNEUMONIA"])),
+        "output": "probability of class_names[1] (PNEUMONIA); PNEUMONIA when >= threshold",
+        "outputs": {
+            "probability": "(batch, 1)",
+            "features": "(batch, 128): Dense(128) activations, for the guard",
+            "conv": "(batch, 14, 14, 64): pooled conv-2 activations, for Grad-CAM",
+        },
+        "threshold": km.threshold,
+        "threshold_rule": km.record.get("threshold_rule", ""),
+        "calibration": calibration,
+        **_tta_section(km.record),
+        "preprocessing": km.preprocessing.to_dict(),
+        "guard": inputs.pixel_section,
+        "params_file": {
+            "file": PARAMS_FILE,
+            "sha256": sha256_of(params_path),
+            "arrays": params_index,
+            "holds": "guard statistics (layout model, feature mean and whitening per artifact) and "
+            "Grad-CAM head weights per artifact",
+        },
+        "default_artifact": DEFAULT_ARTIFACT
+        if any(e["name"] == DEFAULT_ARTIFACT for e in entries)
+        else entries[0]["name"],
+        "source_model": {
+            "file": km.path.name,
+            "sha256": source_sha,
+            "test_metrics": km.record.get("test"),
+            "validation_metrics": km.record.get("validation"),
+        },
+        "validation_data": {
+            "images": int(len(inputs.check.y)),
+            "calibration_images": len(inputs.calib),
+            "source": "patient-wise validation split of train/ (never calibration images)",
+            "seed": cfg.seed,
+            "val_fraction": cfg.val_fraction,
+        },
+        "artifacts": entries,
+        "versions": {
+            "edge_pneumo": __version__,
+            "tensorflow": tf.__version__,
+            "tf2onnx": tf2onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "onnx": _onnx_version(),
+        },
+    }
+
+
+def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
+    """Export, validate, fit the guard, then publish atomically. Raises ValidationError if any
+    artifact misses its budget."""
+    calibration = _check_calibration(km)
+    inputs = _Inputs(km, cfg, log)
     cfg.out.mkdir(parents=True, exist_ok=True)
     if not os.access(cfg.out, os.W_OK):
         raise EdgePneumoError(f"{cfg.out}: output folder is not writable")
     scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=cfg.out))
     try:
         entries, failures = [], []
-        float_onnx = scratch / "float_reference.onnx"
         for fmt in cfg.formats:
-            t0 = time.time()
-            path = scratch / fmt.file
-            if fmt.runtime == "tflite":
-                _export_tflite(fmt, km, calib, path)
-            elif fmt.precision == "float32":
-                _export_onnx_float(km, path)
-            else:
-                if not float_onnx.exists():
-                    _export_onnx_float(km, float_onnx)
-                ref = float32_reference(f for f in cfg.formats if f.runtime == "onnx")
-                src = scratch / ref.file if ref and (scratch / ref.file).exists() else float_onnx
-                _export_onnx_quantized(fmt, src, calib, path, scratch)
-            backend = open_backend(path, threads=2)
-            v = validate_outputs(reference, backend.predict(check.x), check.y, km.threshold, fmt, cfg.budget_scale)
-            problems = (
-                []
-                if v.passed
-                else [f"{fmt.name} (budget {v.budget}, got agreement {v.agreement:.4f}, max|dp| {v.max_abs_dp:.2e})"]
-            )
-            if backend.outputs != ("probability", "features", "conv"):
-                problems.append(f"{fmt.name} (outputs {backend.outputs}, expected probability, features, conv)")
-            failures += problems
-            log(
-                f"{fmt.name:<20} {path.stat().st_size / 1e6:6.2f} MB  {v.summary()}  "
-                f"[{'FAILED' if problems else 'ok'}] ({time.time() - t0:.1f} s)"
-            )
-            feats = _features(backend, everything.x)
-            limits, farrays = fit_feature_guard(feats, fit_part)
-            pixel_section["features"][fmt.name] = limits
-            w1, w2 = _head_weights(fmt, path, weights)
-            arrays.update({f"{fmt.name}/{k}": a for k, a in farrays.items()})
-            arrays[f"{fmt.name}/gradcam_channel_weights"] = gradcam_channel_weights(w1)
-            arrays[f"{fmt.name}/head_w2"] = w2.astype(np.float32)
-            entry = _artifact_entry(fmt, path, backend, v, pre)
-            out_v = backend.run(x_verify)
-            entry["verify_feature_distances"] = [
-                round(float(d), 4)
-                for d in feature_distance(out_v.features, farrays["feature_mean"], farrays["feature_whitening"])
-            ]
+            entry, problems = _export_one(fmt, km, cfg, inputs, scratch, log)
             entries.append(entry)
+            failures += problems
         if failures:
             raise ValidationError("export refused, nothing was written: " + "; ".join(failures))
-
         params_path = scratch / PARAMS_FILE
-        params_index = write_params(params_path, arrays)
-        source_sha = sha256_of(km.path)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "task": "chest X-ray classification: NORMAL vs PNEUMONIA",
-            "model_version": f"seed-cnn-{str(km.record.get('created', ''))[:10]}-{source_sha[:12]}",
-            "class_names": list(km.record.get("class_names", ["NORMAL", "PNEUMONIA"])),
-            "output": "probability of class_names[1] (PNEUMONIA); PNEUMONIA when >= threshold",
-            "outputs": {
-                "probability": "(batch, 1)",
-                "features": "(batch, 128): Dense(128) activations, for the guard",
-                "conv": "(batch, 14, 14, 64): pooled conv-2 activations, for Grad-CAM",
-            },
-            "threshold": km.threshold,
-            "threshold_rule": km.record.get("threshold_rule", ""),
-            "calibration": calibration,
-            **_tta_section(km.record),
-            "preprocessing": pre.to_dict(),
-            "guard": pixel_section,
-            "params_file": {
-                "file": PARAMS_FILE,
-                "sha256": sha256_of(params_path),
-                "arrays": params_index,
-                "holds": "guard statistics (layout model, feature mean and whitening per artifact) and "
-                "Grad-CAM head weights per artifact",
-            },
-            "default_artifact": DEFAULT_ARTIFACT
-            if any(e["name"] == DEFAULT_ARTIFACT for e in entries)
-            else entries[0]["name"],
-            "source_model": {
-                "file": km.path.name,
-                "sha256": source_sha,
-                "test_metrics": km.record.get("test"),
-                "validation_metrics": km.record.get("validation"),
-            },
-            "validation_data": {
-                "images": int(len(check.y)),
-                "calibration_images": len(calib),
-                "source": "patient-wise validation split of train/ (never calibration images)",
-                "seed": cfg.seed,
-                "val_fraction": cfg.val_fraction,
-            },
-            "artifacts": entries,
-            "versions": {
-                "edge_pneumo": __version__,
-                "tensorflow": tf.__version__,
-                "tf2onnx": tf2onnx.__version__,
-                "onnxruntime": onnxruntime.__version__,
-                "onnx": _onnx_version(),
-            },
-        }
+        params_index = write_params(params_path, inputs.arrays)
+        manifest = _manifest(km, cfg, inputs, calibration, entries, (params_path, params_index))
         for e in entries:
             os.replace(scratch / e["file"], cfg.out / e["file"])
         os.replace(params_path, cfg.out / PARAMS_FILE)
