@@ -142,6 +142,7 @@ def run_batch(
     source: str,
     output: Path,
     cluster: str = "local",
+    *,
     resume: bool = False,
     model: str | None = None,
     artifact: str | None = None,

@@ -733,7 +733,7 @@ def serve(
         node = DicomNode(clf, sink, dicom_port, ae_title, allow_aet, forward=fwd)
     elif forward is not None:
         raise typer.BadParameter("--forward sends the DICOM node's reports: add --dicom-port", param_hint="--forward")
-    run_server(clf, host, port, token, max_upload_mb, queue, node)
+    run_server(clf, host, port, token=token, max_upload_mb=max_upload_mb, queue=queue, dicom=node)
 
 
 @app.command()
@@ -890,12 +890,12 @@ def batch(
             source,
             output,
             cluster,
-            resume,
-            model,
-            artifact,
-            partition_size,
-            not no_guard,
-            progress,
+            resume=resume,
+            model=model,
+            artifact=artifact,
+            partition_size=partition_size,
+            guard=not no_guard,
+            progress=progress,
             log=lambda m: print(m, file=sys.stderr, flush=True),
             tta=tta,
             site=None if site is None else str(site.resolve()),
@@ -1013,11 +1013,11 @@ def calibrate(
     content = run_calibrate(
         site,
         out,
-        labels,
-        model,
-        artifact,
-        SiteOptions(head=head, folds=folds, seed=seed),
-        name,
+        labels_csv=labels,
+        model=model,
+        artifact=artifact,
+        opts=SiteOptions(head=head, folds=folds, seed=seed),
+        name=name,
         log=lambda m: print(m, flush=True),
     )
     print(jsonout.dumps(content, indent=2) if json_out else format_report(content))
