@@ -338,7 +338,8 @@ def report(rec: dict) -> str:
             "- the long run: JPEG-LS DICOMs of 573-654 bytes on which pylibjpeg's libjpeg loops forever (three "
             "timeout- artifacts, all from pydicom's JPEG-LS test files): JPEG-LS is now decoded by CharLS (pyjpegls) "
             "only, which refuses them in ~1 ms. **Open:** CharLS itself then hung on a 566-byte JPEG-LS frame "
-            "(timeout-8732bc..., tests/data/fuzz_jpegls_charls_hang.dcm, an xfail test) and took 7.7 s on another "
+            "(timeout-8732bc..., rebuilt by tests/hostile_files.py fuzz_find('jpegls_charls_hang'), an xfail test) "
+            "and took 7.7 s on another "
             "(timeout-669908...); every libFuzzer restart after that stopped on it while loading the corpus (the "
             "867-868-execution runs). Both JPEG-LS decoders can hang: the fix is a decode in a child process with "
             "a time limit, not done;",

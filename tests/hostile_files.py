@@ -218,3 +218,29 @@ def write_bombs(folder: Path, side: int = SIDE, names=None) -> dict[str, Path]:
             tmp.rename(p)
         out[name] = p
     return out
+
+
+# Fuzz finds, kept as edits of the pydicom test files they were mutated from (no image file in the repo):
+# (offset in the seed, bytes removed, bytes inserted), applied from the end so offsets stay valid.
+FUZZ_FINDS = {
+    "jpegls_hang": (
+        "SC_rgb_jls_lossy_line.dcm",
+        [(369, 1, b"&"), (585, 9, b""), (598, 12, b""), (634, 0, b"\x00"), (635, 1, b""), (660, 179, b"")]
+        + [(841, 246, b"")],
+    ),
+    "jpegls_charls_hang": (
+        "JPEGLSNearLossless_16.dcm",
+        [(123, 1, b"\xf9"), (296, 36, b""), (352, 34, b""), (627, 102, b"")],
+    ),
+}
+
+
+def fuzz_find(name: str) -> bytes:
+    """The bytes of one fuzz find, rebuilt from the pydicom test file it was mutated from."""
+    from pydicom.data import get_testdata_file
+
+    seed_name, edits = FUZZ_FINDS[name]
+    data = bytearray(Path(get_testdata_file(seed_name)).read_bytes())
+    for offset, removed, inserted in sorted(edits, reverse=True):
+        data[offset : offset + removed] = inserted
+    return bytes(data)

@@ -292,11 +292,12 @@ def test_fuzz_find_a_png_chunk_claiming_4_gb_is_refused_before_opencv_allocates_
         decode_bytes(cut, "cut.png")
 
 
-def test_fuzz_find_a_jpeg_ls_frame_that_hangs_libjpeg_is_decoded_by_charls_and_refused():
-    """tests/data/fuzz_jpegls_hang.dcm (654 bytes, a mutated pydicom test file): pylibjpeg's libjpeg
+def test_fuzz_find_a_jpeg_ls_frame_that_hangs_libjpeg_is_decoded_by_charls_and_refused(tmp_path):
+    """A fuzz find (654 bytes, a mutated pydicom test file, rebuilt by `hf.fuzz_find`): pylibjpeg's libjpeg
     loops forever on its JPEG-LS frame; CharLS (pyjpegls) refuses it at once."""
     pytest.importorskip("jpeg_ls")
-    path = REPO / "tests" / "data" / "fuzz_jpegls_hang.dcm"
+    path = tmp_path / "fuzz_jpegls_hang.dcm"
+    path.write_bytes(hf.fuzz_find("jpegls_hang"))
     code = "import sys\nfrom edge_pneumo.decoders.decode import read_grey\n" + (
         "try:\n    read_grey(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
     )
@@ -305,10 +306,11 @@ def test_fuzz_find_a_jpeg_ls_frame_that_hangs_libjpeg_is_decoded_by_charls_and_r
 
 
 @pytest.mark.xfail(run=False, reason="open: CharLS (pyjpegls) itself loops on this 566-byte JPEG-LS frame")
-def test_open_fuzz_find_a_jpeg_ls_frame_that_hangs_charls_too():
-    """tests/data/fuzz_jpegls_charls_hang.dcm: found after JPEG-LS moved to CharLS; both JPEG-LS decoders
+def test_open_fuzz_find_a_jpeg_ls_frame_that_hangs_charls_too(tmp_path):
+    """`hf.fuzz_find("jpegls_charls_hang")`: found after JPEG-LS moved to CharLS; both JPEG-LS decoders
     can hang, so the fix is a decode in a child process with a time limit (not done). Not run: it hangs."""
-    path = REPO / "tests" / "data" / "fuzz_jpegls_charls_hang.dcm"
+    path = tmp_path / "fuzz_jpegls_charls_hang.dcm"
+    path.write_bytes(hf.fuzz_find("jpegls_charls_hang"))
     with pytest.raises(InputImageError):
         read_grey(path)
 
