@@ -115,6 +115,15 @@ def train(
     out: Annotated[Path, typer.Option(help="Where to write the model and its run record.")] = default(
         TrainConfig, "out"
     ),
+    arch: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "'seed': the published seed CNN at 64 px (the default, the mission's model); 'small': a "
+                "ResNet-18-shaped CNN at 128 px, width 32 (the stronger tier; recipe in experiments/README.md)."
+            )
+        ),
+    ] = default(TrainConfig, "arch"),
     epochs: Annotated[
         int,
         typer.Option(
@@ -240,8 +249,18 @@ def train(
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Skip unreadable images (and count them) instead of stopping.")
     ] = default(TrainConfig, "skip_bad"),
+    evaluate_test: Annotated[
+        bool,
+        typer.Option(
+            "--test/--no-test",
+            help=(
+                "Score test/ once at the end (a logged look, exported/test_evaluations.jsonl). --no-test leaves "
+                "the look to `compare` on the exported artifacts."
+            ),
+        ),
+    ] = default(TrainConfig, "evaluate_test"),
 ) -> None:
-    """Train the seed CNN: epochs and threshold chosen on a patient-wise validation split, then test."""
+    """Train a classifier: epochs and threshold chosen on a patient-wise validation split, then test."""
     from edge_pneumo.device.preprocess import Preprocessing
     from edge_pneumo.training.train import run_training
 
@@ -260,6 +279,8 @@ def train(
         cfg = TrainConfig(
             data=data,
             out=out,
+            arch=arch.lower(),
+            evaluate_test=evaluate_test,
             seed=seed,
             split_seed=split_seed,
             val_fraction=val_fraction,

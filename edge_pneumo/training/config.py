@@ -18,6 +18,34 @@ AUGMENTS = ("seed", "strong", "robust", "photometric", "aspect")  # see model.bu
 
 
 @dataclass(frozen=True)
+class Arch:
+    """A trainable architecture: its input size and the layers the device reads (by name).
+
+    `features_layer`: the activations the input guard measures and a site head is fitted on;
+    `cam_layer`: the activations Grad-CAM weighs. Export reads both from here (or the user's
+    `--features-layer/--cam-layer`), and the manifest records them, so nothing downstream knows
+    an architecture by its layer names."""
+
+    name: str
+    size: int
+    features_layer: str
+    cam_layer: str
+    description: str
+
+
+ARCHES = {
+    "seed": Arch(
+        "seed", 64, "dense", "pool2",
+        "the published seed CNN: Conv32-Pool-Conv64-Pool-Dropout0.1-Flatten-Dense128-Dense1, 64 px",
+    ),
+    "small": Arch(
+        "small", 128, "gap", "cam",
+        "ResNet-18-shaped CNN, width 32 (32-64-128-256 channels), 128 px, global average pooling, 2.8 M parameters",
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything that decides how the model is trained; recorded in the run record.
     The defaults are the shipped recipe (rounds 5-11: the whole 50-epoch cosine schedule)."""
@@ -69,6 +97,7 @@ class TrainConfig:
 
     data: Path
     out: Path = Path("exported")
+    arch: str = "seed"  # one of ARCHES: "seed" (the mission's model) or "small" (the stronger tier)
     seed: int = 0
     split_seed: int | None = None  # the patient split's seed; None: the teacher's split seed with --teacher, else seed
     val_fraction: float = 0.15
@@ -87,6 +116,8 @@ class TrainConfig:
     threshold_tiebreak: str = "shifts"  # one of TIEBREAKS (the shipped recipe: rounds 10-11)
 
     def __post_init__(self):
+        if self.arch not in ARCHES:
+            raise ValueError(f"arch must be one of {', '.join(ARCHES)}, not {self.arch!r}")
         if self.threshold_tiebreak not in TIEBREAKS:
             raise ValueError(
                 f"threshold tie-break must be one of {', '.join(TIEBREAKS)}, not {self.threshold_tiebreak!r}"

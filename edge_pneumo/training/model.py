@@ -25,13 +25,26 @@ def build_seed_model(input_shape: tuple[int, int, int] = (64, 64, 3)) -> keras.M
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
-def build_teacher_model(input_shape: tuple[int, int, int] = (128, 128, 3), width: int = 32) -> keras.Model:
-    """A ResNet-18-shaped CNN at half width, for distillation into the seed CNN (never deployed).
+def build_model(arch: str, input_shape: tuple[int, int, int]) -> keras.Model:
+    """The model of one `config.ARCHES` entry, untrained."""
+    if arch == "seed":
+        return build_seed_model(input_shape)
+    if arch == "small":
+        return build_teacher_model(input_shape, 32, name="small_resnet")
+    raise ValueError(f"unknown architecture {arch!r}")
+
+
+def build_teacher_model(
+    input_shape: tuple[int, int, int] = (128, 128, 3), width: int = 32, name: str = "teacher_resnet"
+) -> keras.Model:
+    """A ResNet-18-shaped CNN at half width: the distillation teacher, and the `small` tier.
 
     Trained from scratch (no downloaded weights): stem conv + max-pool, four stages of two
     residual blocks (width, 2w, 4w, 8w channels), global average pooling, a sigmoid unit.
     At 128 px that is ~2.8 M parameters and ~0.15 GMAC per image: a few minutes an epoch on
-    two CPU cores, where a full ResNet-18 would take an hour.
+    two CPU cores, where a full ResNet-18 would take an hour. The device reads two named layers:
+    "cam" (the last block's output, Grad-CAM) and "gap" (its global average, the guard's features);
+    the head is one linear unit on "gap", so the map is exactly CAM (Zhou et al. 2016).
     """
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
@@ -42,14 +55,15 @@ def build_teacher_model(input_shape: tuple[int, int, int] = (128, 128, 3), width
     for stage, mult in enumerate((1, 2, 4, 8)):
         for block in range(2):
             stride = 2 if stage > 0 and block == 0 else 1
-            x = _residual_block(x, width * mult, stride, f"s{stage}b{block}")
-    x = layers.GlobalAveragePooling2D()(x)
+            last = stage == 3 and block == 1
+            x = _residual_block(x, width * mult, stride, f"s{stage}b{block}", out_name="cam" if last else None)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(0.2)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
-    return keras.Model(inputs, outputs, name="teacher_resnet")
+    return keras.Model(inputs, outputs, name=name)
 
 
-def _residual_block(x, channels: int, stride: int, name: str):
+def _residual_block(x, channels: int, stride: int, name: str, out_name: str | None = None):
     shortcut = x
     y = layers.Conv2D(channels, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_c1")(x)
     y = layers.BatchNormalization(name=f"{name}_bn1")(y)
@@ -59,7 +73,7 @@ def _residual_block(x, channels: int, stride: int, name: str):
     if stride != 1 or x.shape[-1] != channels:
         shortcut = layers.Conv2D(channels, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
         shortcut = layers.BatchNormalization(name=f"{name}_projbn")(shortcut)
-    return layers.ReLU()(layers.Add()([y, shortcut]))
+    return layers.ReLU(name=out_name)(layers.Add()([y, shortcut]))
 
 
 def build_augmenter(strength: str, seed: int) -> keras.Sequential:

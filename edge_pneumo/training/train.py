@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from edge_pneumo.lab.metrics import (
     hardest_population_calibration,
     youden,
 )
-from edge_pneumo.training.config import ONE_SE, TrainConfig
+from edge_pneumo.training.config import ARCHES, ONE_SE, TrainConfig
 from edge_pneumo.training.fit import fit, predict
 from edge_pneumo.training.keras_io import MODEL_NAME, record_path, save_model, versions
 
@@ -99,6 +99,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             threshold=sel.threshold,
             on_epoch=_epoch_line("full-train refit", log),
             teacher=split.teacher_p,
+            build=_builder(cfg.arch),
         )
         final_history = final.history
     record = _run_record(cfg, split, sel, final_history)
@@ -115,9 +116,20 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     return record
 
 
+def _builder(arch: str) -> Callable:
+    """The `fit` builder of one architecture (config.ARCHES)."""
+
+    def build(input_shape):
+        from edge_pneumo.training.model import build_model
+
+        return build_model(arch, input_shape)
+
+    return build
+
+
 def _load_split(cfg: TrainConfig, log: Callable[[str], None]) -> _Split:
     """train/ split patient-wise into fit and selection parts, loaded, with the teacher's labels."""
-    preprocessing = Preprocessing(intensity=cfg.intensity)
+    preprocessing = Preprocessing(size=ARCHES[cfg.arch].size, intensity=cfg.intensity)
     split_dir = find_split(cfg.data, "train")
     samples = discover(split_dir)
     soft = None
@@ -191,6 +203,7 @@ def _select(cfg: TrainConfig, split: _Split, log: Callable[[str], None]) -> _Sel
         on_epoch=_epoch_line("validation run", log),
         teacher=None if split.teacher_p is None else split.teacher_p[~split.in_val],
         threshold_on=shift_set,
+        build=_builder(cfg.arch),
     )
     vm = chosen.val_metrics
     p_va = predict(chosen.model, split.x_va)
@@ -277,6 +290,7 @@ def _run_record(cfg: TrainConfig, split: _Split, sel: _Selection, final_history:
         "command": " ".join(["edge-pneumo", *sys.argv[1:]]) if sys.argv else "",
         "seed": cfg.seed,
         "model_file": MODEL_NAME,
+        "arch": asdict(ARCHES[cfg.arch]),
         "class_names": list(CLASS_NAMES),
         "threshold": sel.threshold,
         "threshold_rule": _threshold_rule(cfg, sel),
