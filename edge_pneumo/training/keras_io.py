@@ -21,11 +21,11 @@ def record_path(model_path: Path) -> Path:
     return model_path.with_suffix(".record.json")
 
 
-def save_model(model, path: Path) -> None:
+def save_model(model, path: Path, arch: str = "seed") -> None:
     """Save weights and architecture only (no optimizer state), atomically."""
-    from edge_pneumo.training.model import build_seed_model
+    from edge_pneumo.training.model import build_model
 
-    clean = build_seed_model(tuple(model.input_shape[1:]))
+    clean = build_model(arch, tuple(model.input_shape[1:]))
     clean.set_weights(model.get_weights())
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     clean.save(tmp)

@@ -107,7 +107,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.evaluate_test:
         _evaluate_test(cfg, split.preprocessing, final.model, sel, record, log)
     record["seconds"] = round(time.time() - started, 1)
-    save_model(final.model, cfg.out / MODEL_NAME)
+    save_model(final.model, cfg.out / MODEL_NAME, cfg.arch)
     rp = record_path(cfg.out / MODEL_NAME)
     tmp = rp.with_suffix(".tmp")
     tmp.write_text(jsonout.dumps(record, indent=2) + "\n")
