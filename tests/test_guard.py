@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from edge_pneumo import Classifier
 from edge_pneumo.apps.cli import app
+from edge_pneumo.device import guard as guard_mod
 from edge_pneumo.device.guard import DICOM_RULES, check_dicom_header, contrast, layout_residual, layout_vector, texture
 from edge_pneumo.device.scoring import effective_band
 
@@ -86,6 +87,71 @@ def test_scores_tell_blank_noise_and_xray_apart():
     assert v.shape == (256,) and abs(v.mean()) < 1e-4 and abs(v.std() - 1) < 1e-2
     mean, basis = np.zeros(256, np.float32), np.eye(256, dtype=np.float32)[:8]
     assert layout_residual(v, mean, basis).shape == (1,)
+
+
+def _mixed_stack(rng: np.random.Generator) -> np.ndarray:
+    """64 px greys of every kind the guard sees: X-ray-like, noise, blank, near-blank, gradients, stripes."""
+    size = 64
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = [cv2.resize(synthetic_xray(rng, i % 2, 96), (size, size), interpolation=cv2.INTER_AREA) for i in range(12)]
+    images += [rng.integers(0, 256, (size, size), dtype=np.uint8) for _ in range(4)]
+    images += [np.full((size, size), v, np.uint8) for v in (0, 128, 255)]
+    images += [np.clip(rng.normal(128, s, (size, size)), 0, 255).astype(np.uint8) for s in (0.2, 1.0, 6.0)]
+    images += [(xx * 255 // (size - 1)).astype(np.uint8), (((yy // 4 + xx // 4) % 2) * 255).astype(np.uint8)]
+    return np.stack(images)
+
+
+def test_stacked_scores_have_the_bits_of_one_image_at_a_time(real_data_or_none):
+    """A folder run scores a few images at once (guard.texture_many, layout_vectors, layout_residual_rows):
+    each image's score must be the very float it gets alone, whatever came with it."""
+    stack = _mixed_stack(np.random.default_rng(11))
+    if real_data_or_none is not None:
+        from edge_pneumo.decoders.decode import read_grey
+
+        files = sorted((real_data_or_none / "test" / "NORMAL").glob("*.jpeg"))[:40]
+        real = [cv2.resize(read_grey(f, 128).pixels, (64, 64), interpolation=cv2.INTER_AREA) for f in files]
+        stack = np.concatenate([stack, np.stack(real)])
+    rng = np.random.default_rng(0)
+    mean = rng.normal(0, 0.1, 256).astype(np.float32)
+    basis = np.linalg.qr(rng.normal(size=(256, 8)))[0].T.astype(np.float32)
+    alone_t = [texture(s) for s in stack]
+    alone_v = [layout_vector(s) for s in stack]
+    alone_l = [float(layout_residual(v, mean, basis)[0]) for v in alone_v]
+    for n in (1, 3, 16, len(stack)):
+        for i in range(0, len(stack), n):
+            part = stack[i : i + n]
+            assert guard_mod.texture_many(part) == alone_t[i : i + n]
+            vectors = guard_mod.layout_vectors(part)
+            assert all(np.array_equal(a, b) for a, b in zip(vectors, alone_v[i : i + n]))
+            assert [float(x) for x in guard_mod.layout_residual_rows(vectors, mean, basis)] == alone_l[i : i + n]
+
+
+def test_a_stack_of_images_gets_the_verdicts_each_gets_alone(tiny_export, ood_folder, tmp_path):
+    from edge_pneumo.decoders.decode import read_grey
+
+    clf = Classifier.load(tiny_export)
+    pp, guard = clf.preprocessing, clf.guard
+    images = [read_grey(p, pp.min_side_hint) for p in sorted(ood_folder.values())]
+    rng = np.random.default_rng(5)
+    for i in range(6):
+        images.append(read_grey(_png(tmp_path / f"xray{i}.png", synthetic_xray(rng, i % 2, 96))))
+    images.append(read_grey(_png(tmp_path / "negative.png", 255 - synthetic_xray(rng, 1, 96))))
+    smalls = [pp.resize(im.pixels) for im in images]
+    together = guard.check_pixels_many(images, smalls)
+    alone = [guard.check_pixels(im, s) for im, s in zip(images, smalls)]
+    fields = ("reason", "check", "inverted", "scores", "warnings")
+    assert [[getattr(v, k) for k in fields] for v in together] == [[getattr(v, k) for k in fields] for v in alone]
+    assert {v.check for v in together} >= {"colour", "contrast", "texture", ""}
+
+
+def _png(path: Path, grey: np.ndarray) -> Path:
+    cv2.imwrite(str(path), grey)
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_data_or_none():
+    return real_data_dir()
 
 
 # --- the guard in the classifier, on the tiny export ---------------------------------

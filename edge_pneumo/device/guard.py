@@ -154,6 +154,59 @@ def layout_residual(v: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.nd
     return np.sqrt(np.true_divide(ms, np.intp(sq.shape[1]), out=ms, casting="unsafe"))
 
 
+# --- the same scores for a stack of images (n, s, s): one numpy call per step, not per image ---------
+# A folder run checks a few images at once (classifier.PER_TASK). Each function gives, image by image,
+# the bits of its one-image counterpart above (the same float32 operations on the same values:
+# tests/test_guard.py compares them), so a score never depends on which images came with it.
+
+
+def _row_mean_var32(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_mean_var32` of each row of f (n, k): per row, numpy's pairwise sum over k values, as for one image."""
+    n = np.intp(f.shape[1])
+    m = np.add.reduce(f, axis=1, keepdims=True)
+    np.true_divide(m, n, out=m, casting="unsafe")
+    x = np.subtract(f, m)
+    np.square(x, out=x)
+    return m, (np.add.reduce(x, axis=1, keepdims=True) / n).astype(np.float32)
+
+
+def texture_many(smalls: np.ndarray) -> list[float]:
+    """`texture` of each image of a stack. The stack is blurred as one tall image: the two 3x3 means
+    reach 2 pixels, and only pixels at least 2 from an image's edge are measured, so no image's
+    score sees its neighbour (OpenCV sums the box in float64, exactly, whatever came before)."""
+    n, h, w = smalls.shape
+    f = smalls.astype(np.float32).reshape(n * h, w)
+    var = _row_mean_var32(f.reshape(n, h * w))[1][:, 0]
+    detail = (f - cv2.blur(cv2.blur(f, (3, 3)), (3, 3))).reshape(n, h, w)[:, 2:-2, 2:-2]
+    sq = (detail * detail).reshape(n, -1)
+    fine = (np.add.reduce(sq, axis=1) / np.intp(sq.shape[1])).astype(np.float32)
+    return [0.0 if float(v) < 1e-6 else float(d / v) for d, v in zip(fine, var)]
+
+
+def layout_vectors(smalls: np.ndarray) -> np.ndarray:
+    """`layout_vector` of each image of a stack, as rows (n, LAYOUT_SIZE^2). One INTER_AREA resize of
+    the tall stack: each output pixel averages its own 4x4 block, and the blocks never straddle two
+    images (the side is a multiple of LAYOUT_SIZE; otherwise each image is resized alone)."""
+    n, h, w = smalls.shape
+    if h % LAYOUT_SIZE or w % LAYOUT_SIZE:
+        return np.stack([layout_vector(s) for s in smalls])
+    tall = cv2.resize(smalls.reshape(n * h, w), (LAYOUT_SIZE, n * LAYOUT_SIZE), interpolation=cv2.INTER_AREA)
+    t = tall.astype(np.float32).reshape(n, LAYOUT_SIZE * LAYOUT_SIZE)
+    mean, var = _row_mean_var32(t)
+    return (t - mean) / (np.sqrt(var) + 1e-3)
+
+
+def layout_residual_rows(v: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """`layout_residual` of each row of v, each row as its own (1, d) product: numpy loops over the
+    rows in C, and each is the very BLAS call one image makes (a matrix product of all rows at once
+    may round differently)."""
+    z = (v - mean)[:, None, :]
+    r = z - (z @ basis.T) @ basis
+    sq = np.multiply(r, r, out=r)[:, 0, :]
+    ms = np.add.reduce(sq, axis=1)
+    return np.sqrt(np.true_divide(ms, np.intp(sq.shape[1]), out=ms, casting="unsafe"))
+
+
 def feature_distance(h: np.ndarray, mean: np.ndarray, whitening: np.ndarray) -> np.ndarray:
     """Mahalanobis distance of feature rows h: |W (h - mean)|, with W^T W = inverse covariance."""
     z = (np.atleast_2d(h).astype(np.float32) - mean) @ whitening.T
@@ -231,34 +284,60 @@ class Guard:
 
     def check_pixels(self, image: GreyImage, small: np.ndarray) -> PixelVerdict:
         """Layer 2, on the decoded image and its resized grey (before CLAHE)."""
-        v = PixelVerdict()
+        return self.check_pixels_many([image], [small])[0]
+
+    def check_pixels_many(self, images: list[GreyImage], smalls: list[np.ndarray]) -> list[PixelVerdict]:
+        """`check_pixels` for a few images at once: the checks in the same order, the first failure
+        rejects, and the scores that take numpy work (texture, layout) run on the images still in,
+        stacked, with the bits of one image at a time."""
+        verdicts = [PixelVerdict() for _ in images]
+        live = [i for i in range(len(images)) if self._cheap_checks(verdicts[i], images[i], smalls[i])]
+        if live:
+            scores = texture_many(np.stack([smalls[i] for i in live]))
+            live = [i for i, t in zip(live, scores) if self._texture_check(verdicts[i], t)]
+        if live:
+            vectors = layout_vectors(np.stack([smalls[i] for i in live]))
+            residuals = layout_residual_rows(vectors, self.layout_mean, self.layout_basis)
+            for i, vec, score in zip(live, vectors, residuals):
+                self._layout_check(verdicts[i], vec, float(score))
+        return verdicts
+
+    def _cheap_checks(self, v: PixelVerdict, image: GreyImage, small: np.ndarray) -> bool:
+        """Colour, contrast and aspect ratio; False: rejected (the reason is in v)."""
         w, h = image.size if image.size[0] and image.size[1] else (image.pixels.shape[1], image.pixels.shape[0])
         s = v.scores
         s["colour"] = round(image.colour, 2)
         if image.colour > self.max_colour:
-            return _reject(
-                v, "colour", "not a chest X-ray: a colour image (photograph or colour scan); X-rays are grey"
-            )
+            _reject(v, "colour", "not a chest X-ray: a colour image (photograph or colour scan); X-rays are grey")
+            return False
         s["contrast"] = round(contrast(small), 2)
         if s["contrast"] < self.min_contrast:
-            return _reject(v, "contrast", "not a chest X-ray: blank or nearly uniform image")
+            _reject(v, "contrast", "not a chest X-ray: blank or nearly uniform image")
+            return False
         ratio = w / h
         if not self.aspect[0] <= ratio <= self.aspect[1]:
-            return _reject(
+            _reject(
                 v,
                 "aspect",
                 f"not a chest X-ray: {w}x{h} px is too elongated (width/height {ratio:.2f}, "
                 f"allowed {self.aspect[0]:.2f}-{self.aspect[1]:.2f})",
             )
-        s["texture"] = round(texture(small), 4)
-        if s["texture"] > self.max_texture:
-            return _reject(v, "texture", "not a chest X-ray: fine texture or noise throughout, unlike a radiograph")
-        if s["texture"] < self.min_texture:
-            return _reject(
-                v, "texture", "not a chest X-ray: no fine detail at all (a drawing, a gradient or a blurred image)"
-            )
-        vec = layout_vector(small)
-        score = float(layout_residual(vec, self.layout_mean, self.layout_basis)[0])
+            return False
+        return True
+
+    def _texture_check(self, v: PixelVerdict, texture_score: float) -> bool:
+        v.scores["texture"] = round(texture_score, 4)
+        if v.scores["texture"] > self.max_texture:
+            _reject(v, "texture", "not a chest X-ray: fine texture or noise throughout, unlike a radiograph")
+            return False
+        if v.scores["texture"] < self.min_texture:
+            _reject(v, "texture", "not a chest X-ray: no fine detail at all (a drawing, a gradient or a blurred image)")
+            return False
+        return True
+
+    def _layout_check(self, v: PixelVerdict, vec: np.ndarray, score: float) -> None:
+        """The layout against the training X-rays' principal components; a negative that fits is re-inverted."""
+        s = v.scores
         s["layout"] = round(score, 4)
         if score > self.layout.refuse:
             inverted = float(layout_residual(-vec, self.layout_mean, self.layout_basis)[0])
@@ -269,16 +348,16 @@ class Guard:
                     "the image looks inverted (a negative: bone dark, lungs bright; a MONOCHROME1/2 "
                     "mix-up?); it was classified re-inverted"
                 )
-                return v
-            return _reject(
+                return
+            _reject(
                 v,
                 "layout",
                 "not a frontal chest X-ray: its layout matches none of the training X-rays "
                 f"(layout score {score:.2f} > {self.layout.refuse:.2f})",
             )
+            return
         if self.layout.warn is not None and score > self.layout.warn:
             v.warnings.append(OUT_OF_POPULATION.format(what="layout"))
-        return v
 
     def check_features(self, features: np.ndarray) -> list[tuple[float, str | None, str | None]]:
         """Layer 3, per row of Dense(128) features: (distance, rejection reason or None, warning or None)."""
