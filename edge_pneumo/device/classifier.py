@@ -195,7 +195,8 @@ class Classifier:
 
         `artifact`: a manifest name; default: this device's fastest (its profile, else int8
         TFLite when LiteRT is installed, else int8 ONNX). The artifact's and the parameter
-        file's sha256 are checked against the manifest first (`verify=False` skips it).
+        file's sha256 are checked against the manifest first (`verify=False` skips it); a file
+        unchanged since it was last hashed in full is not read again (device/hash_cache.py).
         `guard=False` turns the input guard off (every result then says so). `tta=True` runs
         each image and its mirror image and averages them (flip TTA: twice the model time), with
         the operating point the manifest states for it. `site`: a site file (`edge-pneumo calibrate`)
@@ -232,9 +233,9 @@ class Classifier:
             raise ModelFileError(f"{path}: not a model file; expected .onnx or .tflite, or an exported/ folder")
         else:
             raise ModelFileError(f"{path}: no such model file or folder")
-        if verify:
-            manifest.verify(entry)
-        arrays = manifest.params(verify=verify) if guard else None
+        if verify:  # every start: the digests recorded while the files are unchanged (device/hash_cache.py)
+            manifest.verify(entry, cached=True)
+        arrays = manifest.params(verify=verify, cached=True) if guard else None
         backend = open_backend(entry.path(manifest.folder), threads or default_threads())
         guard_obj = None
         if guard:
@@ -251,7 +252,7 @@ class Classifier:
         if guard:
             from edge_pneumo.device.view_check import ViewCheck
 
-            view = ViewCheck.from_manifest(manifest, verify=verify, runtime=entry.runtime)
+            view = ViewCheck.from_manifest(manifest, verify=verify, runtime=entry.runtime, cached=True)
         return cls(backend, manifest, entry, guard_obj, None, use_guard=guard, tta=tta, view_check=view, site=site_file)
 
     # -- one image ------------------------------------------------------------------------

@@ -7,26 +7,18 @@ nothing that the manifest does not describe.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from edge_pneumo import jsonout
+from edge_pneumo.device.hash_cache import sha256_cached, sha256_of  # noqa: F401  (sha256_of: re-exported)
 from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.errors import IntegrityError, ModelFileError
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 2  # 2: guard, calibration, model_version, parameter file, three outputs
 MODEL_ENV = "EDGE_PNEUMO_MODEL"
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ArtifactEntry:
@@ -70,8 +62,9 @@ class Manifest:
                 return entry
         return None
 
-    def params(self, verify: bool = True):
-        """The parameter file's arrays (guard statistics, Grad-CAM weights), checked against its sha256."""
+    def params(self, verify: bool = True, cached: bool = False):
+        """The parameter file's arrays (guard statistics, Grad-CAM weights), checked against its sha256
+        (`cached`: the digest recorded while the file's stat is unchanged, device/hash_cache.py)."""
         info = self.raw.get("params_file")
         if not info:
             raise ModelFileError(
@@ -82,7 +75,7 @@ class Manifest:
             raise ModelFileError(
                 f"{path}: parameter file listed in the manifest is missing; run `edge-pneumo export` again"
             )
-        if verify and sha256_of(path) != info["sha256"]:
+        if verify and (sha256_cached if cached else sha256_of)(path) != info["sha256"]:
             raise IntegrityError(f"{path}: sha256 does not match the manifest; the file was changed after export")
         return read_params(path, info.get("arrays", {}))
 
@@ -96,14 +89,16 @@ class Manifest:
                 f"{self.folder}: no Grad-CAM weights for {artifact}; re-run `edge-pneumo export`"
             ) from None
 
-    def verify(self, entry: ArtifactEntry) -> None:
-        """Raise unless the artifact exists and its bytes hash to the manifest's sha256."""
+    def verify(self, entry: ArtifactEntry, cached: bool = False) -> None:
+        """Raise unless the artifact exists and its bytes hash to the manifest's sha256 (`cached`: a
+        start's check, which reuses the digest recorded while the file's stat is unchanged, hash_cache.py;
+        `edge-pneumo verify` reads every byte)."""
         path = entry.path(self.folder)
         if not path.is_file():
             raise ModelFileError(
                 f"{path}: artifact listed in {self.folder / MANIFEST_NAME} is missing; run `edge-pneumo export` again"
             )
-        actual = sha256_of(path)
+        actual = sha256_cached(path) if cached else sha256_of(path)
         if actual != entry.sha256:
             raise IntegrityError(
                 f"{path}: sha256 {actual[:12]}... does not match the manifest ({entry.sha256[:12]}...); "

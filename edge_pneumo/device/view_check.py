@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_pneumo.device.manifest import Manifest, sha256_of
+from edge_pneumo.device.manifest import Manifest, sha256_cached, sha256_of
 from edge_pneumo.errors import IntegrityError, MissingRuntimeError, ModelFileError
 
 SECTION = "view_check"
@@ -32,10 +32,16 @@ class ViewCheck:
 
     @classmethod
     def from_manifest(
-        cls, manifest: Manifest, verify: bool = True, artifact: str | None = None, runtime: str | None = None
+        cls,
+        manifest: Manifest,
+        verify: bool = True,
+        artifact: str | None = None,
+        runtime: str | None = None,
+        cached: bool = False,
     ) -> ViewCheck | None:
         """The manifest's view check, or None when the export has none: `artifact`, else a float32
-        file for `runtime` (the pneumonia artifact's: one runtime loaded, not two), else the default."""
+        file for `runtime` (the pneumonia artifact's: one runtime loaded, not two), else the default.
+        `cached`: its sha256 check may reuse the digest recorded while the file is unchanged (hash_cache.py)."""
         section = manifest.raw.get(SECTION)
         if not section:
             return None
@@ -45,7 +51,7 @@ class ViewCheck:
             entry = artifact_entry(section, artifact or _for_runtime(section, runtime))
             path = manifest.folder / entry["file"]
             if verify:
-                check_file(path, entry["sha256"])
+                check_file(path, entry["sha256"], cached)
             backend = open_backend(path, threads=1)  # ~17 k weights: more threads only add overhead
             return cls(backend, float(section["refuse_below"]), int(section["input"]["size"]), entry["name"])
         except (KeyError, TypeError, ValueError) as e:
@@ -88,12 +94,12 @@ def artifact_entry(section: dict, name: str | None = None) -> dict:
     raise KeyError(f"no view artifact named {name!r}")
 
 
-def check_file(path, sha256: str) -> None:
+def check_file(path, sha256: str, cached: bool = False) -> None:
     if not path.is_file():
         raise ModelFileError(
             f"{path}: view-check model listed in the manifest is missing; run `edge-pneumo train-view`"
         )
-    if sha256_of(path) != sha256:
+    if (sha256_cached if cached else sha256_of)(path) != sha256:
         raise IntegrityError(f"{path}: sha256 does not match the manifest; the file was changed after export")
 
 
