@@ -26,11 +26,12 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI's entry point s
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _benchlib as bl  # noqa: E402
+from bench_folder import default_data  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("EDGE_PNEUMO_DATA", "../shared/data/chest_xray")))
+    ap.add_argument("--data", type=Path, default=default_data(), help="default: $EDGE_PNEUMO_DATA, else ../shared/...")
     ap.add_argument("--split", default="train")
     ap.add_argument("--artifact", default="tflite_int8")
     ap.add_argument("--images", type=int, default=2000)
@@ -52,7 +53,7 @@ def profile(args) -> dict[str, float]:
     from edge_pneumo.apps.infer import gather_paths
     from edge_pneumo.apps.rows import RowWriter
     from edge_pneumo.decoders.decode import read_bytes, read_grey
-    from edge_pneumo.device.classifier import Classifier
+    from edge_pneumo.device.classifier import PER_TASK, Classifier
 
     paths = gather_paths([], args.data / args.split)[: args.images]
     clf = Classifier.load(None, artifact=args.artifact, threads=1)
@@ -83,11 +84,16 @@ def profile(args) -> dict[str, float]:
     )
     out["infer: resize to 64 px"] = per_image(lambda: [pp.resize(im.pixels) for im in images])
     if clf.guard is not None:
-        out["infer: guard pixel checks (per image)"] = per_image(
-            lambda: [clf.guard.check_pixels(im, s) for im, s in zip(images, smalls)]
+        out[f"infer: guard pixel checks ({PER_TASK} images at a time)"] = per_image(
+            lambda: [
+                clf.guard.check_pixels_many(images[i : i + PER_TASK], smalls[i : i + PER_TASK])
+                for i in range(0, n, PER_TASK)
+            ]
         )
     out["infer: CLAHE + channels"] = per_image(lambda: [pp.finish(s) for s in smalls])
-    out["infer: _prepare, whole (decode, guard, CLAHE)"] = per_image(lambda: [clf._prepare(p) for p in paths])
+    out["infer: _prepare_all, whole (decode, guard, CLAHE)"] = per_image(
+        lambda: [clf._prepare_all(paths[i : i + PER_TASK]) for i in range(0, n, PER_TASK)]
+    )
     out["infer: main model, batches of 32"] = per_image(lambda: [clf.backend.run(c) for c in chunks])
     if clf.view_check is not None:
         out["infer: view model, batches of 32"] = per_image(lambda: [clf.view_check.scores(c) for c in chunks])

@@ -93,9 +93,13 @@ def colourfulness(img: np.ndarray) -> float:
     step = max(1, min(h, w) // 64)
     small = small[::step, ::step]
     if small.dtype == np.uint8 and small.shape[0] * small.shape[1] <= _EXACT_U8_PIXELS:
+        small = np.ascontiguousarray(small)
+        raw = small.tobytes()
+        if raw[0::3] == raw[1::3] == raw[2::3]:  # grey (an X-ray saved as colour): every difference is 0
+            return 0.0
         # Integer channel differences in C (OpenCV), summed exactly: the very value the float32
         # lines below give (their sum is exact below 2^24), without six numpy passes.
-        b, g, r = cv2.split(np.ascontiguousarray(small))
+        b, g, r = cv2.split(small)
         diff = cv2.max(cv2.max(cv2.absdiff(b, g), cv2.absdiff(g, r)), cv2.absdiff(b, r))
         return float(np.float32(int(np.add.reduce(diff, axis=None, dtype=np.int64)) / diff.size))
     if small.dtype == np.uint8:

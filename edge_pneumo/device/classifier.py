@@ -289,8 +289,8 @@ class Classifier:
         A file that cannot be used gives a `failed` result; the others still get theirs."""
         threads = decode_threads or default_threads()
         with _decoder_pool(threads) as pool:
-            if pool is None:
-                prepared = map(self._prepare, paths)
+            if pool is None:  # in this thread, PER_TASK at a time too: the same stacked pixel checks
+                prepared = (p for chunk in _chunks(paths, PER_TASK) for p in self._prepare_all(chunk))
             else:  # a few images per task: one thread hand-off (future, lock, wake-up) per PER_TASK images
                 window = max(2, 8 * batch_size // PER_TASK)
                 tasks = _bounded_map(pool, self._prepare_all, _chunks(paths, PER_TASK), window)
