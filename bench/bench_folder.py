@@ -12,6 +12,9 @@
    TFLite with LiteRT installed) against bench/minimal_tflite.py, and `infer --artifact onnx_int8`
    against bench/minimal_onnx.py.
 The device profile is pointed at a file that does not exist, so every row runs what it names.
+The package's bytecode is compiled first (`compileall`, as `pip install` does; `--no-compile`
+skips it): with PYTHONDONTWRITEBYTECODE set and no __pycache__, every `infer` start would compile
+the package's ~25 modules from source (~30 ms) where an installed device never does.
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ def main() -> None:
     ap.add_argument("--image-rounds", type=int, default=9)
     ap.add_argument("--max-load", type=float, default=0.0, help="wait for this 1-min load first (0: don't)")
     ap.add_argument("--out", type=Path, default=bl.BENCH_DIR / "results_folder.json")
+    ap.add_argument("--no-compile", action="store_true", help="do not compile the package's bytecode first")
     args = ap.parse_args()
     record = bl.run_record(sys.argv)
+    record["bytecode"] = compile_package(not args.no_compile)
     record["quiet_wait"] = bl.wait_for_quiet(args.max_load, 900)
     manifest = bl.load_manifest_json(args.models)
     record["artifacts"] = {a["name"]: a["sha256"] for a in manifest["artifacts"] if a["name"] in RUNTIMES.values()}
@@ -85,7 +90,7 @@ def main() -> None:
     }
     results["summary"] = summarise(results)
     bl.write_json(args.out, results)
-    bl.write_text(args.out.parent / "RESULTS_folder.md", markdown(results))
+    bl.write_text(args.out.parent / "RESULTS_folder.md", markdown(results) + kept_profile(args.out.parent))
     print((args.out.parent / "RESULTS_folder.md").read_text())
 
 
@@ -96,6 +101,31 @@ def default_data() -> Path:
         if (up / "shared" / "data" / "chest_xray").is_dir():
             return up / "shared" / "data" / "chest_xray"
     return bl.REPO_DIR.parent / "shared" / "data" / "chest_xray"
+
+
+def kept_profile(folder: Path) -> str:
+    """The Profile section bench/profile_folder.py wrote into RESULTS_folder.md, kept as it was."""
+    path = folder / "RESULTS_folder.md"
+    text = path.read_text() if path.exists() else ""
+    return "\n## Profile" + text.split("\n## Profile", 1)[1] if "\n## Profile" in text else ""
+
+
+def compile_package(compile_it: bool) -> dict:
+    """Compile the package `infer` imports (this process's edge_pneumo: the same PYTHONPATH) to
+    __pycache__, as an install does; say whether its bytecode is there."""
+    import compileall
+    from importlib.util import find_spec
+
+    folder = Path(find_spec("edge_pneumo").submodule_search_locations[0])
+    if compile_it:
+        compileall.compile_dir(str(folder), quiet=1)
+    cached = sorted(folder.glob("**/__pycache__/*.pyc"))
+    return {
+        "package": str(folder),
+        "compiled_here": compile_it,
+        "pyc_files": len(cached),
+        "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
+    }
 
 
 def run_rounds(rows: dict[str, list[str]], rounds: int, env: dict, warmup: int = 0) -> dict:
@@ -159,7 +189,8 @@ def markdown(res: dict) -> str:
         f"{r['date_utc']}, git {r['git']['commit'][:10]}{' (package modified)' if r['git']['package_dirty'] else ''}, "
         f"{m['cpu_model']}, {m['cores_usable']} cores; load average {r['loadavg_start']} -> {res['loadavg_end']} "
         "(a shared machine: wall times move with the neighbours, CPU seconds much less).  ",
-        "Artifacts: " + ", ".join(f"{k} `{v[:16]}`" for k, v in r["artifacts"].items()) + ".",
+        "Artifacts: " + ", ".join(f"{k} `{v[:16]}`" for k, v in r["artifacts"].items()) + ".  ",
+        _bytecode_line(r.get("bytecode")),
         "",
         f"## Folder: {res['images']} {res['split']} images, whole processes in turn, "
         f"medians of {len(f['loop_tflite']['walls'])}",
@@ -199,6 +230,16 @@ def markdown(res: dict) -> str:
             f"<= 1.1x wall and RSS: {'met' if met else 'not met'} |"
         )
     return "\n".join(L) + "\n"
+
+
+def _bytecode_line(b: dict | None) -> str:
+    if not b:
+        return "Package bytecode: not recorded."
+    how = "compiled before timing (as `pip install` does)" if b["compiled_here"] else "not compiled by the bench"
+    return (
+        f"Package bytecode: {how}; {b['pyc_files']} .pyc files; "
+        f"PYTHONDONTWRITEBYTECODE={b['PYTHONDONTWRITEBYTECODE'] or 'unset'}."
+    )
 
 
 if __name__ == "__main__":
