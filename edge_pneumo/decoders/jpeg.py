@@ -124,16 +124,10 @@ def decode_jpeg(name: str, data: bytes, min_side_hint: int | None) -> GreyImage:
     colour = 0.0
     if colourspace not in ("Gray", "GRAY"):
         try:  # a thumbnail in colour, for the guard: a photo has channel differences, a grey X-ray none
-            colour = colourfulness(
-                simplejpeg.decode_jpeg(
-                    data,
-                    colorspace="BGR",
-                    strict=False,
-                    min_factor=8,
-                    min_height=math.ceil(h / 8),
-                    min_width=math.ceil(w / 8),
-                )
-            )
+            eighth = dict(min_factor=8, min_height=math.ceil(h / 8), min_width=math.ceil(w / 8))
+            thumb = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=False, **eighth)
+            raw = thumb.tobytes()  # B, G, R interleaved: all equal is grey, colourfulness 0 (the common case)
+            colour = 0.0 if raw[0::3] == raw[1::3] == raw[2::3] else colourfulness(thumb)
         except ValueError:
             colour = 0.0
     return GreyImage(np.ascontiguousarray(pixels), warnings, colour, (w, h), "jpeg")
