@@ -22,8 +22,11 @@ def finite(obj):
     return obj
 
 
+_ROW_ENCODER = json.JSONEncoder(allow_nan=False)  # json.dumps(obj, allow_nan=False), without a new encoder per row
+
+
 def dumps(obj, **kwargs) -> str:
     try:  # nearly always finite already: one pass, no copy (a folder run writes a row per image)
-        return json.dumps(obj, allow_nan=False, **kwargs)
+        return json.dumps(obj, allow_nan=False, **kwargs) if kwargs else _ROW_ENCODER.encode(obj)
     except ValueError:
         return json.dumps(finite(obj), allow_nan=False, **kwargs)
