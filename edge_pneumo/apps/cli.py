@@ -448,6 +448,25 @@ def export(
             "their manifest entries and guard parameters stay as they are.",
         ),
     ] = False,
+    keras: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--keras",
+            help="Your own Keras binary classifier instead of --model: one sigmoid output, 0..255 pixels in, "
+            "any square size. Without a run record beside it, the input size comes from the model and the "
+            "threshold and band are fitted on the validation images (the manifest says so); pass the layers.",
+        ),
+    ] = None,
+    features_layer: Annotated[
+        Optional[str],
+        typer.Option(help="The layer whose vector the sigmoid output reads (the input guard's features)."),
+    ] = None,
+    cam_layer: Annotated[
+        Optional[str], typer.Option(help="The last (h, w, c) activations before it (what Grad-CAM weighs).")
+    ] = None,
+    intensity: Annotated[
+        str, typer.Option(help="Intensity step of a --keras model without a run record: none, equalize or clahe.")
+    ] = "none",
 ) -> None:
     """Export to TFLite and ONNX (float and int8), validate each against the float model, write manifest.json."""
     from edge_pneumo.device.artifact_formats import resolve_formats
@@ -456,10 +475,12 @@ def export(
         fmts = tuple(resolve_formats(formats))
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--formats") from None
+    if intensity not in ("none", "equalize", "clahe"):
+        raise typer.BadParameter(f"{intensity!r}: one of none, equalize, clahe", param_hint="--intensity")
     from edge_pneumo.training.export import ExportConfig, export_all, remake_artifacts
     from edge_pneumo.training.keras_io import load_keras
 
-    km = load_keras(model)
+    km = load_keras(keras, record_optional=True, intensity=intensity) if keras else load_keras(model)
     split = km.record.get("split", {})
     seed = int(split.get("split_seed", km.record.get("seed", 0)))  # the training run's own patient split
     val_fraction = float(split.get("val_fraction", 0.15))
@@ -472,6 +493,8 @@ def export(
         seed=seed,
         val_fraction=val_fraction,
         budget_scale=budget_scale,
+        features_layer=features_layer,
+        cam_layer=cam_layer,
     )
     manifest = (remake_artifacts if update else export_all)(km, cfg, log=lambda m: print(m, flush=True))
     print(f"wrote {len(manifest['artifacts'])} artifacts and {out / 'manifest.json'}")

@@ -151,6 +151,7 @@ def _check_guard(manifest: Manifest) -> tuple[dict, dict | None]:
         for name in manifest.artifacts:
             Guard.from_manifest(manifest.raw["guard"], arrays, name)
             manifest.gradcam_params(name)
+        manifest.cam_geometry()
     except EdgePneumoError as e:
         row["status"], arrays = "FAILED", None
         row["notes"].append(str(e))

@@ -454,8 +454,9 @@ class Classifier:
         from edge_pneumo.device.explain import gradcam_map
 
         if self.gradcam is None:
-            self.gradcam = self.manifest.gradcam_params(self.entry.name)
-        return gradcam_map(conv, features, *self.gradcam, size=self.preprocessing.size)
+            self.gradcam = (*self.manifest.gradcam_params(self.entry.name), self.manifest.cam_geometry())
+        channel_weights, w2, geometry = self.gradcam
+        return gradcam_map(conv, features, channel_weights, w2, size=self.preprocessing.size, geometry=geometry)
 
 
 def _preferred_artifact(manifest: Manifest) -> str:

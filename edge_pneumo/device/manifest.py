@@ -17,7 +17,7 @@ from edge_pneumo.device.preprocess import Preprocessing
 from edge_pneumo.errors import IntegrityError, ModelFileError
 
 MANIFEST_NAME = "manifest.json"
-SCHEMA_VERSION = 2  # 2: guard, calibration, model_version, parameter file, three outputs
+SCHEMA_VERSION = 2  # 2: guard, calibration, model_version, parameter file, three outputs (+ optional "model", "cam")
 MODEL_ENV = "EDGE_PNEUMO_MODEL"
 
 
@@ -87,7 +87,7 @@ class Manifest:
         return read_params(path, info.get("arrays", {}))
 
     def gradcam_params(self, artifact: str) -> tuple:
-        """(channel weights (c, 128), output weights (128,)) of one artifact's head, for Grad-CAM."""
+        """(channel weights (c, k), output weights (k,)) of one artifact's head, for Grad-CAM."""
         arrays = self.params(verify=False)
         try:
             return arrays[f"{artifact}/gradcam_channel_weights"], arrays[f"{artifact}/head_w2"]
@@ -95,6 +95,15 @@ class Manifest:
             raise ModelFileError(
                 f"{self.folder}: no Grad-CAM weights for {artifact}; re-run `edge-pneumo export`"
             ) from None
+
+    def cam_geometry(self):
+        """Where the Grad-CAM grid sits on the model input (the "cam" section; the seed's without one)."""
+        from edge_pneumo.device.explain import CamGeometry
+
+        try:
+            return CamGeometry.from_manifest(self.raw)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{self.folder}: unusable 'cam' section ({e}); re-run `edge-pneumo export`") from None
 
     def verify(self, entry: ArtifactEntry) -> None:
         """Raise unless the artifact exists and its bytes hash to the manifest's sha256."""
