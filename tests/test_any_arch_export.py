@@ -107,6 +107,25 @@ def test_runtime_matches_keras_and_the_map_is_exactly_cam(small_keras, small_exp
     assert entries["onnx_int8"]["gradcam_weights"] == "dequantised from the artifact"
 
 
+def test_classifier_guards_and_explains_with_the_small_model(small_export, synthetic_data, tmp_path):
+    """The whole device path on the new model: guard (pixels at its input size, its own features),
+    decision, and a heatmap at its input size; a blank page is still refused."""
+    import cv2
+
+    from edge_pneumo import Classifier
+
+    clf = Classifier.load(small_export, artifact="onnx_int8")
+    paths = sorted((synthetic_data / "test" / "PNEUMONIA").glob("*.jpeg"))[:6]
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((300, 300), 128, np.uint8))
+    results = [clf.explain(p) for p in [*paths, blank]]
+    classified = [r for r in results[:-1] if r.status == "classified"]
+    assert classified, [r.reason for r in results]
+    for r in classified:
+        assert r.heatmap.shape == (SIZE, SIZE) and 0.0 <= r.probability <= 1.0
+    assert results[-1].status == "rejected" and "blank" in results[-1].reason
+
+
 def test_keras_export_refuses_layers_that_break_the_head(small_keras, synthetic_data, tmp_path):
     path = small_keras[0]
     r = runner.invoke(app, _export_args(path, synthetic_data, tmp_path / "a", "--features-layer", "gap"))

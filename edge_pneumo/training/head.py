@@ -165,9 +165,7 @@ class Head:
                 f"{self.activation}(linear function) (relative error {max(act_err, lin_err):.1e}): Grad-CAM "
                 "needs --cam-layer to be the last (h, w, c) activations before pooling or Flatten + Dense"
             )
-        h, w, c = self.grid
-        probe = np.eye(c, dtype=np.float32)[:, None, None, :] * np.ones((1, h, w, 1), np.float32)
-        probed = ((pre(probe) - zero) / (h * w)).astype(np.float32)
+        probed = _probe_channel_weights(pre, self.grid, zero)
         analytic = self.channel_weights_from(self.w1)
         if analytic is not None:
             g_err = float(np.abs(analytic - probed).max()) / (1e-12 + float(np.abs(probed).max()))
@@ -257,6 +255,18 @@ class _PreActivation:
             if saved is not None:
                 self.layer.activation = saved
         return np.concatenate(parts).astype(np.float64)
+
+
+def _probe_channel_weights(pre: _PreActivation, grid: tuple[int, int, int], zero: np.ndarray) -> np.ndarray:
+    """G = (L(E_c) - L(0)) / (h w), a few channels at a time (E_c: ones on channel c)."""
+    h, w, c = grid
+    rows = []
+    for first in range(0, c, 64):
+        n = min(64, c - first)
+        probe = np.zeros((n, h, w, c), np.float32)
+        probe[np.arange(n), :, :, first + np.arange(n)] = 1.0
+        rows.append(pre(probe))
+    return ((np.concatenate(rows) - zero) / (h * w)).astype(np.float32)
 
 
 def _layer(model, name: str, source: str):
