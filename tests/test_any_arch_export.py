@@ -175,3 +175,68 @@ def test_record_without_arch_reads_the_seed_layers(tmp_path):
     assert (spec.arch, spec.size, spec.features_layer, spec.layers_from) == ("small", 128, "gap", "run record")
     assert model_spec(km, "gap", "cam").arch == "small" and model_spec(km, "gap", "s3b1").arch == "custom"
     assert json.loads(json.dumps(spec.to_dict()))["input_size"] == 128
+
+
+def _toy(head: str):
+    """A tiny classifier with a cam layer "a" and a features layer "f" of the given head form."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(1)
+    x = inp = keras.Input((16, 16, 3))
+    x = layers.Rescaling(1 / 255)(x)
+    x = layers.Conv2D(6, 3, activation="relu")(x)
+    x = layers.MaxPooling2D(2, name="a")(x)
+    if head == "dense":
+        f = layers.Dense(5, activation="relu", name="f")(layers.Flatten()(x))
+    elif head == "pooled":
+        f = layers.GlobalAveragePooling2D(name="f")(x)
+    else:  # a batch norm and a ReLU Dense after the pooling: linear, but no known pattern
+        x = layers.BatchNormalization(beta_initializer="random_normal", moving_mean_initializer="random_normal")(x)
+        f = layers.Dense(5, activation="relu", name="f")(layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inp, layers.Dense(1, activation="sigmoid")(f))
+
+
+@pytest.mark.parametrize("form", ["dense", "pooled", "affine"])
+def test_channel_weights_are_the_exact_grad_cam_weights(form):
+    """alpha = G (w2 * gate(f)) equals the mean over positions of d logit / dA, by TensorFlow's own
+    autograd, for each head form; the grid of a plain conv-pool chain sits on its receptive fields."""
+    tf = pytest.importorskip("tensorflow")
+    from edge_pneumo.training.head import Head, ModelSpec, cam_geometry, device_model
+
+    model = _toy(form)
+    spec = ModelSpec("toy", "", 16, "f", "a", "test")
+    head = Head.read(model, spec, "toy")
+    x = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.float32)
+    head.check(model, x, "toy")
+    assert head.kind == form and head.grid == (7, 7, 6)
+    _, f, a = (t.numpy() for t in device_model(model, spec)(x, training=False))
+    rest = tf.keras.Model(model.get_layer("a").output, model.output)  # the model from the cam layer on
+    a = tf.Variable(a)
+    with tf.GradientTape() as tape:
+        p = rest(a, training=False)
+        z = tf.math.log(p) - tf.math.log(1 - p)
+    grad = tape.gradient(z, a).numpy()  # d logit / dA, per image (images are independent)
+    gate = (f > 0) if head.activation == "relu" else np.ones_like(f)
+    alpha = (head.channel_weights @ (head.w2 * gate).T).T  # (n, c)
+    np.testing.assert_allclose(alpha, grad.mean(axis=(1, 2)), rtol=2e-3, atol=1e-6)
+    g = cam_geometry(model, head)
+    assert (g["scale"], g["offset"]) == (2, 1)  # 3x3 valid conv + 2x2 pool: cell i centred on pixel 2i + 1.5
+
+
+def test_a_nonlinear_path_is_refused():
+    pytest.importorskip("tensorflow")
+    import keras
+    from keras import layers
+
+    from edge_pneumo.errors import EdgePneumoError
+    from edge_pneumo.training.head import Head, ModelSpec
+
+    inp = keras.Input((16, 16, 3))
+    a = layers.Conv2D(4, 3, activation="relu", name="a")(inp)
+    f = layers.GlobalAveragePooling2D(name="f")(layers.Conv2D(4, 3, activation="relu")(a))
+    model = keras.Model(inp, layers.Dense(1, activation="sigmoid")(f))
+    head = Head.read(model, ModelSpec("toy", "", 16, "f", "a", "test"), "toy")
+    x = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.float32)
+    with pytest.raises(EdgePneumoError, match="is not linear"):
+        head.check(model, x, "toy")
