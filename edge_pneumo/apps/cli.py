@@ -545,6 +545,26 @@ def list_formats() -> None:
         print(f"{f.name:<20} {f.runtime:<7} {f.precision:<13} {f.file:<32} {b}{'  (device)' if f.device else ''}")
 
 
+@app.command("models")
+@handle_errors
+def list_models(
+    model: ModelOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text (a table), or json.")] = "text",
+) -> None:
+    """List the shipped models (and --model's, when it is another folder): what each is, its input, artifacts
+    and sizes, its test figures, its threshold, and the time per image `verify` measured on this device.
+
+    Reads the manifests and the device profile only: no model is loaded.
+    """
+    from edge_pneumo import jsonout
+    from edge_pneumo.apps.model_list import format_models, model_rows
+
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter("choose text or json", param_hint="--format")
+    rows = model_rows(model)
+    print(jsonout.dumps({"models": rows}, indent=2) if fmt == "json" else format_models(rows))
+
+
 @app.command()
 @handle_errors
 def infer(
