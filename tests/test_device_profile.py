@@ -1,7 +1,8 @@
 """The device profile applies only where it was measured: same runtimes, same artifacts.
 
 Two environments on one device, told apart by the runtime set passed in (as `verify` and
-`infer` would detect it): a base install (onnxruntime only) and one with LiteRT too.
+`infer` would detect it): a base install (onnxruntime only) and one with LiteRT too. Two models
+(seed, and the same artifacts under another model_version, as small's would be): one entry each.
 """
 
 from __future__ import annotations
