@@ -78,7 +78,7 @@ def measured_figures(raw: dict, runtimes: dict[str, str | None] | None = None) -
     fastest = entry.get("fastest")
     if not isinstance(fastest, str) or not fastest:
         return None
-    shas = {a.get("name"): a.get("sha256") for a in raw.get("artifacts", []) if isinstance(a, dict)}
+    shas = {a["name"]: a.get("sha256") for a in raw.get("artifacts") or [] if isinstance(a, dict) and "name" in a}
     here = _measured_with(shas, installed_runtimes() if runtimes is None else runtimes)
     ms = (entry.get("latency_ms_p50") or {}).get(fastest)
     return {

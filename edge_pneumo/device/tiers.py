@@ -13,7 +13,7 @@ Every front end passes its `--model` value here (through `Classifier.load`, `ver
 3. Anything else is a path (an exported/ folder, an .onnx/.tflite/.keras file), as it always was;
    a bare word that is neither a tier nor an existing path is taken for a mistyped tier name.
 
-Only `os` and `pathlib`: `infer` resolves its model before anything heavy is imported.
+Only `os`, `pathlib` and the error type: `infer` resolves its model before anything heavy is imported.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def shipped_tiers() -> dict[str, Path]:
 
 
 def is_tier_name(text: str) -> bool:
+    """`seed`, `small` (any case), never a path: `./small` is a folder."""
     return text.lower() in TIERS and "/" not in text and os.sep not in text
 
 
