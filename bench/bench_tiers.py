@@ -95,9 +95,9 @@ def main() -> None:
 
 
 def tier_folder(tier: str) -> Path:
-    from edge_pneumo.device.manifest import resolve_model_folder  # the CLI's own resolver (`--model NAME`)
+    from edge_pneumo.device.tiers import resolve_model  # the CLI's own resolver (`--model NAME`)
 
-    return Path(resolve_model_folder(tier))
+    return Path(resolve_model(tier))
 
 
 def report_figures(folder: Path) -> dict:
