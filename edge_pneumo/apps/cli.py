@@ -54,6 +54,16 @@ TtaOpt = Annotated[
         ),
     ),
 ]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model",
+        "-m",
+        help="A shipped model, 'seed' (the default) or 'small' (`edge-pneumo models` lists them), an exported/ "
+        "folder or an .onnx/.tflite file. Default: $EDGE_PNEUMO_MODEL, else seed.",
+        show_default=False,
+    ),
+]
 SiteOpt = Annotated[
     Optional[Path],
     typer.Option(
@@ -373,9 +383,15 @@ def merge_teachers(
 @handle_errors
 def evaluate(
     model: Annotated[
-        Path,
-        typer.Option(help="A .keras model (needs the train extra), an .onnx/.tflite artifact, or an exported/ folder."),
-    ] = Path("exported"),
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="A shipped model ('seed', the default, or 'small'), an exported/ folder, an .onnx/.tflite artifact, "
+            "or a .keras model (needs the train extra). Default: $EDGE_PNEUMO_MODEL, else seed.",
+            show_default=False,
+        ),
+    ] = None,
     data: Annotated[
         Path, typer.Option(help="Labelled images: DIR/test or DIR/{NORMAL,PNEUMONIA}.", envvar="EDGE_PNEUMO_DATA")
     ] = Path("../shared/data/chest_xray/test"),
@@ -385,9 +401,11 @@ def evaluate(
 ) -> None:
     """Accuracy, ROC AUC, sensitivity, specificity, precision, F1 and confusion matrix at the model's threshold."""
     from edge_pneumo import jsonout
+    from edge_pneumo.device.tiers import resolve_model
     from edge_pneumo.lab.evaluate import evaluate as score
     from edge_pneumo.lab.evaluate import format_report, load_labelled, log_evaluation
 
+    model = resolve_model(model)
     if model.suffix == ".keras":
         from edge_pneumo.training.fit import predict
         from edge_pneumo.training.keras_io import load_keras
@@ -550,6 +568,26 @@ def list_formats() -> None:
         print(f"{f.name:<20} {f.runtime:<7} {f.precision:<13} {f.file:<32} {b}{'  (device)' if f.device else ''}")
 
 
+@app.command("models")
+@handle_errors
+def list_models(
+    model: ModelOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text (a table), or json.")] = "text",
+) -> None:
+    """List the shipped models (and --model's, when it is another folder): what each is, its input, artifacts
+    and sizes, its test figures, its threshold, and the time per image `verify` measured on this device.
+
+    Reads the manifests and the device profile only: no model is loaded.
+    """
+    from edge_pneumo import jsonout
+    from edge_pneumo.apps.model_list import format_models, model_rows
+
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter("choose text or json", param_hint="--format")
+    rows = model_rows(model)
+    print(jsonout.dumps({"models": rows}, indent=2) if fmt == "json" else format_models(rows))
+
+
 @app.command()
 @handle_errors
 def infer(
@@ -569,15 +607,7 @@ def infer(
             "--dir", "-d", help="Classify every image file under this folder (recursive).", show_default=False
         ),
     ] = None,
-    model: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--model",
-            "-m",
-            help="An .onnx/.tflite artifact or an exported/ folder. Default: the shipped int8 ONNX.",
-            show_default=False,
-        ),
-    ] = None,
+    model: ModelOpt = None,
     artifact: Annotated[
         Optional[str],
         typer.Option(
@@ -707,12 +737,7 @@ def serve(
         Optional[Path],
         typer.Option(help="A file holding the access token (or set EDGE_PNEUMO_TOKEN).", show_default=False),
     ] = None,
-    model: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--model", "-m", help="An exported/ folder or artifact. Default: the shipped model.", show_default=False
-        ),
-    ] = None,
+    model: ModelOpt = None,
     artifact: Annotated[
         Optional[str],
         typer.Option(help="The manifest's artifact name. Default: this device's fastest.", show_default=False),
@@ -790,12 +815,7 @@ def watch(
         Path,
         typer.Option("--output", "-o", help="Results, one JSON line per image (appended; each image exactly once)."),
     ] = Path("results.jsonl"),
-    model: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--model", "-m", help="An exported/ folder or artifact. Default: the shipped model.", show_default=False
-        ),
-    ] = None,
+    model: ModelOpt = None,
     artifact: Annotated[
         Optional[str],
         typer.Option(help="The manifest's artifact name. Default: this device's fastest.", show_default=False),
@@ -891,15 +911,7 @@ def batch(
     resume: Annotated[
         bool, typer.Option("--resume", help="Keep the results already in OUTPUT and classify only the rest.")
     ] = False,
-    model: Annotated[
-        Optional[str],
-        typer.Option(
-            "--model",
-            "-m",
-            help="An exported/ folder readable by every worker. Default: the model inside the package.",
-            show_default=False,
-        ),
-    ] = None,
+    model: ModelOpt = None,
     artifact: Annotated[
         Optional[str],
         typer.Option(help="The manifest's artifact name. Default: each worker's fastest.", show_default=False),
@@ -960,8 +972,10 @@ def batch(
 @handle_errors
 def verify(
     folder: Annotated[
-        Optional[Path], typer.Argument(help="The exported/ folder. Default: the shipped one.", show_default=False)
+        Optional[str],
+        typer.Argument(help="The same as --model (kept for older scripts).", show_default=False),
     ] = None,
+    model: ModelOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     runs: Annotated[int, typer.Option(help="Timed runs per artifact for the latency figure.", min=1)] = 20,
     no_profile: Annotated[
@@ -974,12 +988,15 @@ def verify(
     With --site (or $EDGE_PNEUMO_SITE): checks that the site file was made for an artifact of this folder, and shows it.
 
     Records the fastest artifact on this device in its profile (~/.config/edge-pneumo/device_profile.json,
-    or $EDGE_PNEUMO_PROFILE); infer and serve then use it by default. No dataset needed.
+    or $EDGE_PNEUMO_PROFILE), one entry per model; infer and serve then use it by default, and `edge-pneumo
+    models` shows its time per image. No dataset needed.
     """
     from edge_pneumo import jsonout
     from edge_pneumo.apps.verify import format_verify_report, verify_folder
 
-    report = verify_folder(folder, runs=runs, write_profile=not no_profile, site=site)
+    if folder is not None and model is not None and folder != model:
+        raise typer.BadParameter(f"FOLDER {folder} and --model {model} differ: give one", param_hint="--model")
+    report = verify_folder(model or folder, runs=runs, write_profile=not no_profile, site=site)
     print(jsonout.dumps(report, indent=2) if json_out else format_verify_report(report))
     raise typer.Exit(EXIT_OK if report["passed"] else EXIT_FAILED)
 
@@ -1014,12 +1031,7 @@ def calibrate(
         Optional[str],
         typer.Option(help="A name for this site, shown as `calibrated_on` in every row.", show_default=False),
     ] = None,
-    model: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--model", "-m", help="An exported/ folder or artifact. Default: the shipped model.", show_default=False
-        ),
-    ] = None,
+    model: ModelOpt = None,
     artifact: Annotated[
         Optional[str],
         typer.Option(
@@ -1082,10 +1094,7 @@ def drift(
             show_default=False,
         ),
     ] = None,
-    model: Annotated[
-        Optional[Path],
-        typer.Option("--model", "-m", help="The exported/ folder. Default: the shipped one.", show_default=False),
-    ] = None,
+    model: ModelOpt = None,
     window: Annotated[
         Optional[int], typer.Option(help="Readable results per window (default 500).", min=1, show_default=False)
     ] = None,
@@ -1123,7 +1132,10 @@ def compare(
     data: Annotated[
         Path, typer.Option(help="Labelled images: DIR/test or DIR/{NORMAL,PNEUMONIA}.", envvar="EDGE_PNEUMO_DATA")
     ] = Path("../shared/data/chest_xray/test"),
-    models: Annotated[Path, typer.Option(help="The exported/ folder whose artifacts to compare.")] = Path("exported"),
+    model: ModelOpt = None,
+    models: Annotated[
+        Optional[str], typer.Option("--models", help="The same as --model (kept for older scripts).", hidden=True)
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for REPORT.md, report.json and report.png.")] = Path("reports"),
     keras_model: Annotated[
         Optional[Path],
@@ -1140,9 +1152,13 @@ def compare(
     no_figure: Annotated[bool, typer.Option("--no-figure", help="Skip the PNG figure (needs matplotlib).")] = False,
 ) -> None:
     """Compare every artifact with the float model: accuracy, AUC, agreement, size, latency, memory."""
+    from edge_pneumo.device.tiers import resolve_model
     from edge_pneumo.lab.compare import CompareOptions, run_compare
 
-    code = run_compare(CompareOptions(data, models, out, keras_model, threads, latency_runs, figure=not no_figure))
+    if model is not None and models is not None and model != models:
+        raise typer.BadParameter(f"--model {model} and --models {models} differ: give one", param_hint="--model")
+    folder = resolve_model(model or models)
+    code = run_compare(CompareOptions(data, folder, out, keras_model, threads, latency_runs, figure=not no_figure))
     raise typer.Exit(code)
 
 

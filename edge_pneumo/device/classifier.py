@@ -20,16 +20,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
 from edge_pneumo.decoders.decode import GreyImage, decode_bytes, read_grey
 from edge_pneumo.device import tta as flip_tta
-from edge_pneumo.device.manifest import ArtifactEntry, Manifest, default_model_folder, load_manifest
+from edge_pneumo.device.manifest import ArtifactEntry, Manifest, load_manifest
 from edge_pneumo.device.result import CLASSIFIED, CONFIDENT, INDETERMINATE, REJECTED, Result, failure
 from edge_pneumo.device.runtime import RUNTIME_BY_SUFFIX, Backend, Outputs, default_threads, open_backend
 from edge_pneumo.device.scoring import TRAINING_POPULATION, decide, effective_band
+from edge_pneumo.device.tiers import resolve_model
 from edge_pneumo.errors import InputImageError, InputRejected, ModelFileError
 
 PER_TASK = 4  # images per decoding task in a folder run
@@ -183,7 +183,8 @@ class Classifier:
         tta: bool = False,
         site: str | os.PathLike | None = None,
     ) -> Classifier:
-        """`model`: an exported/ folder, or an .onnx/.tflite file beside its manifest.json.
+        """`model`: a shipped tier's name (`seed`, `small`), an exported/ folder, or an .onnx/.tflite
+        file beside its manifest.json; None: $EDGE_PNEUMO_MODEL, else `seed` (device/tiers.py).
 
         `artifact`: a manifest name; default: this device's fastest (its profile, else int8
         TFLite when LiteRT is installed, else int8 ONNX). The artifact's and the parameter
@@ -199,7 +200,7 @@ class Classifier:
             from edge_pneumo.device.site import load_site
 
             site_file = load_site(site)
-        path = Path(model) if model is not None else default_model_folder()
+        path = resolve_model(model)
         if path.is_dir():
             manifest = load_manifest(path)
             if artifact is None and site_file is not None and site_file.artifact_name in manifest.artifacts:

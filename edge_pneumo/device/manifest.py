@@ -14,11 +14,11 @@ from pathlib import Path
 
 from edge_pneumo import jsonout
 from edge_pneumo.device.preprocess import Preprocessing
+from edge_pneumo.device.tiers import MODEL_ENV, resolve_model  # noqa: F401 (MODEL_ENV: its old home)
 from edge_pneumo.errors import IntegrityError, ModelFileError
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 2  # 2: guard, calibration, model_version, parameter file, three outputs (+ optional "model", "cam")
-MODEL_ENV = "EDGE_PNEUMO_MODEL"
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -204,27 +204,6 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
 
 
 def default_model_folder() -> Path:
-    """Where the shipped artifacts are: $EDGE_PNEUMO_MODEL, ./exported, the copy inside the
-    wheel, or (an editable install, run from another folder) the checkout's exported/."""
-    env = os.environ.get(MODEL_ENV)
-    if env:
-        return Path(env)
-    local = Path("exported")
-    if (local / MANIFEST_NAME).is_file():
-        return local
-    package = Path(__file__).resolve().parents[1]  # edge_pneumo/
-    inside = package / "exported"  # the wheel's copy
-    if (inside / MANIFEST_NAME).is_file():
-        return inside
-    from importlib.util import find_spec  # an editable install maps the package elsewhere
-
-    spec = find_spec("edge_pneumo.exported")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(location) / MANIFEST_NAME).is_file():
-            return Path(location)
-    checkout = package.parent / "exported"
-    if (checkout / MANIFEST_NAME).is_file():
-        return checkout
-    raise ModelFileError(
-        "no shipped model found: pass --model (an exported/ folder or an .onnx/.tflite file) or set EDGE_PNEUMO_MODEL"
-    )
+    """The default model's folder (or file): $EDGE_PNEUMO_MODEL, else the shipped `seed` tier
+    (tiers.resolve_model has the rules)."""
+    return resolve_model(None)
