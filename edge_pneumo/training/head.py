@@ -161,9 +161,9 @@ class Head:
         lin_err = float(np.abs(pre(a1 - 2 * a2) - (pre(a1) - 2 * pre(a2) + 2 * zero)).max()) / scale
         if max(act_err, lin_err) > LINEAR_TOLERANCE:
             raise EdgePneumoError(
-                f"{source}: '{self.spec.cam_layer}' -> '{self.spec.features_layer}' is not "
-                f"{self.activation}(linear function) (relative error {max(act_err, lin_err):.1e}): Grad-CAM "
-                "needs --cam-layer to be the last (h, w, c) activations before pooling or Flatten + Dense"
+                f"{source}: '{self.spec.cam_layer}' -> '{self.spec.features_layer}' is not linear"
+                f"{' + ReLU' if self.activation == 'relu' else ''} (relative error {max(act_err, lin_err):.1e}): "
+                "Grad-CAM needs --cam-layer to be the last (h, w, c) activations before pooling or Flatten + Dense"
             )
         probed = _probe_channel_weights(pre, self.grid, zero)
         analytic = self.channel_weights_from(self.w1)
