@@ -345,10 +345,12 @@ def report(rec: dict) -> str:
             "(edge_pneumo/decoders/isolated.py: CharLS, or libjpeg where pyjpegls is missing) that is killed and "
             "reaped past 2 s + 0.25 s per megapixel: both finds are refused in ~2 s ('JPEG-LS decode did not "
             "finish in 2 s; the file's pixel data is likely corrupt'), under either decoder, and `serve` answers "
-            "422 with no zombie left. Cost, by bench/bench_jpegls_child.py on this machine under load: ~0.4 s "
-            "once per process (the child's start-up, mostly pydicom's import); then +2 ms for a 64 px file, +1 ms"
-            " at 4 MP and +53 ms at 18.5 MP (the decoded frame crossing a pipe), medians within the run's noise. "
-            "Fuzzing was not re-run after this fix;",
+            "422 with no zombie left. Cost, by bench/bench_jpegls_child.py (medians of 15, two runs, this 2-core "
+            "machine under a training job's load): 0.4-0.56 s once per process (the child's start-up, mostly "
+            "pydicom's import); then +0.7 to +2 ms for a 64 px file, within the noise at 4 MP (-6 to +1 ms on "
+            "~180-250 ms), +53 to +129 ms at 18.5 MP (on 0.7-1.4 s; the decoded 37 MB frame crossing a pipe). "
+            "Fuzzing was re-run only as a 70 s smoke with both finds in its corpus: 13,743 executions, no stop "
+            "(before, every libFuzzer restart stopped on the CharLS find);",
             "- the long run: a 246-byte damaged JPEG reported as a timeout that did not reproduce (18 ms in a fresh "
             "process: 'corrupt JPEG that cannot be decoded'); not committed, as it is a fragment of a dataset seed.",
             "",
