@@ -485,6 +485,13 @@ def export(
     intensity: Annotated[
         str, typer.Option(help="Intensity step of a --keras model without a run record: none, equalize or clahe.")
     ] = "none",
+    view_check_from: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Copy the frontal-view check (files and manifest section) from this export folder, with the "
+            "preprocessing it was fitted on, e.g. --view-check-from exported for a tier with another input size.",
+        ),
+    ] = None,
 ) -> None:
     """Export to TFLite and ONNX (float and int8), validate each against the float model, write manifest.json."""
     from edge_pneumo.device.artifact_formats import resolve_formats
@@ -513,6 +520,7 @@ def export(
         budget_scale=budget_scale,
         features_layer=features_layer,
         cam_layer=cam_layer,
+        view_check_from=view_check_from,
     )
     manifest = (remake_artifacts if update else export_all)(km, cfg, log=lambda m: print(m, flush=True))
     print(f"wrote {len(manifest['artifacts'])} artifacts and {out / 'manifest.json'}")

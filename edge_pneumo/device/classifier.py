@@ -118,7 +118,7 @@ class _Prepared:
     """An image that passed the pixel checks, ready for the model (a plain class: no dataclass
     machinery at import, on every `infer` start)."""
 
-    __slots__ = ("path", "x", "warnings", "guard", "seconds", "content_sha256")
+    __slots__ = ("path", "x", "warnings", "guard", "seconds", "content_sha256", "view_x")
 
     def __init__(
         self,
@@ -128,9 +128,10 @@ class _Prepared:
         guard: dict,
         seconds: float,
         content_sha256: str | None = None,
+        view_x: np.ndarray | None = None,
     ):
         self.path, self.x, self.warnings, self.guard = path, x, warnings, guard
-        self.seconds, self.content_sha256 = seconds, content_sha256
+        self.seconds, self.content_sha256, self.view_x = seconds, content_sha256, view_x
 
 
 class Classifier:
@@ -347,7 +348,10 @@ class Classifier:
             if verdict.inverted:
                 small = 255 - small
         x = self.preprocessing.finish(small)
-        return _Prepared(path, x, warnings, scores, time.perf_counter() - t0, digest)
+        view_x = None
+        if self.view_check is not None:  # its own input when its preprocessing is not the model's
+            view_x = self.view_check.own_input(image.pixels, self.guard is not None and verdict.inverted)
+        return _Prepared(path, x, warnings, scores, time.perf_counter() - t0, digest, view_x)
 
     def _run_batch(self, items: list, explain: bool = False) -> list[Result]:
         """Model + feature guard + calibration for the prepared items; rejected/failed pass through, in order."""
@@ -366,7 +370,11 @@ class Classifier:
                     None if out.features is None else out.features[:n],
                     None if out.conv is None else out.conv[:n],
                 )
-            views = self.view_check.check(batch) if self.view_check is not None else [(None, None)] * len(ready)
+            views = (
+                self.view_check.check(batch if ready[0].view_x is None else np.stack([p.view_x for p in ready]))
+                if self.view_check is not None
+                else [(None, None)] * len(ready)
+            )
             share = (time.perf_counter() - t0) / len(ready)
             scores = self.calibration.scores(out.probability, out.features)
             verdicts = (

@@ -51,6 +51,7 @@ class ExportConfig:
     budget_scale: float = 1.0  # < 1 tightens every budget (tests use it to prove enforcement)
     features_layer: str | None = None  # the layers the device reads; None: the run record's (head.model_spec)
     cam_layer: str | None = None
+    view_check_from: Path | None = None  # an export folder whose view check (and its preprocessing) is copied
 
 
 def _serving_function(model, input_shape, spec: ModelSpec):
@@ -536,7 +537,10 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
         for e in entries:
             os.replace(scratch / e["file"], cfg.out / e["file"])
         os.replace(params_path, cfg.out / PARAMS_FILE)
-        _keep_view_check(cfg.out, manifest, log)
+        if cfg.view_check_from is not None:
+            attach_view_check(cfg.view_check_from, cfg.out, manifest, log)
+        else:
+            _keep_view_check(cfg.out, manifest, log)
         write_manifest(cfg.out, manifest)
         return manifest
     finally:
@@ -672,10 +676,42 @@ def _keep_view_check(out: Path, manifest: dict, log: Callable[[str], None] = pri
     old = previous.get(SECTION)
     if not old or not all((out / e["file"]).is_file() for e in old.get("artifacts", [])):
         return
-    if previous.get("preprocessing") != json.loads(jsonout.dumps(manifest["preprocessing"])):
+    own = (old.get("input") or {}).get("preprocessing")  # a check with its own input keeps it
+    if own is None and previous.get("preprocessing") != json.loads(jsonout.dumps(manifest["preprocessing"])):
         log(f"{out}: the view check was fitted on another preprocessing; dropped (run `edge-pneumo train-view`)")
         return
     manifest[SECTION] = old
+
+
+def attach_view_check(source: Path, out: Path, manifest: dict, log: Callable[[str], None] = print) -> None:
+    """Copy `source`'s view check (its files, unchanged, and its manifest section) into this export,
+    recording the preprocessing it was fitted on: the Classifier makes its input through that, not
+    through this model's (device/view_check.py). Files are checked against their sha256 first."""
+    from edge_pneumo.device.manifest import MANIFEST_NAME
+    from edge_pneumo.device.view_check import SECTION, check_file
+
+    try:
+        src = json.loads((Path(source) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EdgePneumoError(f"{source}: no readable {MANIFEST_NAME} to take the view check from ({e})") from None
+    section = src.get(SECTION)
+    if not section:
+        raise EdgePneumoError(f"{source}: its manifest has no {SECTION} section; run `edge-pneumo train-view` there")
+    section = json.loads(json.dumps(section))
+    for entry in section["artifacts"]:
+        check_file(Path(source) / entry["file"], entry["sha256"])
+        if Path(source).resolve() != Path(out).resolve():
+            shutil.copyfile(Path(source) / entry["file"], out / entry["file"])
+    own = (section.get("input") or {}).get("preprocessing") or src["preprocessing"]
+    section["input"] = {
+        "size": int(own["size"]),
+        "preprocessing": own,
+        "from": "the decoded image through this preprocessing (the one the check was fitted on), first channel, "
+        "after the guard's re-inversion",
+    }
+    section["copied_from"] = {"folder": Path(source).name, "model_version": src.get("model_version")}
+    manifest[SECTION] = section
+    log(f"view check: copied from {source} ({len(section['artifacts'])} files, its own {own['size']} px input)")
 
 
 def remake_artifacts(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
