@@ -146,6 +146,22 @@ def dicom_jpeg_bomb(rows: int = SIDE, cols: int = SIDE, frame_side: int = SIDE) 
     return buf.getvalue()
 
 
+def dicom_jpeg_ls(pixels, near: int = 0, bits_stored: int | None = None) -> bytes:
+    """A chest CR whose pixel data is JPEG-LS, lossless or near-lossless (`near`), encoded by CharLS;
+    signed when `pixels` is, so a decode also exercises pydicom's sign fix-up."""
+    from pydicom.uid import JPEGLSLossless, JPEGLSNearLossless
+
+    ds = _cr_dataset(*pixels.shape)
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated, ds.BitsStored = bits, bits_stored or bits
+    ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, int(pixels.dtype.kind == "i")
+    syntax = JPEGLSNearLossless if near else JPEGLSLossless
+    ds.compress(syntax, pixels, encoding_plugin="pyjpegls", jls_error=near)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def dicom_deflate_bomb(side: int = SIDE, rows: int | None = None) -> bytes:
     """Deflated Explicit VR Little Endian: the dataset after the file meta is one raw deflate stream
     holding side x side zero pixels; `rows` (= Rows = Columns) lets the header understate them."""

@@ -148,3 +148,24 @@ def test_site_calibration_on_arm64(pi_run):
     assert site["ok"], site["problems"]
     c = site["calibration_arm64"]
     assert c["rule_out"] < c["threshold"] < c["rule_in"]
+
+
+SMALL_MANIFEST = Path(__file__).resolve().parents[1] / "exported" / "small" / "manifest.json"
+
+
+@pytest.mark.skipif(
+    not SMALL_MANIFEST.exists(),
+    reason="the small tier is not exported yet (no exported/small/manifest.json): nothing to run as --model small",
+)
+def test_small_tier_by_name_on_arm64(pi_run):
+    """`infer --model small` finds the wheel's exported/small/ on the Pi and gives the host's labels (one NORMAL
+    and one PNEUMONIA test image: the tier's wiring and arithmetic on arm64, at a few seconds of CI time)."""
+    small = pi_run["small"]
+    assert small["ran"] and small["ok"], small
+    pi, host = _records(small["results_arm64"]), _records(small["results_host"])
+    assert len(pi) == 2 and pi.keys() == host.keys()
+    assert {r["status"] for r in pi.values()} == {"classified"}, pi
+    assert {r["model_version"] for r in pi.values()} == {json.loads(SMALL_MANIFEST.read_text())["model_version"]}
+    assert [pi[n]["label"] for n in sorted(pi)] == [host[n]["label"] for n in sorted(pi)]
+    dp = max(abs(float(pi[n]["raw_probability"]) - float(host[n]["raw_probability"])) for n in pi)
+    assert dp <= small["tolerance"], f"max |dp| {dp:.3g} > {small['tolerance']:.3g}"

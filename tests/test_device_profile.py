@@ -1,7 +1,8 @@
 """The device profile applies only where it was measured: same runtimes, same artifacts.
 
 Two environments on one device, told apart by the runtime set passed in (as `verify` and
-`infer` would detect it): a base install (onnxruntime only) and one with LiteRT too.
+`infer` would detect it): a base install (onnxruntime only) and one with LiteRT too. Two models
+(seed, and the same artifacts under another model_version, as small's would be): one entry each.
 """
 
 from __future__ import annotations
@@ -107,3 +108,67 @@ def test_installed_runtimes_reads_versions_without_importing():
     import onnxruntime
 
     assert version == onnxruntime.__version__ and imported == "False"
+
+
+# -- one entry per model: verifying `small` leaves seed's choice alone -------------------------
+
+
+def _other_model(manifest, version="small-cnn-2026-11-29-standin"):
+    """The same artifacts under another model's identity (as the small tier's manifest would be)."""
+    other = load_manifest(manifest.folder)
+    other.raw["model_version"] = version
+    return other
+
+
+def test_two_models_keep_their_own_choice_in_two_environments(manifest, capsys):
+    small = _other_model(manifest)
+    dp.write_profile(manifest, "onnx_float32", {"onnx_float32": 0.4}, runtimes=BASE)
+    dp.write_profile(small, "tflite_int8", {"tflite_int8": 1.5}, runtimes=WITH_LITERT)
+    models = dp.read_profile()["models"]
+    assert set(models) == {manifest.raw["model_version"], small.raw["model_version"]}
+    assert dp.preferred_artifact(manifest, BASE) == "onnx_float32"
+    assert dp.preferred_artifact(small, WITH_LITERT) == "tflite_int8"
+    assert capsys.readouterr().err == ""
+    # each model's entry is judged by its own environment: small's LiteRT timing does not apply on the base install
+    assert dp.preferred_artifact(small, BASE) == "onnx_int8"
+    assert "ai_edge_litert 2.3.0, here absent" in capsys.readouterr().err
+    assert dp.preferred_artifact(manifest, WITH_LITERT) == "tflite_int8"  # and seed's base timing not under LiteRT
+    # verifying seed again, elsewhere, replaces seed's entry only
+    dp.write_profile(manifest, "tflite_int8", {"tflite_int8": 0.2}, runtimes=WITH_LITERT)
+    assert dp.preferred_artifact(small, WITH_LITERT) == "tflite_int8"
+    assert dp.read_profile()["models"][small.raw["model_version"]]["latency_ms_p50"] == {"tflite_int8": 1.5}
+    seed_here = dp.measured_figures(manifest.raw, WITH_LITERT)
+    assert seed_here == {"artifact": "tflite_int8", "ms_per_image": 0.2, "stale": None}
+    assert dp.measured_figures(small.raw, BASE)["stale"].startswith("it was measured with ai_edge_litert")
+    assert dp.measured_figures(_other_model(manifest, "never-verified").raw, BASE) is None
+
+
+def test_a_single_model_profile_still_loads_and_is_migrated(manifest, capsys):
+    old = {  # the entry's fields at the top level, naming its model
+        "fastest": "onnx_float32",
+        "latency_ms_p50": {"onnx_float32": 0.4},
+        "model_version": manifest.raw["model_version"],
+        "measured_with": dp.measured_with(manifest, BASE),
+    }
+    dp.profile_path().write_text(json.dumps(old))
+    assert dp.preferred_artifact(manifest, BASE) == "onnx_float32"
+    assert capsys.readouterr().err == ""
+    small = _other_model(manifest)
+    dp.write_profile(small, "onnx_int8", {"onnx_int8": 1.0}, runtimes=BASE)
+    data = json.loads(dp.profile_path().read_text())
+    assert "fastest" not in data and set(data["models"]) == {manifest.raw["model_version"], small.raw["model_version"]}
+    assert dp.preferred_artifact(manifest, BASE) == "onnx_float32"
+
+
+def test_an_unreadable_profile_is_no_profile(manifest):
+    for text in ("[1, 2]", '{"models": [1]}', '{"models": {"x": 3}}', "{not json"):
+        dp.profile_path().write_text(text)
+        assert dp.preferred_artifact(manifest, BASE) == manifest.default_artifact
+    dp.write_profile(manifest, "onnx_int8", {}, runtimes=BASE)  # and verify writes a good one over it
+    assert dp.preferred_artifact(manifest, BASE) == "onnx_int8"
+
+
+def test_a_manifest_without_a_version_is_keyed_by_its_source_model():
+    assert dp.model_key({"model_version": "v1", "source_model": {"sha256": "ab"}}) == "v1"
+    assert dp.model_key({"source_model": {"sha256": "ab"}}) == "sha256:ab"
+    assert dp.model_key({}) == ""

@@ -117,6 +117,10 @@ def test_stacked_scores_have_the_bits_of_one_image_at_a_time(real_data_or_none):
     alone_t = [texture(s) for s in stack]
     alone_v = [layout_vector(s) for s in stack]
     alone_l = [float(layout_residual(v, mean, basis)[0]) for v in alone_v]
+    big = np.stack([cv2.resize(s, (128, 128), interpolation=cv2.INTER_CUBIC) for s in stack[:12]])  # small tier
+    for part in (big, big[:1]):
+        assert guard_mod.texture_many(part) == [texture(s) for s in part]
+        assert all(np.array_equal(a, layout_vector(s)) for a, s in zip(guard_mod.layout_vectors(part), part))
     for n in (1, 3, 16, len(stack)):
         for i in range(0, len(stack), n):
             part = stack[i : i + n]
@@ -305,6 +309,18 @@ def test_a_truncated_dicom_says_truncated(tmp_path):
 # --- real data: the shipped model ------------------------------------------------------
 
 
+def _tier(name: str) -> list[str]:
+    """`--model NAME` for a shipped tier; skips while the tier is not exported in this checkout."""
+    from edge_pneumo.device.tiers import shipped_tiers
+
+    if name not in shipped_tiers():
+        pytest.skip(f"the {name!r} tier is not shipped in this checkout")
+    return ["--model", name]
+
+
+TIERS = pytest.mark.parametrize("tier", ["seed", "small"])
+
+
 def _infer_json(paths, *extra) -> list[dict]:
     r = runner.invoke(app, ["infer", "-f", "json", *extra, *map(str, paths)])
     assert r.exit_code in (0, 1), r.output
@@ -321,8 +337,9 @@ def _retagged(src: Path, dst: Path, **tags) -> Path:
     return dst
 
 
+@TIERS
 @pytest.mark.realdata
-def test_every_clearly_non_chest_input_is_refused(real_data, tmp_path):
+def test_every_clearly_non_chest_input_is_refused(real_data, tmp_path, tier):
     images = all_ood(tmp_path / "ood")  # raises when a package or sample file is missing
     src = ADULT / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
     assert src.is_file(), f"{src}: the adult chest film the lateral and CT inputs are made from is missing"
@@ -330,7 +347,7 @@ def test_every_clearly_non_chest_input_is_refused(real_data, tmp_path):
     images["ct_head.dcm"] = _retagged(src, tmp_path / "ct_head.dcm", Modality="CT", BodyPartExamined="HEAD")
     # 11 synthetic + 26 scikit-image + 2 scikit-learn + 2 matplotlib + 13 pydicom + 2 retagged films
     assert len(images) == 56
-    rows = _infer_json(images.values())
+    rows = _infer_json(images.values(), *_tier(tier))
     by_path = {r["path"]: r for r in rows}
     classified = [name for name, p in images.items() if by_path[str(p)]["status"] == "classified"]
     assert not classified, classified
@@ -338,9 +355,10 @@ def test_every_clearly_non_chest_input_is_refused(real_data, tmp_path):
     assert "CT" in by_path[str(images["ct_head.dcm"])]["reason"]
 
 
+@TIERS
 @pytest.mark.realdata
-def test_the_test_split_is_almost_never_refused(real_data):
-    r = runner.invoke(app, ["infer", "-f", "json", "--dir", str(real_data / "test")])
+def test_the_test_split_is_almost_never_refused(real_data, tier):
+    r = runner.invoke(app, ["infer", "-f", "json", "--dir", str(real_data / "test"), *_tier(tier)])
     assert r.exit_code == 0, r.stderr[-500:]
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 624
@@ -349,13 +367,14 @@ def test_the_test_split_is_almost_never_refused(real_data):
     assert all(x["status"] == "classified" and x["confidence"] for x in rows if x not in rejected)
 
 
+@TIERS
 @pytest.mark.realdata
-def test_adult_chest_xrays_are_not_called_non_chest(real_data):
+def test_adult_chest_xrays_are_not_called_non_chest(real_data, tier):
     pytest.importorskip("pydicom")
     if not ADULT.is_dir():
         pytest.skip("adult chest X-rays not found")
     files = sorted(p for p in ADULT.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm"))
-    rows = _infer_json(files)
+    rows = _infer_json(files, *_tier(tier))
     assert len(rows) == len(files) == 9
     for row in rows:
         assert row["status"] == "classified", (row["path"], row["reason"])

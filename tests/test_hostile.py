@@ -305,14 +305,129 @@ def test_fuzz_find_a_jpeg_ls_frame_that_hangs_libjpeg_is_decoded_by_charls_and_r
     assert out.stdout.startswith("InputImageError") and "cannot decode DICOM pixel data" in out.stdout, out
 
 
-@pytest.mark.xfail(run=False, reason="open: CharLS (pyjpegls) itself loops on this 566-byte JPEG-LS frame")
-def test_open_fuzz_find_a_jpeg_ls_frame_that_hangs_charls_too(tmp_path):
-    """`hf.fuzz_find("jpegls_charls_hang")`: found after JPEG-LS moved to CharLS; both JPEG-LS decoders
-    can hang, so the fix is a decode in a child process with a time limit (not done). Not run: it hangs."""
-    path = tmp_path / "fuzz_jpegls_charls_hang.dcm"
-    path.write_bytes(hf.fuzz_find("jpegls_charls_hang"))
-    with pytest.raises(InputImageError):
-        read_grey(path)
+# read_grey's pixels for pydicom's valid JPEG-LS test files, hashed on main e95dc98, before the child process.
+JPEG_LS_BEFORE = {
+    "MR_small_jpeg_ls_lossless.dcm": "ce2751992d2ca918100dbe9a4a2dd98daee6c56c400e9063f2a927145d82a35c",
+    "SC_rgb_jls_lossy_line.dcm": "4f8d155bd8bc5ca7fdc7a20fb3cb7d50090d6eaf640826edb892c3050e444c0b",
+}
+
+
+def test_fuzz_finds_jpeg_ls_frames_that_hang_charls_and_libjpeg_are_refused_in_their_child_process(tmp_path):
+    """`hf.fuzz_find("jpegls_charls_hang")`: found after JPEG-LS moved to CharLS, which loops forever on its
+    48-byte frame (as libjpeg does on "jpegls_hang"). A JPEG-LS frame is decoded in a child process killed
+    at the time limit (2 s here): both files are refused naming themselves, libjpeg's too when it is the
+    child's codec, and no child is left behind as a zombie. Run in a process of its own with a timeout,
+    so a regression fails instead of hanging the suite."""
+    pytest.importorskip("jpeg_ls")
+    pytest.importorskip("psutil")
+    files = {}
+    for find in ("jpegls_charls_hang", "jpegls_hang"):
+        files[find] = tmp_path / f"fuzz_{find}.dcm"
+        files[find].write_bytes(hf.fuzz_find(find))
+    code = (
+        "import sys, time, psutil\nfrom edge_pneumo.decoders import isolated\n"
+        "from edge_pneumo.decoders.decode import read_grey\n"
+        "for path, inner in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+        "    isolated.INNER = (inner,)\n    t = time.monotonic()\n"
+        "    try:\n        read_grey(path)\n    except Exception as e:\n        print(type(e).__name__, e)\n"
+        "    print(round(time.monotonic() - t, 2), [c.status() for c in psutil.Process().children()])\n"
+    )
+    args = [str(files["jpegls_charls_hang"]), "pyjpegls", str(files["jpegls_hang"]), "pylibjpeg"]
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 4, out
+    for path, message, seconds_children in zip(args[::2], lines[::2], lines[1::2]):
+        assert message.startswith(f"InputImageError {path}: JPEG-LS decode did not finish in 2 s; "), out
+        assert message.endswith("the file's pixel data is likely corrupt"), out
+        seconds, children = seconds_children.split(" ", 1)
+        assert float(seconds) < 30 and children == "[]", out  # killed and reaped; the next file starts a new one
+
+
+def test_a_jpeg_ls_decode_past_its_time_limit_is_killed_reaped_and_refused_and_the_next_one_decodes(monkeypatch):
+    """The same path made certain: a valid 4 MP frame (~0.2 s to decode here) under a 10 ms limit."""
+    pytest.importorskip("jpeg_ls")
+    psutil = pytest.importorskip("psutil")
+    from edge_pneumo.decoders import isolated
+
+    pixels = (np.arange(2000 * 2000, dtype=np.uint32).reshape(2000, 2000) * 2654435761 % 4096).astype(np.uint16)
+    big = hf.dicom_jpeg_ls(pixels, bits_stored=12)
+    decode_bytes(big, "warm.dcm")  # the child is started and kept
+    first = isolated._WORKER.proc.pid
+    monkeypatch.setenv(limits.TIMEOUT_ENV, "0.01")
+    monkeypatch.setattr(limits, "DECODE_S_PER_MP", 0.0)
+    with pytest.raises(InputImageError, match=r"^big\.dcm: JPEG-LS decode did not finish in 0\.01 s; the file's pixel"):
+        decode_bytes(big, "big.dcm")
+    assert isolated._WORKER is None
+    children = psutil.Process().children()
+    assert first not in [c.pid for c in children] and all(c.status() != psutil.STATUS_ZOMBIE for c in children)
+    monkeypatch.undo()
+    assert decode_bytes(big, "again.dcm").pixels.shape == (2000, 2000)
+    assert isolated._WORKER.proc.pid != first
+    monkeypatch.setenv(limits.TIMEOUT_ENV, "soon")
+    with pytest.raises(EdgePneumoError, match="EDGE_PNEUMO_DECODE_TIMEOUT_S='soon': not a number of seconds"):
+        limits.decode_timeout(1)
+
+
+def test_serve_refuses_a_hanging_jpeg_ls_upload_leaves_no_zombie_and_its_child_ends_with_it(tmp_path):
+    """serve, the DICOM node and watch call the same decoder: a hanging upload is a 422 naming its time
+    limit, the server goes on (a valid JPEG-LS CR afterwards is classified), it never holds a zombie,
+    and its decoder child does not outlive it."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("jpeg_ls")
+    psutil = pytest.importorskip("psutil")
+    from test_serve import post, start_server
+
+    pixels = synthetic_xray(np.random.default_rng(8), 1, 256).astype(np.uint16) * 16
+    proc, url, _ = start_server(SHIPPED, tmp_path)
+    server = psutil.Process(proc.pid)
+    try:
+        hang = post(url, hf.fuzz_find("jpegls_charls_hang"), token=None, filename="hang.dcm")
+        after_hang = server.children(recursive=True)
+        good = post(url, hf.dicom_jpeg_ls(pixels, bits_stored=12), token=None, filename="cr.dcm")
+        after_good = server.children(recursive=True)
+        states = [c.status() for c in after_good]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert hang[0] == 422 and "JPEG-LS decode did not finish in 2 s" in hang[1].get("error", ""), hang
+    assert after_hang == [], after_hang  # the hung child was killed and reaped
+    assert good[0] == 200 and good[1]["status"] in ("classified", "rejected"), good
+    assert len(after_good) == 1 and psutil.STATUS_ZOMBIE not in states, states  # one child, kept for the next file
+    gone, alive = psutil.wait_procs(after_good, timeout=10)
+    assert not alive, alive
+
+
+def test_a_valid_jpeg_ls_dicom_decodes_in_its_child_to_the_pixels_it_had_in_process(monkeypatch):
+    """pydicom's JPEG-LS test files give read_grey's images of before; 12-bit unsigned lossless and signed
+    near-lossless frames give pydicom's in-process arrays, through CharLS and through libjpeg."""
+    pytest.importorskip("jpeg_ls")
+    import hashlib
+    import io
+
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLSLossless
+
+    from edge_pneumo.decoders import isolated
+
+    for name, digest in JPEG_LS_BEFORE.items():
+        assert hashlib.sha256(read_grey(get_testdata_file(name)).pixels.tobytes()).hexdigest() == digest, name
+    rng = np.random.default_rng(4)
+    unsigned = (synthetic_xray(rng, 1, 300)[:, :200].astype(np.uint16) * 16 + rng.integers(0, 16, (300, 200))).astype(
+        np.uint16
+    )
+    signed = rng.integers(-2000, 2000, (120, 90)).astype(np.int16)
+    inners = [p for p in isolated.INNER if p in get_decoder(JPEGLSLossless).available_plugins]
+    for pixels, near in ((unsigned, 0), (signed, 2)):
+        data = hf.dicom_jpeg_ls(pixels, near, 12)
+        for inner in inners:
+            monkeypatch.setattr(isolated, "INNER", (inner,))
+            child = isolated.pixel_array(pydicom.dcmread(io.BytesIO(data)), "x.dcm")
+            assert isolated._WORKER.plugin == inner
+            ds = pydicom.dcmread(io.BytesIO(data))
+            ds.pixel_array_options(decoding_plugin=inner)
+            assert child.dtype == ds.pixel_array.dtype and np.array_equal(child, ds.pixel_array), (inner, near)
+            assert near or np.array_equal(child, pixels)
 
 
 def _seeds() -> list[bytes]:

@@ -281,3 +281,31 @@ def test_update_refuses_what_it_cannot_merge_and_leaves_the_folder_as_it_was(exp
         (empty / f).write_bytes((exported_copy / f).read_bytes())
     r = _update(empty, synthetic_data)
     assert r.exit_code == EXIT_FAILED and "no manifest.json" in r.output
+
+
+def test_seed_manifest_keeps_its_grad_cam_numbers_and_geometry(tiny_export):
+    """The seed read through the generic head: its channel weights are still the Dense kernel's spatial
+    mean (bit for bit), its grid sits where it always did (scale 4, offset 3), and the int8 files
+    explain from their own dequantised weights."""
+    import keras
+
+    from edge_pneumo.training.head import gradcam_channel_weights
+
+    m = load_manifest(tiny_export)
+    model = keras.models.load_model(tiny_export / "pneumonia_cnn.keras", compile=False)
+    w1, w2 = model.get_layer("dense").get_weights()[0], model.get_layer("pneumonia").get_weights()[0][:, 0]
+    channel_weights, head_w2 = m.gradcam_params("onnx_float32")
+    assert np.array_equal(channel_weights, gradcam_channel_weights(w1)) and np.array_equal(head_w2, w2)
+    assert {k: m.raw["cam"][k] for k in ("grid", "scale", "offset", "feature_mask")} == {
+        "grid": [14, 14, 64], "scale": 4, "offset": 3, "feature_mask": "relu"
+    }  # fmt: skip
+    g = m.cam_geometry()
+    assert (g.scale, g.offset, g.relu_features) == (4.0, 3.0, True)
+    model_section = m.raw["model"]
+    assert model_section["arch"] == "seed" and model_section["layers_from"] == "run record"
+    assert model_section["head"]["kind"] == "dense" and model_section["head"]["features_activation"] == "relu"
+    assert m.raw["outputs"]["conv"].startswith("(batch, 14, 14, 64)")
+    for name in ("onnx_int8", "tflite_int8"):
+        assert m.artifacts[name].raw["gradcam_weights"] == "dequantised from the artifact", name
+        q_weights, q_w2 = m.gradcam_params(name)
+        assert not np.array_equal(q_w2, w2) and np.abs(q_w2 - w2).max() < 0.05 * np.abs(w2).max()

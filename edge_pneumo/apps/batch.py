@@ -10,7 +10,7 @@ Whole archives on an existing engine (Dask distributed), not a scheduler of our 
   ledger as `watch` (keyed by the input's path), so `--resume` skips what is already there and
   nothing is written twice, even when a worker is killed and Dask runs its task again;
 - `local:N` starts an embedded LocalCluster of N worker processes; an address uses a real cluster
-  (the model folder must be readable by its workers, or use the model inside the package).
+  (the model folder must be readable by its workers, or name a model inside the package: seed, small).
 """
 
 from __future__ import annotations
@@ -153,8 +153,13 @@ def run_batch(
     tta: bool = False,
     site: str | None = None,
 ) -> dict:
-    """`site`: a site file every worker can read (checked here first, so a bad one fails before the cluster starts)."""
+    """`site`: a site file every worker can read (checked here first, so a bad one fails before the cluster starts).
+    `model`: as `--model`; a tier name goes to the workers as it is (each finds its own install's copy), after
+    a check here that it names a shipped model, so a typo fails before the cluster starts."""
     from edge_pneumo.apps.ledger import ResultSink
+    from edge_pneumo.device.tiers import resolve_model
+
+    resolve_model(model)
 
     if site is not None:
         from edge_pneumo.device.site import load_site

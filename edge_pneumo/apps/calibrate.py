@@ -82,7 +82,7 @@ def run_calibrate(
     site: Path | None,
     out: Path,
     labels_csv: Path | None = None,
-    model: Path | None = None,
+    model: str | Path | None = None,
     artifact: str | None = None,
     opts: SiteOptions = SiteOptions(),
     name: str | None = None,

@@ -54,6 +54,16 @@ TtaOpt = Annotated[
         ),
     ),
 ]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model",
+        "-m",
+        help="A shipped model, 'seed' (the default) or 'small' (`edge-pneumo models` lists them), an exported/ "
+        "folder or an .onnx/.tflite file. Default: $EDGE_PNEUMO_MODEL, else seed.",
+        show_default=False,
+    ),
+]
 SiteOpt = Annotated[
     Optional[Path],
     typer.Option(
@@ -373,9 +383,15 @@ def merge_teachers(
 @handle_errors
 def evaluate(
     model: Annotated[
-        Path,
-        typer.Option(help="A .keras model (needs the train extra), an .onnx/.tflite artifact, or an exported/ folder."),
-    ] = Path("exported"),
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="A shipped model ('seed', the default, or 'small'), an exported/ folder, an .onnx/.tflite artifact, "
+            "or a .keras model (needs the train extra). Default: $EDGE_PNEUMO_MODEL, else seed.",
+            show_default=False,
+        ),
+    ] = None,
     data: Annotated[
         Path, typer.Option(help="Labelled images: DIR/test or DIR/{NORMAL,PNEUMONIA}.", envvar="EDGE_PNEUMO_DATA")
     ] = Path("../shared/data/chest_xray/test"),
@@ -385,9 +401,11 @@ def evaluate(
 ) -> None:
     """Accuracy, ROC AUC, sensitivity, specificity, precision, F1 and confusion matrix at the model's threshold."""
     from edge_pneumo import jsonout
+    from edge_pneumo.device.tiers import resolve_model
     from edge_pneumo.lab.evaluate import evaluate as score
     from edge_pneumo.lab.evaluate import format_report, load_labelled, log_evaluation
 
+    model = resolve_model(model)
     if model.suffix == ".keras":
         from edge_pneumo.training.fit import predict
         from edge_pneumo.training.keras_io import load_keras
@@ -448,6 +466,32 @@ def export(
             "their manifest entries and guard parameters stay as they are.",
         ),
     ] = False,
+    keras: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--keras",
+            help="Your own Keras binary classifier instead of --model: one sigmoid output, 0..255 pixels in, "
+            "any square size. Without a run record beside it, the input size comes from the model and the "
+            "threshold and band are fitted on the validation images (the manifest says so); pass the layers.",
+        ),
+    ] = None,
+    features_layer: Annotated[
+        Optional[str],
+        typer.Option(help="The layer whose vector the sigmoid output reads (the input guard's features)."),
+    ] = None,
+    cam_layer: Annotated[
+        Optional[str], typer.Option(help="The last (h, w, c) activations before it (what Grad-CAM weighs).")
+    ] = None,
+    intensity: Annotated[
+        str, typer.Option(help="Intensity step of a --keras model without a run record: none, equalize or clahe.")
+    ] = "none",
+    view_check_from: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Copy the frontal-view check (files and manifest section) from this export folder, with the "
+            "preprocessing it was fitted on, e.g. --view-check-from exported for a tier with another input size.",
+        ),
+    ] = None,
 ) -> None:
     """Export to TFLite and ONNX (float and int8), validate each against the float model, write manifest.json."""
     from edge_pneumo.device.artifact_formats import resolve_formats
@@ -456,10 +500,12 @@ def export(
         fmts = tuple(resolve_formats(formats))
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--formats") from None
+    if intensity not in ("none", "equalize", "clahe"):
+        raise typer.BadParameter(f"{intensity!r}: one of none, equalize, clahe", param_hint="--intensity")
     from edge_pneumo.training.export import ExportConfig, export_all, remake_artifacts
     from edge_pneumo.training.keras_io import load_keras
 
-    km = load_keras(model)
+    km = load_keras(keras, record_optional=True, intensity=intensity) if keras else load_keras(model)
     split = km.record.get("split", {})
     seed = int(split.get("split_seed", km.record.get("seed", 0)))  # the training run's own patient split
     val_fraction = float(split.get("val_fraction", 0.15))
@@ -472,6 +518,9 @@ def export(
         seed=seed,
         val_fraction=val_fraction,
         budget_scale=budget_scale,
+        features_layer=features_layer,
+        cam_layer=cam_layer,
+        view_check_from=view_check_from,
     )
     manifest = (remake_artifacts if update else export_all)(km, cfg, log=lambda m: print(m, flush=True))
     print(f"wrote {len(manifest['artifacts'])} artifacts and {out / 'manifest.json'}")
@@ -527,6 +576,26 @@ def list_formats() -> None:
         print(f"{f.name:<20} {f.runtime:<7} {f.precision:<13} {f.file:<32} {b}{'  (device)' if f.device else ''}")
 
 
+@app.command("models")
+@handle_errors
+def list_models(
+    model: ModelOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text (a table), or json.")] = "text",
+) -> None:
+    """List the shipped models (and --model's, when it is another folder): what each is, its input, artifacts
+    and sizes, its test figures, its threshold, and the time per image `verify` measured on this device.
+
+    Reads the manifests and the device profile only: no model is loaded.
+    """
+    from edge_pneumo import jsonout
+    from edge_pneumo.apps.model_list import format_models, model_rows
+
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter("choose text or json", param_hint="--format")
+    rows = model_rows(model)
+    print(jsonout.dumps({"models": rows}, indent=2) if fmt == "json" else format_models(rows))
+
+
 @app.command()
 @handle_errors
 def infer(
@@ -546,15 +615,7 @@ def infer(
             "--dir", "-d", help="Classify every image file under this folder (recursive).", show_default=False
         ),
     ] = None,
-    model: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--model",
-            "-m",
-            help="An .onnx/.tflite artifact or an exported/ folder. Default: the shipped int8 ONNX.",
-            show_default=False,
-        ),
-    ] = None,
+    model: ModelOpt = None,
     artifact: Annotated[
         Optional[str],
         typer.Option(
@@ -684,12 +745,7 @@ def serve(
         Optional[Path],
         typer.Option(help="A file holding the access token (or set EDGE_PNEUMO_TOKEN).", show_default=False),
     ] = None,
-    model: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--model", "-m", help="An exported/ folder or artifact. Default: the shipped model.", show_default=False
-        ),
-    ] = None,
+    model: ModelOpt = None,
     artifact: Annotated[
         Optional[str],
         typer.Option(help="The manifest's artifact name. Default: this device's fastest.", show_default=False),
@@ -767,12 +823,7 @@ def watch(
         Path,
         typer.Option("--output", "-o", help="Results, one JSON line per image (appended; each image exactly once)."),
     ] = Path("results.jsonl"),
-    model: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--model", "-m", help="An exported/ folder or artifact. Default: the shipped model.", show_default=False
-        ),
-    ] = None,
+    model: ModelOpt = None,
     artifact: Annotated[
         Optional[str],
         typer.Option(help="The manifest's artifact name. Default: this device's fastest.", show_default=False),
@@ -868,15 +919,7 @@ def batch(
     resume: Annotated[
         bool, typer.Option("--resume", help="Keep the results already in OUTPUT and classify only the rest.")
     ] = False,
-    model: Annotated[
-        Optional[str],
-        typer.Option(
-            "--model",
-            "-m",
-            help="An exported/ folder readable by every worker. Default: the model inside the package.",
-            show_default=False,
-        ),
-    ] = None,
+    model: ModelOpt = None,
     artifact: Annotated[
         Optional[str],
         typer.Option(help="The manifest's artifact name. Default: each worker's fastest.", show_default=False),
@@ -937,8 +980,10 @@ def batch(
 @handle_errors
 def verify(
     folder: Annotated[
-        Optional[Path], typer.Argument(help="The exported/ folder. Default: the shipped one.", show_default=False)
+        Optional[str],
+        typer.Argument(help="The same as --model (kept for older scripts).", show_default=False),
     ] = None,
+    model: ModelOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     runs: Annotated[int, typer.Option(help="Timed runs per artifact for the latency figure.", min=1)] = 20,
     no_profile: Annotated[
@@ -951,12 +996,15 @@ def verify(
     With --site (or $EDGE_PNEUMO_SITE): checks that the site file was made for an artifact of this folder, and shows it.
 
     Records the fastest artifact on this device in its profile (~/.config/edge-pneumo/device_profile.json,
-    or $EDGE_PNEUMO_PROFILE); infer and serve then use it by default. No dataset needed.
+    or $EDGE_PNEUMO_PROFILE), one entry per model; infer and serve then use it by default, and `edge-pneumo
+    models` shows its time per image. No dataset needed.
     """
     from edge_pneumo import jsonout
     from edge_pneumo.apps.verify import format_verify_report, verify_folder
 
-    report = verify_folder(folder, runs=runs, write_profile=not no_profile, site=site)
+    if folder is not None and model is not None and folder != model:
+        raise typer.BadParameter(f"FOLDER {folder} and --model {model} differ: give one", param_hint="--model")
+    report = verify_folder(model or folder, runs=runs, write_profile=not no_profile, site=site)
     print(jsonout.dumps(report, indent=2) if json_out else format_verify_report(report))
     raise typer.Exit(EXIT_OK if report["passed"] else EXIT_FAILED)
 
@@ -991,12 +1039,7 @@ def calibrate(
         Optional[str],
         typer.Option(help="A name for this site, shown as `calibrated_on` in every row.", show_default=False),
     ] = None,
-    model: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--model", "-m", help="An exported/ folder or artifact. Default: the shipped model.", show_default=False
-        ),
-    ] = None,
+    model: ModelOpt = None,
     artifact: Annotated[
         Optional[str],
         typer.Option(
@@ -1059,10 +1102,7 @@ def drift(
             show_default=False,
         ),
     ] = None,
-    model: Annotated[
-        Optional[Path],
-        typer.Option("--model", "-m", help="The exported/ folder. Default: the shipped one.", show_default=False),
-    ] = None,
+    model: ModelOpt = None,
     window: Annotated[
         Optional[int], typer.Option(help="Readable results per window (default 500).", min=1, show_default=False)
     ] = None,
@@ -1100,7 +1140,10 @@ def compare(
     data: Annotated[
         Path, typer.Option(help="Labelled images: DIR/test or DIR/{NORMAL,PNEUMONIA}.", envvar="EDGE_PNEUMO_DATA")
     ] = Path("../shared/data/chest_xray/test"),
-    models: Annotated[Path, typer.Option(help="The exported/ folder whose artifacts to compare.")] = Path("exported"),
+    model: ModelOpt = None,
+    models: Annotated[
+        Optional[str], typer.Option("--models", help="The same as --model (kept for older scripts).", hidden=True)
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for REPORT.md, report.json and report.png.")] = Path("reports"),
     keras_model: Annotated[
         Optional[Path],
@@ -1117,9 +1160,13 @@ def compare(
     no_figure: Annotated[bool, typer.Option("--no-figure", help="Skip the PNG figure (needs matplotlib).")] = False,
 ) -> None:
     """Compare every artifact with the float model: accuracy, AUC, agreement, size, latency, memory."""
+    from edge_pneumo.device.tiers import resolve_model
     from edge_pneumo.lab.compare import CompareOptions, run_compare
 
-    code = run_compare(CompareOptions(data, models, out, keras_model, threads, latency_runs, figure=not no_figure))
+    if model is not None and models is not None and model != models:
+        raise typer.BadParameter(f"--model {model} and --models {models} differ: give one", param_hint="--model")
+    folder = resolve_model(model or models)
+    code = run_compare(CompareOptions(data, folder, out, keras_model, threads, latency_runs, figure=not no_figure))
     raise typer.Exit(code)
 
 

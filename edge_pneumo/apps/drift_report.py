@@ -69,10 +69,11 @@ def _made_by(rows: list[dict], path: Path) -> tuple[str, dict]:
     return shas.pop(), op
 
 
-def _shipped_reference(model: Path | None, sha: str, op: dict) -> drift.Reference:
-    from edge_pneumo.device.manifest import default_model_folder, load_manifest
+def _shipped_reference(model: str | Path | None, sha: str, op: dict) -> drift.Reference:
+    from edge_pneumo.device.manifest import load_manifest
+    from edge_pneumo.device.tiers import resolve_model
 
-    folder = Path(model) if model is not None else default_model_folder()
+    folder = resolve_model(model)
     if folder.is_file():
         folder = folder.parent
     if op.pop("site", None):
@@ -93,7 +94,7 @@ def _shipped_reference(model: Path | None, sha: str, op: dict) -> drift.Referenc
 def run(
     results: Path,
     site: Path | None = None,
-    model: Path | None = None,
+    model: str | Path | None = None,
     window: int = drift.WINDOW,
     plot: Path | None = None,
     fmt: str = "text",
@@ -139,14 +140,15 @@ def _brief(s: dict) -> str:
     return f"{name} {s['value']:.1%} ({limit})"
 
 
-def write_reference(results: Path, out_path: Path, source: str, model: Path | None = None) -> drift.Reference:
+def write_reference(results: Path, out_path: Path, source: str, model: str | Path | None = None) -> drift.Reference:
     """Measure a reference from a results file and add it to `out_path`."""
     rows = read_results(results)
     band = None
     if model is not None or source == drift.TRAINING_POPULATION:
-        from edge_pneumo.device.manifest import default_model_folder, load_manifest
+        from edge_pneumo.device.manifest import load_manifest
+        from edge_pneumo.device.tiers import resolve_model
 
-        folder = Path(model) if model is not None else default_model_folder()
+        folder = resolve_model(model)
         raw = load_manifest(folder.parent if folder.is_file() else folder).raw
         cal = raw.get("calibration") or {}
         band = {"rule_out": cal.get("rule_out"), "rule_in": cal.get("rule_in"), "guard": drift.guard_identity(raw)}

@@ -85,7 +85,7 @@ def parse_infer_args(args: list[str]):
     return InferOptions(
         items=[*positional, *images],
         directory=path("directory"),
-        model=path("model"),
+        model=values.get("model"),  # as Typer passes it, a string: a tier name or a path (device/tiers.py)
         artifact=values.get("artifact"),
         fmt=fmt,
         output=path("output"),

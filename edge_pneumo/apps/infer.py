@@ -72,7 +72,7 @@ class InferOptions:
         self,
         items: list[str] | None = None,
         directory: Path | None = None,
-        model: Path | None = None,
+        model: str | Path | None = None,
         artifact: str | None = None,
         fmt: str = FORMAT,
         output: Path | None = None,

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from edge_pneumo.device.artifact_formats import TOLERANCES, VERIFY_BUDGET_FACTOR, float32_reference
-from edge_pneumo.device.manifest import Manifest, default_model_folder, load_manifest
+from edge_pneumo.device.manifest import Manifest, load_manifest
 from edge_pneumo.device.probe_inputs import VERIFY_IMAGES, VERIFY_SEED, verify_inputs  # noqa: F401
 from edge_pneumo.device.runtime import open_backend
+from edge_pneumo.device.tiers import resolve_model
 from edge_pneumo.errors import EdgePneumoError, MissingRuntimeError
 from edge_pneumo.lab.metrics import agreement_stats
 
@@ -72,7 +73,7 @@ def verify_folder(
     """Check every artifact of an exported folder, and the guard's parameters; record this
     device's fastest artifact in its profile. With `site`, check that the site file was made for
     an artifact of this folder (its sha256), and show it. The report says what passed and why not."""
-    manifest = load_manifest(Path(folder) if folder else default_model_folder())
+    manifest = load_manifest(resolve_model(folder or None))
     x = verify_inputs(manifest.preprocessing)
     ref_name = reference_artifact(manifest)
     guard_row, arrays = _check_guard(manifest)
@@ -151,6 +152,7 @@ def _check_guard(manifest: Manifest) -> tuple[dict, dict | None]:
         for name in manifest.artifacts:
             Guard.from_manifest(manifest.raw["guard"], arrays, name)
             manifest.gradcam_params(name)
+        manifest.cam_geometry()
     except EdgePneumoError as e:
         row["status"], arrays = "FAILED", None
         row["notes"].append(str(e))

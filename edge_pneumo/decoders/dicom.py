@@ -12,6 +12,8 @@ become this file's warnings; none reaches the terminal.
 Before any of that, the pixel budget (`limits.py`): a deflated file is inflated once under a cap
 (it could grow a thousandfold), then Rows x Columns x NumberOfFrames, and the size each
 compressed frame's own header announces (JPEG SOF, JPEG-LS, JPEG 2000 SIZ), are checked.
+Then a JPEG-LS frame is decoded in a child process under a time limit (`isolated.py`): both of
+its decoders can loop forever on a damaged one.
 """
 
 from __future__ import annotations
@@ -151,17 +153,17 @@ class _ElementCount:
 JPEG_LS_SYNTAXES = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
 
 
-def _prefer_safe_plugin(ds) -> None:
-    """JPEG-LS through CharLS (pyjpegls, which highdicom brings) only, never pylibjpeg's libjpeg:
-    fuzzing found a 654-byte JPEG-LS DICOM on which libjpeg loops forever (CharLS refuses it in
-    1 ms, and gives libjpeg's pixels on valid files). Without pyjpegls, pydicom's default stays."""
+def _pixel_array(ds, name: str):
+    """JPEG-LS in a child process under a time limit (`isolated.py`): fuzzing found frames on which
+    both of its decoders, pylibjpeg's libjpeg and CharLS (pyjpegls), loop forever. The child runs
+    CharLS only, unless pyjpegls is missing (then libjpeg): pydicom would fall back from CharLS to
+    libjpeg on a frame CharLS refuses, and libjpeg is the one that hangs on most of them."""
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     if syntax not in JPEG_LS_SYNTAXES:
-        return
-    from pydicom.pixels import get_decoder
+        return ds.pixel_array
+    from edge_pneumo.decoders import isolated
 
-    if "pyjpegls" in get_decoder(syntax).available_plugins:
-        ds.pixel_array_options(decoding_plugin="pyjpegls")
+    return isolated.pixel_array(ds, name)
 
 
 def _as_int(value, default: int) -> int:
@@ -306,9 +308,10 @@ def read_dicom(
                 )
             raise InputImageError(f"{name}: DICOM without pixel data (a report or structured document?)")
         arr = _jpeg_frame_fast(ds, min_side_hint)
-        _prefer_safe_plugin(ds)
         try:
-            arr = ds.pixel_array if arr is None else arr
+            arr = _pixel_array(ds, name) if arr is None else arr
+        except InputImageError:  # the child's time limit, or the child itself, said why
+            raise
         except Exception as e:  # missing decoder plugin, corrupt or cut-short pixel data
             text = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
             if "length" in text.lower() or "end of" in text.lower() or any("end of file" in m.lower() for m in said):

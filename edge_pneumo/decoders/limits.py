@@ -10,11 +10,18 @@ One source for the limit, process-wide: `EDGE_PNEUMO_MAX_PIXELS` (whole pixels),
 (a file, an upload, a C-STORE, a heatmap's re-decode, a Dask worker or other child process
 started later) sees the same value without threading it through every call; the front ends'
 `--max-pixels` calls `set_max_pixels`, which sets it for this process and its children.
+
+The decode time limit (`decode_timeout`): a decoder that can loop forever on a damaged frame
+(JPEG-LS: both CharLS and libjpeg) runs in a child process that is killed past this limit
+(`isolated.py`). Its base, `EDGE_PNEUMO_DECODE_TIMEOUT_S` or `DEFAULT_DECODE_TIMEOUT_S`, is the
+same kind of process-wide setting as the budget, plus an allowance per megapixel announced, so
+that a real full-size film still decodes on a slow device.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 
@@ -23,6 +30,12 @@ from edge_pneumo.errors import EdgePneumoError, InputImageError
 DEFAULT_MAX_PIXELS = 60_000_000  # a 7,745 px square film; the largest real chest detectors are ~ 4,300 x 4,300
 ENV = "EDGE_PNEUMO_MAX_PIXELS"
 _MARK = "refused before decoding"  # in every ImageTooLarge message
+DEFAULT_DECODE_TIMEOUT_S = 2.0
+# CharLS decodes 18.5 MP of 12-bit JPEG-LS in 0.85 s on this shared x86 core (0.05 s/MP); a Raspberry
+# Pi 4 is likely several times slower (not measured). 0.25 s/MP leaves ~5x of headroom here: a 4,300 px
+# film gets 6.6 s, the budget's 60 MP 17 s, a fuzzed 500-pixel frame the base 2 s.
+DECODE_S_PER_MP = 0.25
+TIMEOUT_ENV = "EDGE_PNEUMO_DECODE_TIMEOUT_S"
 
 
 class ImageTooLarge(InputImageError):
@@ -41,6 +54,18 @@ def max_pixels() -> int:
     if value < 1:
         raise EdgePneumoError(f"{ENV}={raw!r}: the pixel budget must be at least 1")
     return value
+
+
+def decode_timeout(pixels: int) -> float:
+    """Seconds a time-limited decode of a frame of this many pixels may take before it is killed."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        base = float(raw) if raw else DEFAULT_DECODE_TIMEOUT_S
+    except ValueError:
+        raise EdgePneumoError(f"{TIMEOUT_ENV}={raw!r}: not a number of seconds (e.g. 2 or 0.5)") from None
+    if not (base > 0 and math.isfinite(base)):
+        raise EdgePneumoError(f"{TIMEOUT_ENV}={raw!r}: the decode time limit must be a finite number above 0 s")
+    return base + DECODE_S_PER_MP * max(pixels, 0) / 1e6
 
 
 def set_max_pixels(value: int | None) -> None:

@@ -19,16 +19,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
 from edge_pneumo.decoders.decode import GreyImage, decode_bytes, read_grey
 from edge_pneumo.device import tta as flip_tta
-from edge_pneumo.device.manifest import ArtifactEntry, Manifest, default_model_folder, load_manifest
+from edge_pneumo.device.manifest import ArtifactEntry, Manifest, load_manifest
 from edge_pneumo.device.result import CLASSIFIED, CONFIDENT, INDETERMINATE, REJECTED, Result, failure
 from edge_pneumo.device.runtime import RUNTIME_BY_SUFFIX, Backend, Outputs, default_threads, open_backend
 from edge_pneumo.device.scoring import TRAINING_POPULATION, decide, effective_band
+from edge_pneumo.device.tiers import resolve_model
 from edge_pneumo.errors import InputImageError, InputRejected, ModelFileError
 
 PER_TASK = 16  # images per decoding task in a folder run: one thread hand-off, one stacked pixel check
@@ -117,7 +117,7 @@ class _Prepared:
     """An image that passed the pixel checks, ready for the model (a plain class: no dataclass
     machinery at import, on every `infer` start)."""
 
-    __slots__ = ("path", "x", "warnings", "guard", "seconds", "content_sha256")
+    __slots__ = ("path", "x", "warnings", "guard", "seconds", "content_sha256", "view_x")
 
     def __init__(
         self,
@@ -127,9 +127,10 @@ class _Prepared:
         guard: dict,
         seconds: float,
         content_sha256: str | None = None,
+        view_x: np.ndarray | None = None,
     ):
         self.path, self.x, self.warnings, self.guard = path, x, warnings, guard
-        self.seconds, self.content_sha256 = seconds, content_sha256
+        self.seconds, self.content_sha256, self.view_x = seconds, content_sha256, view_x
 
 
 class _Decoded:
@@ -191,7 +192,8 @@ class Classifier:
         tta: bool = False,
         site: str | os.PathLike | None = None,
     ) -> Classifier:
-        """`model`: an exported/ folder, or an .onnx/.tflite file beside its manifest.json.
+        """`model`: a shipped tier's name (`seed`, `small`), an exported/ folder, or an .onnx/.tflite
+        file beside its manifest.json; None: $EDGE_PNEUMO_MODEL, else `seed` (device/tiers.py).
 
         `artifact`: a manifest name; default: this device's fastest (its profile, else int8
         TFLite when LiteRT is installed, else int8 ONNX). The artifact's and the parameter
@@ -208,7 +210,7 @@ class Classifier:
             from edge_pneumo.device.site import load_site
 
             site_file = load_site(site)
-        path = Path(model) if model is not None else default_model_folder()
+        path = resolve_model(model)
         if path.is_dir():
             manifest = load_manifest(path)
             if artifact is None and site_file is not None and site_file.artifact_name in manifest.artifacts:
@@ -374,8 +376,11 @@ class Classifier:
             if verdict.inverted:
                 small = 255 - small
         x = self.preprocessing.finish(small)
+        view_x = None
+        if self.view_check is not None:  # its own input when its preprocessing is not the model's
+            view_x = self.view_check.own_input(image.pixels, verdict is not None and verdict.inverted)
         seconds = d.seconds + guard_seconds + time.perf_counter() - t0
-        return _Prepared(d.path, x, warnings, scores, seconds, d.digest)
+        return _Prepared(d.path, x, warnings, scores, seconds, d.digest, view_x)
 
     def _run_batch(self, items: list, explain: bool = False) -> list[Result]:
         """Model + feature guard + calibration for the prepared items; rejected/failed pass through, in order."""
@@ -394,7 +399,11 @@ class Classifier:
                     None if out.features is None else out.features[:n],
                     None if out.conv is None else out.conv[:n],
                 )
-            views = self.view_check.check(batch) if self.view_check is not None else [(None, None)] * len(ready)
+            views = (
+                self.view_check.check(batch if ready[0].view_x is None else np.stack([p.view_x for p in ready]))
+                if self.view_check is not None
+                else [(None, None)] * len(ready)
+            )
             share = (time.perf_counter() - t0) / len(ready)
             scores = self.calibration.scores(out.probability, out.features)
             verdicts = (
@@ -483,8 +492,9 @@ class Classifier:
         from edge_pneumo.device.explain import gradcam_map
 
         if self.gradcam is None:
-            self.gradcam = self.manifest.gradcam_params(self.entry.name)
-        return gradcam_map(conv, features, *self.gradcam, size=self.preprocessing.size)
+            self.gradcam = (*self.manifest.gradcam_params(self.entry.name), self.manifest.cam_geometry())
+        channel_weights, w2, geometry = self.gradcam
+        return gradcam_map(conv, features, channel_weights, w2, size=self.preprocessing.size, geometry=geometry)
 
 
 def _sha256_hex(data: bytes) -> str:

@@ -6,6 +6,11 @@ $EDGE_PNEUMO_PROFILE, else $XDG_CONFIG_HOME/edge-pneumo/device_profile.json (~/.
 Without a profile: int8 TFLite when LiteRT is importable (its XNNPACK kernels are the
 faster ones on ARM and x86), else int8 ONNX. `--artifact` always overrides.
 
+One entry per model, keyed by its identity (`model_key`: the manifest's model_version, which
+holds the source model's sha256), so verifying `small` leaves seed's choice alone and the other
+way round. A file of the older single-model shape (the entry's fields at the top level) is read
+as that one model's entry and moved under "models" by the next `verify`.
+
 A profile records what it was measured with: the machine, each runtime's installed version
 (None: absent) and every artifact's sha256. Where any of these differ (LiteRT installed after
 `verify` ran, a new onnxruntime, a re-made artifact) its choice is stale: the rule above
@@ -20,6 +25,7 @@ import sys
 from pathlib import Path
 
 PROFILE_ENV = "EDGE_PNEUMO_PROFILE"
+LEGACY_FIELDS = ("fastest", "latency_ms_p50", "folder", "measured_with", "model_version")  # single-model shape
 RUNTIME_MODULES = ("onnxruntime", "ai_edge_litert")  # what runs .onnx / .tflite
 _said: set[str] = set()  # stale-profile notes already printed in this process
 
@@ -33,10 +39,53 @@ def profile_path() -> Path:
 
 
 def read_profile() -> dict:
+    """The profile as {"models": {key: entry}, ...}; {} when absent or unreadable (then the rule decides)."""
     try:
-        return json.loads(profile_path().read_text())
+        data = json.loads(profile_path().read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    models = data.get("models")
+    models = {k: v for k, v in models.items() if isinstance(v, dict)} if isinstance(models, dict) else {}
+    if "fastest" in data:  # the single-model shape: one entry at the top level
+        legacy = {k: data.pop(k) for k in LEGACY_FIELDS if k in data}
+        models.setdefault(str(legacy.get("model_version", "")), legacy)
+    data["models"] = models
+    return data
+
+
+def model_key(raw: dict) -> str:
+    """A model's identity in the profile: its model_version (it ends with the source model's sha256
+    prefix), else the source model's sha256, else "" (a hand-made manifest)."""
+    version = raw.get("model_version")
+    if version:
+        return str(version)
+    sha = (raw.get("source_model") or {}).get("sha256")
+    return f"sha256:{sha}" if sha else ""
+
+
+def profile_entry(raw: dict) -> dict:
+    """This model's entry in the profile ({} when `verify` never measured it here)."""
+    return read_profile().get("models", {}).get(model_key(raw), {})
+
+
+def measured_figures(raw: dict, runtimes: dict[str, str | None] | None = None) -> dict | None:
+    """What `verify` measured for this model here, for `edge-pneumo models`: the fastest artifact, its
+    median ms per image, and why it no longer applies (None: it does); None when never measured.
+    From the manifest's JSON alone: no model is loaded, no runtime imported."""
+    entry = profile_entry(raw)
+    fastest = entry.get("fastest")
+    if not isinstance(fastest, str) or not fastest:
+        return None
+    shas = {a["name"]: a.get("sha256") for a in raw.get("artifacts") or [] if isinstance(a, dict) and "name" in a}
+    here = _measured_with(shas, installed_runtimes() if runtimes is None else runtimes)
+    ms = (entry.get("latency_ms_p50") or {}).get(fastest)
+    return {
+        "artifact": fastest,
+        "ms_per_image": float(ms) if isinstance(ms, (int, float)) else None,
+        "stale": stale_because(entry.get("measured_with"), here),
+    }
 
 
 def installed_runtimes() -> dict[str, str | None]:
@@ -73,10 +122,14 @@ def _dist_version(module: str, origin: str) -> str:
 
 def measured_with(manifest, runtimes: dict[str, str | None]) -> dict:
     """What a timing depends on: the machine, the runtimes and the exact artifacts."""
+    return _measured_with({name: e.sha256 for name, e in manifest.artifacts.items()}, runtimes)
+
+
+def _measured_with(artifact_shas: dict, runtimes: dict[str, str | None]) -> dict:
     return {
         "machine": os.uname().machine if hasattr(os, "uname") else sys.platform,
         "runtimes": {m: runtimes.get(m) for m in RUNTIME_MODULES},
-        "artifacts": {name: e.sha256 for name, e in sorted(manifest.artifacts.items())},
+        "artifacts": dict(sorted(artifact_shas.items())),
     }
 
 
@@ -100,14 +153,13 @@ def stale_because(recorded: dict | None, here: dict) -> str | None:
 
 
 def preferred_artifact(manifest, runtimes: dict[str, str | None] | None = None) -> str:
-    """The profile's choice for this model (matched by the model version) where it was measured
-    with this environment, else the rule. `runtimes`: {module: version or None}, default the
-    installed ones."""
+    """The profile's choice for this model (matched by `model_key`) where it was measured with this
+    environment, else the rule. `runtimes`: {module: version or None}, default the installed ones."""
     detected = runtimes is None
     runtimes = installed_runtimes() if detected else runtimes
-    prof = read_profile().get("models", {}).get(str(manifest.raw.get("model_version", "")), {})
+    prof = profile_entry(manifest.raw)
     name = prof.get("fastest")
-    if name in manifest.artifacts:
+    if isinstance(name, str) and name in manifest.artifacts:
         why = stale_because(prof.get("measured_with"), measured_with(manifest, runtimes))
         if why is None:
             return name
@@ -144,11 +196,12 @@ def _litert_importable() -> bool:
 
 
 def write_profile(manifest, fastest: str, timings: dict, runtimes: dict[str, str | None] | None = None) -> Path:
-    """Record this device's fastest artifact for the model, and what it was measured with (atomically)."""
+    """Record this device's fastest artifact for the model, and what it was measured with (atomically);
+    the other models' entries stay as they are."""
     path = profile_path()
-    data = read_profile()
-    models = data.setdefault("models", {})
-    models[str(manifest.raw.get("model_version", ""))] = {
+    data = read_profile() or {"models": {}}
+    models = data["models"]
+    models[model_key(manifest.raw)] = {
         "fastest": fastest,
         "latency_ms_p50": timings,
         "folder": str(manifest.folder),

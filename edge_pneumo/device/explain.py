@@ -1,11 +1,15 @@
 """Grad-CAM on the device, from the artifact that made the decision: no autograd, no TensorFlow.
 
-The seed CNN's head is Flatten -> Dense(128, ReLU) -> Dense(1), so the gradient of the
-logit with respect to the pooled conv-2 activations A (14x14x64) is W1^T (w2 * [h > 0]).
-Grad-CAM weighs each channel by that gradient's spatial mean: alpha = G (w2 * [h > 0]),
-where G (64x128) is W1 summed over positions, computed at export from the artifact's own
-(dequantised) weights. A and h are the artifact's second and third outputs, so one forward
-pass gives the map: a few microseconds of numpy on top of the classification.
+Every exported head has the form P = sigmoid(w2 . f + b), f = act(L(A)), where A (h x w x c)
+is the cam layer's activations, L is linear and act is ReLU or nothing (`export` checks this on
+validation images). The gradient of the logit with respect to A is then L^T (w2 * act'(L(A))),
+and Grad-CAM weighs each channel by its spatial mean: alpha = G (w2 * [f > 0]), where G (c x k)
+holds the spatial mean of L's weights per channel, computed at export from the artifact's own
+(dequantised) weights where it holds them. For the seed CNN, L is Flatten -> Dense(128, ReLU);
+for a global-average-pooled head, G = I / (h w) and the map is exactly CAM. A and f are the
+artifact's second and third outputs, so one forward pass gives the map: a few microseconds of
+numpy on top of the classification. Where the grid sits on the input comes from the manifest's
+"cam" section (`CamGeometry`); manifests without one are the seed's.
 """
 
 from __future__ import annotations
@@ -14,27 +18,58 @@ import cv2
 import numpy as np
 
 
+class CamGeometry:
+    """Where cell (i, j) of the cam grid sits on the model input: centred on input pixel
+    scale * i + (scale - 1) / 2 + offset, and whether the features are ReLU'd (the [f > 0] gate).
+
+    The defaults are the seed CNN's (3x3 valid conv + 2x2 pool, twice: cell i on pixel 4i + 4.5)."""
+
+    __slots__ = ("scale", "offset", "relu_features")
+
+    def __init__(self, scale: float = 4.0, offset: float = 3.0, relu_features: bool = True):
+        self.scale, self.offset, self.relu_features = float(scale), float(offset), relu_features
+
+    @classmethod
+    def from_manifest(cls, raw: dict) -> CamGeometry:
+        section = raw.get("cam")
+        if not section:
+            return cls()  # exports before the section: the seed CNN
+        return cls(section["scale"], section["offset"], section.get("feature_mask", "relu") == "relu")
+
+
+SEED_GEOMETRY = CamGeometry()
+
+
 def gradcam_map(
-    conv: np.ndarray, features: np.ndarray, channel_weights: np.ndarray, w2: np.ndarray, size: int = 64
+    conv: np.ndarray,
+    features: np.ndarray,
+    channel_weights: np.ndarray,
+    w2: np.ndarray,
+    size: int = 64,
+    geometry: CamGeometry | None = None,
 ) -> np.ndarray:
     """(size, size) float32 in [0, 1]; higher = more evidence for PNEUMONIA."""
-    alpha = channel_weights @ (w2 * (features > 0))  # (c,)
+    g = geometry or SEED_GEOMETRY
+    gate = w2 * (features > 0) if g.relu_features else w2
+    alpha = channel_weights @ gate  # (c,)
     cam = np.maximum(conv.astype(np.float32) @ alpha.astype(np.float32), 0.0)  # (h, w)
     top = float(cam.max())
     cam = cam / top if top > 0 else cam
-    return to_input_grid(cam.astype(np.float32), size)
+    return to_input_grid(cam.astype(np.float32), size, g)
 
 
-def to_input_grid(cam: np.ndarray, size: int) -> np.ndarray:
-    """Place a conv-2 map on the model input's pixels.
-
-    Pooled cell i of the seed CNN is centred on input pixel 4i + 4.5 (3x3 valid conv, 2x2
-    pool, twice), so the map is scaled 4x and shifted 3 px, not stretched to the border."""
-    n = cam.shape[0]
-    up = cv2.resize(cam, (4 * n, 4 * n), interpolation=cv2.INTER_LINEAR)
-    pad_lo = 3
-    pad_hi = max(0, size - 4 * n - pad_lo)
-    out = cv2.copyMakeBorder(up, pad_lo, pad_hi, pad_lo, pad_hi, cv2.BORDER_REPLICATE)
+def to_input_grid(cam: np.ndarray, size: int, geometry: CamGeometry | None = None) -> np.ndarray:
+    """Place a cam-grid map on the model input's pixels: scaled by the geometry's stride and
+    shifted by its offset, not stretched to the border (the seed's cells are 4 px apart and its
+    first is centred on pixel 4.5); the edge values are repeated where the grid does not reach."""
+    g = geometry or SEED_GEOMETRY
+    h, w = cam.shape
+    up = cv2.resize(cam, (int(round(g.scale * w)), int(round(g.scale * h))), interpolation=cv2.INTER_LINEAR)
+    shift = int(round(g.offset))
+    if shift < 0:
+        up, shift = up[-shift:, -shift:], 0
+    pad_y, pad_x = max(0, size - up.shape[0] - shift), max(0, size - up.shape[1] - shift)
+    out = cv2.copyMakeBorder(up, shift, pad_y, shift, pad_x, cv2.BORDER_REPLICATE)
     return np.clip(out[:size, :size], 0.0, 1.0).astype(np.float32)
 
 

@@ -360,7 +360,7 @@ class Guard:
             v.warnings.append(OUT_OF_POPULATION.format(what="layout"))
 
     def check_features(self, features: np.ndarray) -> list[tuple[float, str | None, str | None]]:
-        """Layer 3, per row of Dense(128) features: (distance, rejection reason or None, warning or None)."""
+        """Layer 3, per row of the model's features: (distance, rejection reason or None, warning or None)."""
         if self.features is None or features is None:
             return [(float("nan"), None, None)] * len(features if features is not None else [])
         d = feature_distance(features, self.feature_mean, self.feature_whitening)

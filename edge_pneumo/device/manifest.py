@@ -14,11 +14,11 @@ from pathlib import Path
 from edge_pneumo import jsonout
 from edge_pneumo.device.hash_cache import sha256_cached, sha256_of  # noqa: F401  (sha256_of: re-exported)
 from edge_pneumo.device.preprocess import Preprocessing
+from edge_pneumo.device.tiers import MODEL_ENV, resolve_model  # noqa: F401 (MODEL_ENV: its old home)
 from edge_pneumo.errors import IntegrityError, ModelFileError
 
 MANIFEST_NAME = "manifest.json"
-SCHEMA_VERSION = 2  # 2: guard, calibration, model_version, parameter file, three outputs
-MODEL_ENV = "EDGE_PNEUMO_MODEL"
+SCHEMA_VERSION = 2  # 2: guard, calibration, model_version, parameter file, three outputs (+ optional "model", "cam")
 
 
 class ArtifactEntry:
@@ -80,7 +80,7 @@ class Manifest:
         return read_params(path, info.get("arrays", {}))
 
     def gradcam_params(self, artifact: str) -> tuple:
-        """(channel weights (c, 128), output weights (128,)) of one artifact's head, for Grad-CAM."""
+        """(channel weights (c, k), output weights (k,)) of one artifact's head, for Grad-CAM."""
         arrays = self.params(verify=False)
         try:
             return arrays[f"{artifact}/gradcam_channel_weights"], arrays[f"{artifact}/head_w2"]
@@ -88,6 +88,15 @@ class Manifest:
             raise ModelFileError(
                 f"{self.folder}: no Grad-CAM weights for {artifact}; re-run `edge-pneumo export`"
             ) from None
+
+    def cam_geometry(self):
+        """Where the Grad-CAM grid sits on the model input (the "cam" section; the seed's without one)."""
+        from edge_pneumo.device.explain import CamGeometry
+
+        try:
+            return CamGeometry.from_manifest(self.raw)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{self.folder}: unusable 'cam' section ({e}); re-run `edge-pneumo export`") from None
 
     def verify(self, entry: ArtifactEntry, cached: bool = False) -> None:
         """Raise unless the artifact exists and its bytes hash to the manifest's sha256 (`cached`: a
@@ -190,27 +199,6 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
 
 
 def default_model_folder() -> Path:
-    """Where the shipped artifacts are: $EDGE_PNEUMO_MODEL, ./exported, the copy inside the
-    wheel, or (an editable install, run from another folder) the checkout's exported/."""
-    env = os.environ.get(MODEL_ENV)
-    if env:
-        return Path(env)
-    local = Path("exported")
-    if (local / MANIFEST_NAME).is_file():
-        return local
-    package = Path(__file__).resolve().parents[1]  # edge_pneumo/
-    inside = package / "exported"  # the wheel's copy
-    if (inside / MANIFEST_NAME).is_file():
-        return inside
-    from importlib.util import find_spec  # an editable install maps the package elsewhere
-
-    spec = find_spec("edge_pneumo.exported")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(location) / MANIFEST_NAME).is_file():
-            return Path(location)
-    checkout = package.parent / "exported"
-    if (checkout / MANIFEST_NAME).is_file():
-        return checkout
-    raise ModelFileError(
-        "no shipped model found: pass --model (an exported/ folder or an .onnx/.tflite file) or set EDGE_PNEUMO_MODEL"
-    )
+    """The default model's folder (or file): $EDGE_PNEUMO_MODEL, else the shipped `seed` tier
+    (tiers.resolve_model has the rules)."""
+    return resolve_model(None)

@@ -4,9 +4,10 @@ A backend takes a batch of preprocessed uint8 images (n, h, w, c) and returns th
 probability of PNEUMONIA for each; it converts to the artifact's own input type
 (float32, or uint8/int8 with the scale and zero point read from the model).
 
-Every exported artifact has three outputs, told apart by shape: the probability (n, 1),
-the Dense(128) features the input guard measures (n, 128), and the pooled conv-2
-activations Grad-CAM weighs (n, 14, 14, 64). `run` returns the ones asked for.
+Every exported artifact has three outputs, told apart by shape, whatever the architecture: the
+probability (n, 1), the features the input guard measures (n, k), and the cam layer's activations
+Grad-CAM weighs (n, h, w, c) (the seed CNN: Dense(128), and pooled conv-2 at 14 x 14 x 64; the
+manifest's "model" and "outputs" say which layers). `run` returns the ones asked for.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def output_kind(shape) -> str | None:
 
 
 class Outputs:
-    """probability (n,), features (n, 128) or None, conv (n, h, w, c) or None."""
+    """probability (n,), features (n, k) or None, conv (n, h, w, c) or None."""
 
     __slots__ = ("probability", "features", "conv")
 

@@ -7,6 +7,11 @@ scores the model's own input (resized, CLAHE, one channel) for a whole batch at 
 the manifest's `refuse_below` the image is rejected. Its files, sha256 and outputs on the
 probe inputs live in the manifest's `view_check` section; a manifest without one runs
 without the check (older exports), and `verify` checks it when present.
+
+A model tier with another input (the 128 px `small` tier) carries the same view check with its
+own preprocessing (`input.preprocessing`, the 64 px one it was fitted on): the Classifier then
+makes the view input from the decoded image through that preprocessing, so the check sees
+exactly what it was fitted on, whatever the pneumonia model reads.
 """
 
 from __future__ import annotations
@@ -27,8 +32,19 @@ REPRODUCE_TOLERANCE = 0.05  # logits: |drift from the outputs recorded at export
 class ViewCheck:
     """One view artifact and its limit; `scores(batch)` -> logits, `check(batch)` -> verdicts."""
 
-    def __init__(self, backend, refuse_below: float, size: int, name: str):
+    def __init__(self, backend, refuse_below: float, size: int, name: str, preprocessing=None):
         self.backend, self.refuse_below, self.size, self.name = backend, refuse_below, size, name
+        self.preprocessing = preprocessing  # its own input preprocessing, when not the model's (else None)
+
+    def own_input(self, grey: np.ndarray, inverted: bool) -> np.ndarray | None:
+        """The view input (s, s) made from a decoded grey image, when this check has its own
+        preprocessing; None when it reads the model's input."""
+        if self.preprocessing is None:
+            return None
+        small = self.preprocessing.resize(grey)
+        if inverted:
+            small = 255 - small
+        return self.preprocessing.finish(small)[..., 0]
 
     @classmethod
     def from_manifest(
@@ -53,7 +69,14 @@ class ViewCheck:
             if verify:
                 check_file(path, entry["sha256"], cached)
             backend = open_backend(path, threads=1)  # ~17 k weights: more threads only add overhead
-            return cls(backend, float(section["refuse_below"]), int(section["input"]["size"]), entry["name"])
+            own = section["input"].get("preprocessing")
+            if own is not None:
+                from edge_pneumo.device.preprocess import Preprocessing
+
+                own = Preprocessing.from_dict(own)
+                own = None if own == manifest.preprocessing else own
+            size = int(section["input"]["size"])
+            return cls(backend, float(section["refuse_below"]), size, entry["name"], own)
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(
                 f"{manifest.folder}: the manifest's {SECTION} section is unusable ({type(e).__name__}: {e}); "
@@ -120,6 +143,10 @@ def verify_rows(manifest: Manifest, probe: np.ndarray) -> list[dict]:
         rows.append(row)
         try:
             view = ViewCheck.from_manifest(manifest, verify=True, artifact=row["name"])
+            if view.preprocessing is not None:  # the probe inputs as its own preprocessing makes them
+                from edge_pneumo.device.probe_inputs import verify_inputs
+
+                probe = verify_inputs(view.preprocessing)
             got = view.scores(probe)
         except MissingRuntimeError as e:
             row["status"] = "skipped"

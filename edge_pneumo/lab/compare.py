@@ -308,15 +308,18 @@ def _explanation_section(manifest, models: Path, images, ran: list[str], log=pri
     ref_entry = float32_reference(manifest.artifacts[n] for n in ran)
     ref_name = ref_entry.name if ref_entry else None
     maps = {}
+    geometry = manifest.cam_geometry()
     for name in ran:
         backend = open_backend(models / manifest.artifacts[name].file, threads=2)
         weights = manifest.gradcam_params(name)
-        maps[name], _ = maps_for(backend, x, *weights)
+        maps[name], _ = maps_for(backend, x, *weights, geometry=geometry)
         run = backend.run(x[:200], ("probability", "features", "conv"))
         expl[name] = {
             "deletion": deletion_test(backend.predict, x, maps[name]),
             "location": heat_location(maps[name]),
-            "randomised_head": randomised_head_agreement(run.conv, run.features, *weights),
+            "randomised_head": randomised_head_agreement(
+                run.conv, run.features, *weights, geometry=geometry, size=x.shape[1]
+            ),
         }
         log(
             f"explanation ({name}): deletion ratio {expl[name]['deletion']['ratio']:.2f}, "

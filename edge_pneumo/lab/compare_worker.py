@@ -34,7 +34,7 @@ def run(job: dict) -> dict:
         tf.config.threading.set_intra_op_parallelism_threads(job["threads"])
         tf.config.threading.set_inter_op_parallelism_threads(1)
         import_s = time.perf_counter() - t_import
-        km = load_keras(job["model"])
+        km = load_keras(job["model"], record_optional=True)  # only its predictions are needed
 
         def predict(x):
             return keras_predict(km.model, x)

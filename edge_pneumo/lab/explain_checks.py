@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_pneumo.device.explain import gradcam_map
+from edge_pneumo.device.explain import CamGeometry, gradcam_map
 
 HIDE_SHARE = 0.15
 # Rough lung fields on the square model input, as (x0, x1, y0, y1) fractions: left and right.
@@ -24,14 +24,22 @@ BORDER = 0.08  # the outer frame where text markers and labels sit
 
 
 def maps_for(
-    backend, x: np.ndarray, channel_weights: np.ndarray, w2: np.ndarray, batch: int = 64
+    backend,
+    x: np.ndarray,
+    channel_weights: np.ndarray,
+    w2: np.ndarray,
+    batch: int = 64,
+    geometry: CamGeometry | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(heatmaps (n, s, s), probabilities (n,)) from one artifact."""
+    """(heatmaps (n, s, s), probabilities (n,)) from one artifact; `geometry`: the manifest's (default: the seed's)."""
     maps, probs = [], []
     for i in range(0, len(x), batch):
         out = backend.run(x[i : i + batch], ("probability", "features", "conv"))
         probs.append(out.probability)
-        maps += [gradcam_map(c, f, channel_weights, w2, size=x.shape[1]) for c, f in zip(out.conv, out.features)]
+        maps += [
+            gradcam_map(c, f, channel_weights, w2, size=x.shape[1], geometry=geometry)
+            for c, f in zip(out.conv, out.features)
+        ]
     return np.stack(maps), np.concatenate(probs)
 
 
@@ -102,7 +110,14 @@ def heat_location(maps: np.ndarray) -> dict:
 
 
 def randomised_head_agreement(
-    conv: np.ndarray, features: np.ndarray, channel_weights: np.ndarray, w2: np.ndarray, draws: int = 10, seed: int = 0
+    conv: np.ndarray,
+    features: np.ndarray,
+    channel_weights: np.ndarray,
+    w2: np.ndarray,
+    draws: int = 10,
+    seed: int = 0,
+    geometry: CamGeometry | None = None,
+    size: int = 64,
 ) -> dict:
     """Cascading randomisation of the head (Adebayo et al.): the same activations, weighed by
     random Dense weights of the same scale. A map that survives this does not explain the model.
@@ -110,13 +125,13 @@ def randomised_head_agreement(
     Averaged over `draws` random heads: one draw is a coin toss (on the same 60 images, single
     draws of one model range from -0.45 to +0.56), the mean is what says whether maps survive."""
     rng = np.random.default_rng(seed)
-    s = 64
-    trained = np.stack([gradcam_map(c, f, channel_weights, w2, s) for c, f in zip(conv, features)])
+    s, g = size, geometry
+    trained = np.stack([gradcam_map(c, f, channel_weights, w2, s, g) for c, f in zip(conv, features)])
     per_draw = []
     for _ in range(draws):
         rand_g = rng.normal(0, channel_weights.std(), channel_weights.shape).astype(np.float32)
         rand_w2 = rng.normal(0, w2.std(), w2.shape).astype(np.float32)
-        random = np.stack([gradcam_map(c, f, rand_g, rand_w2, s) for c, f in zip(conv, features)])
+        random = np.stack([gradcam_map(c, f, rand_g, rand_w2, s, g) for c, f in zip(conv, features)])
         per_draw.append(map_agreement(trained, random)["spearman_mean"])
     return {
         "images": int(len(trained)),

@@ -28,9 +28,10 @@ from edge_pneumo.device.probe_inputs import verify_inputs
 from edge_pneumo.device.runtime import open_backend
 from edge_pneumo.errors import EdgePneumoError, ValidationError
 from edge_pneumo.lab.dataset import discover, find_split, load_images, patient_split, selection_split, stratified_sample
-from edge_pneumo.lab.metrics import agreement_stats
+from edge_pneumo.lab.metrics import ONE_SE, agreement_stats
 from edge_pneumo.training.fit import predict
 from edge_pneumo.training.guard_fit import fit_feature_guard, fit_pixel_guard, pixel_stats
+from edge_pneumo.training.head import Head, ModelSpec, cam_geometry, device_model, model_spec
 from edge_pneumo.training.int8_calibration import CalibrationImages
 from edge_pneumo.training.keras_io import KerasModel
 
@@ -48,41 +49,31 @@ class ExportConfig:
     seed: int = 0
     val_fraction: float = 0.15
     budget_scale: float = 1.0  # < 1 tightens every budget (tests use it to prove enforcement)
+    features_layer: str | None = None  # the layers the device reads; None: the run record's (head.model_spec)
+    cam_layer: str | None = None
+    view_check_from: Path | None = None  # an export folder whose view check (and its preprocessing) is copied
 
 
-def device_model(model):
-    """The deployed graph: the trained model with two more outputs, the Dense(128) features
-    (for the input guard) and the pooled conv-2 activations (for Grad-CAM). The probability
-    is unchanged; the extra outputs are tensors the model computes anyway."""
-    import keras
-
-    return keras.Model(
-        model.input,
-        [model.output, model.get_layer("dense").output, model.get_layer("pool2").output],
-        name="seed_cnn_device",
-    )
-
-
-def _serving_function(model, input_shape):
+def _serving_function(model, input_shape, spec: ModelSpec):
     import tensorflow as tf
 
-    spec = [tf.TensorSpec([None, *input_shape], tf.float32, name="image")]
-    deployed = device_model(model)
+    signature = [tf.TensorSpec([None, *input_shape], tf.float32, name="image")]
+    deployed = device_model(model, spec)
 
-    @tf.function(input_signature=spec)
+    @tf.function(input_signature=signature)
     def serve(image):
         return tuple(deployed(image, training=False))
 
-    return serve, spec
+    return serve, signature
 
 
-def _export_tflite(fmt: ExportFormat, km: KerasModel, calib: CalibrationImages, path: Path) -> None:
+def _export_tflite(fmt: ExportFormat, km: KerasModel, spec: ModelSpec, calib: CalibrationImages, path: Path) -> None:
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
 
-    serve, _ = _serving_function(km.model, km.preprocessing.input_shape)
+    serve, _ = _serving_function(km.model, km.preprocessing.input_shape, spec)
     # Frozen (variables as constants): the int8 calibrator cannot read resource variables.
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
@@ -102,19 +93,27 @@ def _export_tflite(fmt: ExportFormat, km: KerasModel, calib: CalibrationImages, 
     path.write_bytes(converter.convert())
 
 
-def _export_onnx_float(km: KerasModel, path: Path) -> None:
+def _export_onnx_float(km: KerasModel, spec: ModelSpec, path: Path) -> None:
     import tf2onnx
 
     # tf2onnx.convert.from_keras fails on Keras 3 models; a tf.function with a signature works.
-    serve, spec = _serving_function(km.model, km.preprocessing.input_shape)
-    tf2onnx.convert.from_function(serve, input_signature=spec, opset=ONNX_OPSET, output_path=str(path))
-    _name_onnx_io(path)
+    serve, signature = _serving_function(km.model, km.preprocessing.input_shape, spec)
+    tf2onnx.convert.from_function(serve, input_signature=signature, opset=ONNX_OPSET, output_path=str(path))
+    _name_onnx_io(path, _onnx_doc(spec))
 
 
 ONNX_OUTPUT_NAMES = {"probability": "pneumonia", "features": "features", "conv": "conv_features"}
+# The seed's own words (a re-export of the shipped model keeps its bytes); others are described by their layers.
+SEED_ONNX_DOC = "seed CNN, P(PNEUMONIA), Dense(128) features, pooled conv-2 activations"
 
 
-def _name_onnx_io(path: Path) -> None:
+def _onnx_doc(spec: ModelSpec) -> str:
+    if spec.arch == "seed" and (spec.features_layer, spec.cam_layer) == ("dense", "pool2"):
+        return SEED_ONNX_DOC
+    return f"{spec.arch} CNN, P(PNEUMONIA), '{spec.features_layer}' features, '{spec.cam_layer}' activations"
+
+
+def _name_onnx_io(path: Path, doc: str) -> None:
     """Stable, readable input/output names ("image", "pneumonia", "features", "conv_features")
     and no producer timestamp noise."""
     import onnx
@@ -133,7 +132,7 @@ def _name_onnx_io(path: Path) -> None:
         io.name = renames[io.name]
         io.type.tensor_type.shape.dim[0].dim_param = "batch"  # tf2onnx numbers unknown dims from a global counter
     _canonical_names(m.graph)
-    m.doc_string = f"edge-pneumo {__version__}: seed CNN, P(PNEUMONIA), Dense(128) features, pooled conv-2 activations"
+    m.doc_string = f"edge-pneumo {__version__}: {doc}"
     m.graph.doc_string = ""  # tf2onnx puts per-conversion details here
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
@@ -309,7 +308,7 @@ def check_band(km: KerasModel, section: str, threshold: float, calibration: dict
 class _Inputs:
     """What every format of one export shares: images, the float model's reference outputs, the guard's fit."""
 
-    def __init__(self, km: KerasModel, cfg: ExportConfig, log: Callable[[str], None]):
+    def __init__(self, km: KerasModel, cfg: ExportConfig, head: Head, log: Callable[[str], None]):
         pre = km.preprocessing
         samples = discover(find_split(cfg.data, "train"))
         train_s, val_s = patient_split(samples, cfg.val_fraction, cfg.seed)
@@ -320,6 +319,13 @@ class _Inputs:
             "(patient-wise)"
         )
         self.reference = predict(km.model, self.check.x)
+        # Before the slow part: the head must be what the device explains, on these very images.
+        c = head.check(km.model, self.check.x, str(km.path))
+        log(
+            f"head: {head.form()}; max |dp| {c['max_abs_dp']:.1e} on {c['images']} validation images; "
+            f"Grad-CAM grid {head.grid}"
+        )
+        self.head = head
         # The guard: pixel statistics of every training image, fitted on the `fit` part of the
         # training run's own selection split, thresholds on its held-out part.
         family = km.record.get("split", {}).get("holdout_family")
@@ -333,11 +339,8 @@ class _Inputs:
             f"layout refuse > {self.pixel_section['layout']['refuse']:.3f}, "
             f"warn > {self.pixel_section['layout']['warn']:.3f}"
         )
-        self.weights = (
-            km.model.get_layer("dense").get_weights()[0],
-            km.model.get_layer("pneumonia").get_weights()[0][:, 0],
-        )
         self.x_verify = verify_inputs(pre)
+        self.shapes: dict = {}  # the outputs' shapes, as the first artifact gives them
 
 
 def _check_calibration(km: KerasModel) -> dict:
@@ -359,13 +362,14 @@ def _export_one(fmt, km: KerasModel, cfg: ExportConfig, inputs: _Inputs, scratch
     t0 = time.time()
     path = scratch / fmt.file
     float_onnx = scratch / "float_reference.onnx"
+    spec = inputs.head.spec
     if fmt.runtime == "tflite":
-        _export_tflite(fmt, km, inputs.calib, path)
+        _export_tflite(fmt, km, spec, inputs.calib, path)
     elif fmt.precision == "float32":
-        _export_onnx_float(km, path)
+        _export_onnx_float(km, spec, path)
     else:
         if not float_onnx.exists():
-            _export_onnx_float(km, float_onnx)
+            _export_onnx_float(km, spec, float_onnx)
         ref = float32_reference(f for f in cfg.formats if f.runtime == "onnx")
         src = scratch / ref.file if ref and (scratch / ref.file).exists() else float_onnx
         _export_onnx_quantized(fmt, src, inputs.calib, path, scratch)
@@ -379,6 +383,11 @@ def _export_one(fmt, km: KerasModel, cfg: ExportConfig, inputs: _Inputs, scratch
     )
     if backend.outputs != ("probability", "features", "conv"):
         problems.append(f"{fmt.name} (outputs {backend.outputs}, expected probability, features, conv)")
+    out_v = backend.run(inputs.x_verify, ("probability", "features", "conv"))
+    shapes = {"features": list(out_v.features.shape[1:]), "conv": list(out_v.conv.shape[1:])}
+    if shapes != {"features": [inputs.head.k], "conv": list(inputs.head.grid)}:
+        problems.append(f"{fmt.name} (output shapes {shapes}, the model's head reads {inputs.head.grid})")
+    inputs.shapes = inputs.shapes or shapes
     log(
         f"{fmt.name:<20} {path.stat().st_size / 1e6:6.2f} MB  {v.summary()}  "
         f"[{'FAILED' if problems else 'ok'}] ({time.time() - t0:.1f} s)"
@@ -386,12 +395,12 @@ def _export_one(fmt, km: KerasModel, cfg: ExportConfig, inputs: _Inputs, scratch
     feats = _features(backend, inputs.everything.x)
     limits, farrays = fit_feature_guard(feats, inputs.fit_part)
     inputs.pixel_section["features"][fmt.name] = limits
-    w1, w2 = _head_weights(fmt, path, inputs.weights)
+    channel_weights, w2, source = _head_weights(fmt, path, inputs.head)
     inputs.arrays.update({f"{fmt.name}/{k}": a for k, a in farrays.items()})
-    inputs.arrays[f"{fmt.name}/gradcam_channel_weights"] = gradcam_channel_weights(w1)
+    inputs.arrays[f"{fmt.name}/gradcam_channel_weights"] = channel_weights.astype(np.float32)
     inputs.arrays[f"{fmt.name}/head_w2"] = w2.astype(np.float32)
     entry = _artifact_entry(fmt, path, backend, v, km.preprocessing)
-    out_v = backend.run(inputs.x_verify)
+    entry["gradcam_weights"] = source
     entry["verify_feature_distances"] = [
         round(float(d), 4)
         for d in feature_distance(out_v.features, farrays["feature_mean"], farrays["feature_whitening"])
@@ -407,18 +416,23 @@ def _manifest(km: KerasModel, cfg: ExportConfig, inputs: _Inputs, calibration: d
 
     params_path, params_index = params
     source_sha = sha256_of(km.path)
+    head = inputs.head
+    spec = head.spec
+    version_name = "seed-cnn" if spec.arch == "seed" else spec.arch
+    made = str(km.record.get("created", ""))[:10] or datetime.now(timezone.utc).date().isoformat()
+    model = {**spec.to_dict(), "head": head.to_dict()}
+    if km.derived:
+        model["derived_at_export"] = km.record["derived_at_export"]
     return {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "task": "chest X-ray classification: NORMAL vs PNEUMONIA",
-        "model_version": f"seed-cnn-{str(km.record.get('created', ''))[:10]}-{source_sha[:12]}",
+        "model_version": f"{version_name}-{made}-{source_sha[:12]}",
+        "model": model,
         "class_names": list(km.record.get("class_names", ["NORMAL", "PNEUMONIA"])),
         "output": "probability of class_names[1] (PNEUMONIA); PNEUMONIA when >= threshold",
-        "outputs": {
-            "probability": "(batch, 1)",
-            "features": "(batch, 128): Dense(128) activations, for the guard",
-            "conv": "(batch, 14, 14, 64): pooled conv-2 activations, for Grad-CAM",
-        },
+        "outputs": _outputs_section(spec, inputs.shapes),
+        "cam": cam_geometry(km.model, head),
         "threshold": km.threshold,
         "threshold_rule": km.record.get("threshold_rule", ""),
         "calibration": calibration,
@@ -459,11 +473,52 @@ def _manifest(km: KerasModel, cfg: ExportConfig, inputs: _Inputs, calibration: d
     }
 
 
+def _outputs_section(spec: ModelSpec, shapes: dict) -> dict:
+    """The three outputs, with the shapes the artifacts gave."""
+    f, c = shapes["features"], shapes["conv"]
+    return {
+        "probability": "(batch, 1)",
+        "features": f"(batch, {f[0]}): '{spec.features_layer}' activations, for the guard",
+        "conv": f"(batch, {', '.join(map(str, c))}): '{spec.cam_layer}' activations, for Grad-CAM",
+    }
+
+
+def derive_operating_point(km: KerasModel, inputs: _Inputs, log: Callable[[str], None] = print) -> KerasModel:
+    """For a model without a run record: the threshold, temperature and band a record would give, fitted
+    on the export's own patient-wise validation images of train/ (no shifted copies), and said so."""
+    import dataclasses
+
+    from edge_pneumo.lab.metrics import best_threshold, hardest_population_calibration
+
+    y, p, n = inputs.check.y, inputs.reference, len(inputs.check.y)
+    threshold = best_threshold(y, p, ONE_SE)
+    c = hardest_population_calibration(y, p, {}, threshold)
+    c["rule"] = (
+        f"derived at export: temperature min NLL, rule-out sensitivity >= 0.97, rule-in specificity >= 0.95 on "
+        f"the {n} patient-wise validation images of train/ (no shifted copies), then rule_out < threshold < rule_in"
+    )
+    rule = f"derived at export: max balanced accuracy on the {n} validation images, ties within one SE toward 0.5"
+    derived = {
+        "preprocessing": f"input size {km.preprocessing.size} from the model's input shape; intensity "
+        f"'{km.preprocessing.intensity}' from --intensity",
+        "threshold": rule,
+        "calibration": c["rule"],
+        "why": f"{km.path.name} has no run record",
+    }
+    record = {"threshold": threshold, "threshold_rule": rule, "calibration": c, "derived_at_export": derived}
+    log(f"derived at export: threshold {threshold:.4f}, band [{c['rule_out']:.4f}, {c['rule_in']:.4f})")
+    return dataclasses.replace(km, record=record, threshold=threshold)
+
+
 def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
     """Export, validate, fit the guard, then publish atomically. Raises ValidationError if any
     artifact misses its budget."""
-    calibration = _check_calibration(km)
-    inputs = _Inputs(km, cfg, log)
+    head = Head.read(km.model, model_spec(km, cfg.features_layer, cfg.cam_layer), str(km.path))
+    calibration = None if km.derived else _check_calibration(km)
+    inputs = _Inputs(km, cfg, head, log)
+    if km.derived:
+        km = derive_operating_point(km, inputs, log)
+        calibration = _check_calibration(km)
     cfg.out.mkdir(parents=True, exist_ok=True)
     if not os.access(cfg.out, os.W_OK):
         raise EdgePneumoError(f"{cfg.out}: output folder is not writable")
@@ -482,7 +537,10 @@ def export_all(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = p
         for e in entries:
             os.replace(scratch / e["file"], cfg.out / e["file"])
         os.replace(params_path, cfg.out / PARAMS_FILE)
-        _keep_view_check(cfg.out, manifest)
+        if cfg.view_check_from is not None:
+            attach_view_check(cfg.view_check_from, cfg.out, manifest, log)
+        else:
+            _keep_view_check(cfg.out, manifest, log)
         write_manifest(cfg.out, manifest)
         return manifest
     finally:
@@ -493,24 +551,29 @@ def _features(backend, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate([backend.run(x[i : i + batch]).features for i in range(0, len(x), batch)])
 
 
-def gradcam_channel_weights(w1: np.ndarray, grid: tuple[int, int, int] = (14, 14, 64)) -> np.ndarray:
-    """Dense(128) kernel (h*w*c, 128), flattened channels-last -> (c, 128): its spatial mean per
-    channel, which is what Grad-CAM's channel weights need (see edge_pneumo.device.explain)."""
-    h, w, c = grid
-    return (w1.reshape(h, w, c, -1).sum(axis=(0, 1)) / (h * w)).astype(np.float32)
+WEIGHTS_FROM_ARTIFACT = "dequantised from the artifact"
 
 
-def _head_weights(fmt: ExportFormat, path: Path, float_weights: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """The head's weights as this artifact holds them: dequantised int8 for the int8 artifacts,
-    so the explanation comes from the weights that made the decision."""
+def _head_weights(fmt: ExportFormat, path: Path, head: Head) -> tuple[np.ndarray, np.ndarray, str]:
+    """(Grad-CAM channel weights, w2, where they come from) as this artifact holds them: dequantised
+    int8 for the int8 artifacts, so the explanation comes from the weights that made the decision.
+    Where the artifact's head weights cannot be found, the float model's, and the manifest says so."""
     if fmt.precision != "int8":
-        return float_weights
-    if fmt.runtime == "onnx":
-        return _onnx_int8_head(path, float_weights)
-    return _tflite_int8_head(path, float_weights)
+        return head.channel_weights, head.w2, "the float model's"
+    wanted = {"w2": (head.k, 1)}
+    if head.kind == "dense":
+        wanted["w1"] = tuple(head.w1.shape)
+    found = _onnx_int8_head(path, wanted) if fmt.runtime == "onnx" else _tflite_int8_head(path, wanted)
+    if found is None:
+        return head.channel_weights, head.w2, "the float model's: the artifact's head weights were not found"
+    from_artifact = head.channel_weights_from(found.get("w1"))
+    if from_artifact is None:  # an "affine" head: its channel weights mix layers the artifact fused
+        return head.channel_weights, found["w2"][:, 0], "w2 dequantised from the artifact, channel weights the float's"
+    return from_artifact, found["w2"][:, 0], WEIGHTS_FROM_ARTIFACT
 
 
-def _onnx_int8_head(path: Path, float_weights: tuple) -> tuple[np.ndarray, np.ndarray]:
+def _onnx_int8_head(path: Path, wanted: dict) -> dict | None:
+    """{name: dequantised (rows, cols) weight} for the 2-D initializers of the `wanted` shapes, or None."""
     import onnx
     from onnx import numpy_helper
 
@@ -530,15 +593,14 @@ def _onnx_int8_head(path: Path, float_weights: tuple) -> tuple[np.ndarray, np.nd
         if scale.ndim:
             shape[axis] = -1
         w = (q.astype(np.float32) - zero.reshape(shape).astype(np.float32)) * scale.reshape(shape).astype(np.float32)
-        for target, want in (("w1", float_weights[0].shape), ("w2", (float_weights[1].shape[0], 1))):
+        for target, want in wanted.items():
             if tuple(w.shape) == tuple(want):
                 found[target] = w
-    if "w1" not in found or "w2" not in found:
-        raise EdgePneumoError(f"{path}: cannot find the quantised Dense weights for Grad-CAM")
-    return found["w1"], found["w2"][:, 0]
+    return found if set(found) == set(wanted) else None
 
 
-def _tflite_int8_head(path: Path, float_weights: tuple) -> tuple[np.ndarray, np.ndarray]:
+def _tflite_int8_head(path: Path, wanted: dict) -> dict | None:
+    """As `_onnx_int8_head`, from a full-integer TFLite file (its FullyConnected weights are (cols, rows))."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     # Without XNNPACK (it repacks weights and frees the originals); two runs on different
@@ -549,20 +611,18 @@ def _tflite_int8_head(path: Path, float_weights: tuple) -> tuple[np.ndarray, np.
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
     it.allocate_tensors()
-    n_in, n_hidden = float_weights[0].shape
+    by_shape = {tuple(reversed(shape)): name for name, shape in wanted.items()}
     inp = it.get_input_details()[0]
-    wanted = [
-        d
-        for d in it.get_tensor_details()
-        if d["dtype"] == np.int8 and tuple(int(v) for v in d["shape"]) in ((n_hidden, n_in), (1, n_hidden))
+    candidates = [
+        d for d in it.get_tensor_details() if d["dtype"] == np.int8 and tuple(int(v) for v in d["shape"]) in by_shape
     ]
     runs = []
     for fill in (0, 200):
         it.set_tensor(inp["index"], np.full(inp["shape"], fill, inp["dtype"]))
         it.invoke()
-        runs.append({d["index"]: it.get_tensor(d["index"]).copy() for d in wanted})
+        runs.append({d["index"]: it.get_tensor(d["index"]).copy() for d in candidates})
     found = {}
-    for d in wanted:
+    for d in candidates:
         q = runs[0][d["index"]]
         if not np.array_equal(q, runs[1][d["index"]]):
             continue  # an activation
@@ -574,10 +634,8 @@ def _tflite_int8_head(path: Path, float_weights: tuple) -> tuple[np.ndarray, np.
             if scales.size > 1
             else (q - float(zeros.ravel()[0] if zeros.size else 0)) * float(scales.ravel()[0])
         )
-        found["w1" if tuple(q.shape) == (n_hidden, n_in) else "w2"] = w
-    if "w1" not in found or "w2" not in found:
-        raise EdgePneumoError(f"{path}: cannot find the quantised Dense weights for Grad-CAM")
-    return found["w1"].T, found["w2"][0]
+        found[by_shape[tuple(q.shape)]] = w.T
+    return found if set(found) == set(wanted) else None
 
 
 def _onnx_version() -> str:
@@ -604,17 +662,56 @@ def _artifact_entry(fmt: ExportFormat, path: Path, backend, v: ArtifactValidatio
     }
 
 
-def _keep_view_check(out: Path, manifest: dict) -> None:
+def _keep_view_check(out: Path, manifest: dict, log: Callable[[str], None] = print) -> None:
     """The view check does not depend on the pneumonia model's weights: a re-export keeps the
-    folder's section (`edge-pneumo train-view`) when its files are still there."""
+    folder's section (`edge-pneumo train-view`) when its files are still there and it was fitted
+    on the same preprocessing (it reads the model's input: another size or intensity is not its input)."""
+    from edge_pneumo import jsonout
     from edge_pneumo.device.view_check import SECTION
 
     try:
-        old = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get(SECTION)
+        previous = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    if old and all((out / e["file"]).is_file() for e in old.get("artifacts", [])):
-        manifest[SECTION] = old
+    old = previous.get(SECTION)
+    if not old or not all((out / e["file"]).is_file() for e in old.get("artifacts", [])):
+        return
+    own = (old.get("input") or {}).get("preprocessing")  # a check with its own input keeps it
+    if own is None and previous.get("preprocessing") != json.loads(jsonout.dumps(manifest["preprocessing"])):
+        log(f"{out}: the view check was fitted on another preprocessing; dropped (run `edge-pneumo train-view`)")
+        return
+    manifest[SECTION] = old
+
+
+def attach_view_check(source: Path, out: Path, manifest: dict, log: Callable[[str], None] = print) -> None:
+    """Copy `source`'s view check (its files, unchanged, and its manifest section) into this export,
+    recording the preprocessing it was fitted on: the Classifier makes its input through that, not
+    through this model's (device/view_check.py). Files are checked against their sha256 first."""
+    from edge_pneumo.device.manifest import MANIFEST_NAME
+    from edge_pneumo.device.view_check import SECTION, check_file
+
+    try:
+        src = json.loads((Path(source) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EdgePneumoError(f"{source}: no readable {MANIFEST_NAME} to take the view check from ({e})") from None
+    section = src.get(SECTION)
+    if not section:
+        raise EdgePneumoError(f"{source}: its manifest has no {SECTION} section; run `edge-pneumo train-view` there")
+    section = json.loads(json.dumps(section))
+    for entry in section["artifacts"]:
+        check_file(Path(source) / entry["file"], entry["sha256"])
+        if Path(source).resolve() != Path(out).resolve():
+            shutil.copyfile(Path(source) / entry["file"], out / entry["file"])
+    own = (section.get("input") or {}).get("preprocessing") or src["preprocessing"]
+    section["input"] = {
+        "size": int(own["size"]),
+        "preprocessing": own,
+        "from": "the decoded image through this preprocessing (the one the check was fitted on), first channel, "
+        "after the guard's re-inversion",
+    }
+    section["copied_from"] = {"folder": Path(source).name, "model_version": src.get("model_version")}
+    manifest[SECTION] = section
+    log(f"view check: copied from {source} ({len(section['artifacts'])} files, its own {own['size']} px input)")
 
 
 def remake_artifacts(km: KerasModel, cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:

@@ -3,7 +3,7 @@
 Every limit comes from training images, by a rule written into the manifest next to it:
 - pixel limits from all of train/: colour, contrast (blank pages) and texture (noise);
 - the layout model (principal components of 16x16 thumbnails) and the feature statistics
-  (mean and covariance of each artifact's Dense(128) activations) are fitted on the `fit`
+  (mean and covariance of each artifact's features, Dense(128) for the seed) are fitted on the `fit`
   part of `data.selection_split`, and their thresholds set on the held-out `selection` part:
   `warn` at its 99th percentile, `refuse` at 1.5 x its 99.5th percentile.
 The only limit set by hand is the aspect ratio: the dataset's copies were all squashed to
@@ -113,7 +113,7 @@ def fit_pixel_guard(all_train: PixelStats, fit_part: np.ndarray) -> tuple[dict, 
 
 
 def fit_feature_guard(features: np.ndarray, fit_part: np.ndarray) -> tuple[dict, dict]:
-    """(limits, arrays) of the Mahalanobis check for one artifact's Dense(128) features."""
+    """(limits, arrays) of the Mahalanobis check for one artifact's features (any width)."""
     f_fit, f_held = features[fit_part].astype(np.float64), features[~fit_part]
     mean = f_fit.mean(axis=0)
     cov = np.cov(f_fit, rowvar=False)

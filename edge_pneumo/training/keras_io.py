@@ -39,10 +39,14 @@ class KerasModel:
     record: dict
     preprocessing: Preprocessing
     threshold: float
+    derived: bool = False  # no run record: export derives the threshold and band (`export --keras`)
 
 
-def load_keras(path: str | os.PathLike) -> KerasModel:
-    """Load a .keras model and its record; ModelFileError (no traceback) when either is unusable."""
+def load_keras(path: str | os.PathLike, record_optional: bool = False, intensity: str = "none") -> KerasModel:
+    """Load a .keras model and its record; ModelFileError (no traceback) when either is unusable.
+
+    `record_optional` (a user's own classifier): without a record beside it, the input contract comes
+    from the model's input shape and `intensity`, and the threshold is left for export to derive."""
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_NAME
@@ -57,6 +61,8 @@ def load_keras(path: str | os.PathLike) -> KerasModel:
     except Exception as e:  # Keras raises many types for a bad file
         raise ModelFileError(f"{path}: not a loadable Keras model ({type(e).__name__}: {str(e)[:120]})") from None
     rp = record_path(path)
+    if record_optional and not rp.is_file():
+        return _unrecorded(model, path, intensity)
     try:
         record = json.loads(rp.read_text())
         pre = Preprocessing.from_dict(record["preprocessing"])
@@ -74,6 +80,17 @@ def load_keras(path: str | os.PathLike) -> KerasModel:
             "-> 1"
         )
     return KerasModel(model, path, record, pre, threshold)
+
+
+def _unrecorded(model, path: Path, intensity: str) -> KerasModel:
+    """A classifier without a run record: square uint8-range images in, one probability out."""
+    shape = tuple(model.input_shape[1:])
+    if len(shape) != 3 or shape[0] != shape[1] or shape[0] is None or shape[2] not in (1, 3):
+        raise ModelFileError(f"{path}: input {shape}; export needs square images of a fixed size, 1 or 3 channels")
+    if model.output_shape != (None, 1):
+        raise ModelFileError(f"{path}: output {model.output_shape}; export needs one probability, (batch, 1)")
+    pre = Preprocessing(size=int(shape[0]), channels=int(shape[2]), intensity=intensity)
+    return KerasModel(model, path, {}, pre, float("nan"), derived=True)
 
 
 def versions() -> dict:

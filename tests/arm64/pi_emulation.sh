@@ -23,6 +23,10 @@
 #  11. `edge-pneumo calibrate` on a small site folder (20 NORMAL + 20 PNEUMONIA train/ images) on the
 #      Pi and on the host (int8 TFLite), then `infer --site` on the Pi: the same counts, thresholds
 #      within int8 tolerance, and every row carries the site file's hash
+#  12. the second tier by name: `infer --model small` on one NORMAL and one PNEUMONIA test image on
+#      the Pi (the wheel's exported/small/) and on the host (the checkout's), the same artifact: the
+#      same labels, |dp| within its tolerance. Skipped, and said so, while the checkout has no
+#      exported/small/manifest.json
 #
 # Usage:  sudo tests/arm64/pi_emulation.sh [--summary FILE.json]
 #         sudo tests/arm64/pi_emulation.sh --prepare   # only build/refresh the cached rootfs
@@ -531,6 +535,36 @@ site_check() {  # calibrate a small site on the Pi and on the host, then infer -
   echo "calibrate + infer --site on arm64 and calibrate on the host: exit code $rc"
 }
 
+small_check() {  # the second shipped tier, by name: `infer --model small` on the Pi and on the host
+  local img rc=0 artifact
+  if [[ ! -f $REPO/exported/small/manifest.json ]]; then
+    echo "no exported/small/manifest.json in $REPO: the small tier is not shipped yet, skipped"
+    echo "skipped" > "$SCRATCH/small_rc"
+    return 0
+  fi
+  [[ -f $ROOTFS$PI_EXPORTED/small/manifest.json ]] || die "the wheel does not ship exported/small/manifest.json"
+  cmp -s "$ROOTFS$PI_EXPORTED/small/manifest.json" "$REPO/exported/small/manifest.json" \
+    || die "the wheel's exported/small/manifest.json differs from the checkout's"
+  mkdir -p "$SCRATCH/work/images_small" "$SCRATCH/host"
+  local cls
+  for cls in NORMAL PNEUMONIA; do  # the first image of each class, as stage_images orders them
+    img=$(find "$DATA/test/$cls" -maxdepth 1 -type f \( -iname '*.jpeg' -o -iname '*.jpg' -o -iname '*.png' \) \
+            -printf '%f\n' | LC_ALL=C sort | head -n1)
+    [[ -n $img ]] || die "no test image in $DATA/test/$cls"
+    cp "$DATA/test/$cls/$img" "$SCRATCH/work/images_small/"
+  done
+  # On the Pi, from / (no ./exported there): the name finds the wheel's copy.
+  in_pi "$ARM_VENV/bin/edge-pneumo" infer --model small --dir /work/images_small --format json \
+    --output /work/out_small.jsonl || rc=$?
+  # The host from the checkout (./exported/small), with the artifact the Pi chose, so both run the same file.
+  artifact=$("$HOST_PY" -c 'import json, sys; print(json.loads(open(sys.argv[1]).readline())["artifact"])' \
+    "$SCRATCH/work/out_small.jsonl" 2>/dev/null || true)
+  (cd "$REPO" && "$HOST_EP" infer --model small ${artifact:+--artifact "$artifact"} \
+    --dir "$SCRATCH/work/images_small" --format json --output "$SCRATCH/host/out_small.jsonl") || rc=$?
+  echo "$rc" > "$SCRATCH/small_rc"
+  echo "infer --model small (${artifact:-?}) on arm64 and on the host: exit code $rc"
+}
+
 # ------------------------------------------------------------------ 8. compare + summary
 compare() {
   local summary=${SUMMARY:-$CACHE/last-run.json}
@@ -617,6 +651,40 @@ for r in rows:  # the Grad-CAM map of one image, Pi against host
             r["problems"].append(f"heatmap differs from the host's by {d:.3f} (> 0.02)")
     r["ok"] = not r["problems"]
     ok &= r["ok"]
+small = {"ran": False, "problems": []}  # the small tier by name (`infer --model small`), 2 images
+small_rc = (scratch / "small_rc").read_text().strip() if (scratch / "small_rc").exists() else "missing"
+if small_rc == "skipped":
+    small["reason"] = "exported/small/manifest.json does not exist yet"
+else:
+    small["ran"], small["rc"] = True, int(small_rc) if small_rc.isdigit() else None
+    pi, host = load(scratch / "work" / "out_small.jsonl"), load(scratch / "host" / "out_small.jsonl")
+    if small["rc"] != 0 or not pi or not host:
+        small["problems"].append(f"infer --model small failed (rc {small_rc})")
+    else:
+        for side, src in (("arm64", scratch / "work" / "out_small.jsonl"), ("host", scratch / "host" / "out_small.jsonl")):
+            shutil.copy(src, results_dir / f"{side}_small.jsonl")
+            small[f"results_{side}"] = str(results_dir / f"{side}_small.jsonl")
+        pi_by, host_by = {Path(r["path"]).name: r for r in pi}, {Path(r["path"]).name: r for r in host}
+        small["artifact"] = pi[0].get("artifact")
+        small["model_version"] = pi[0].get("model_version")
+        tol = TOL["float32" if "float32" in str(small["artifact"]) else "int8"]
+        small["tolerance"] = tol
+        if pi_by.keys() != host_by.keys() or len(pi_by) != 2:
+            small["problems"].append(f"images: arm64 {sorted(pi_by)}, host {sorted(host_by)}")
+        common = sorted(pi_by.keys() & host_by.keys())
+        small["label_mismatches"] = [k for k in common if (pi_by[k]["status"], pi_by[k]["label"])
+                                     != (host_by[k]["status"], host_by[k]["label"])]
+        if small["label_mismatches"]: small["problems"].append(f"labels differ: {small['label_mismatches']}")
+        if {host_by[k].get("artifact") for k in common} != {small["artifact"]}:
+            small["problems"].append("the host ran another artifact")
+        dps = [abs(float(pi_by[k]["raw_probability"]) - float(host_by[k]["raw_probability"])) for k in common
+               if pi_by[k].get("raw_probability") is not None and host_by[k].get("raw_probability") is not None]
+        small["max_abs_dp"] = max(dps) if dps else None
+        if len(dps) != len(common): small["problems"].append("a row without a raw probability")
+        if dps and max(dps) > tol: small["problems"].append(f"max |dp| {max(dps):.3g} > {tol:.3g}")
+small["ok"] = not small["problems"]
+ok &= small["ok"]
+
 serve = {"rc": int((scratch / "serve_rc").read_text()) if (scratch / "serve_rc").exists() else None}
 try:
     serve["healthz"] = json.loads((scratch / "work" / "pi_healthz.json").read_text())
@@ -679,7 +747,7 @@ for line in (scratch / "timings.tsv").read_text().splitlines():
     timings[k] = float(v)
 pi_info = json.loads((scratch / "work" / "pi_info.json").read_text())
 doc = {"ok": ok, "qemu_cpu": qemu_cpu, "n_images": n_expected, "arm64": pi_info,
-       "verify": verify, "serve": serve, "sr": sr, "site": site, "artifacts": rows, "timings_s": timings, "total_s": round(elapsed, 1)}
+       "verify": verify, "serve": serve, "sr": sr, "site": site, "small": small, "artifacts": rows, "timings_s": timings, "total_s": round(elapsed, 1)}
 summary.parent.mkdir(parents=True, exist_ok=True)
 summary.write_text(json.dumps(doc, indent=1))
 
@@ -696,6 +764,8 @@ print("edge-pneumo serve on arm64: " + ("ok " + json.dumps(serve["healthz"]) if 
 print("DICOM SR on arm64: " + ("ok" if sr["ok"] else f"FAIL (rc {sr['rc']})")
       + (", read by dsrdump" if sr["dsrdump"] else ""))
 print("edge-pneumo calibrate + infer --site on arm64: " + ("ok" if site["ok"] else "FAIL: " + "; ".join(site["problems"])))
+print("infer --model small on arm64: " + ("skipped: " + small["reason"] if not small["ran"] else
+      f"ok ({small['artifact']}, max |dp| {small.get('max_abs_dp') or 0:.2e})" if small["ok"] else "FAIL: " + "; ".join(small["problems"])))
 for r in rows:
     if "heatmap_max_abs_diff" in r:
         print(f"heatmap {r['name']}: max |diff| arm64 vs host {r['heatmap_max_abs_diff']:.4f}")
@@ -744,6 +814,7 @@ phase heatmaps heatmaps
 phase serve serve_check
 phase sr sr_check
 phase site site_check
+phase small small_check
 
 log "[compare]"
 echo "cache: $(du -shx "$CACHE" | cut -f1) in $CACHE"
