@@ -203,11 +203,44 @@ def test_the_test_split_and_the_adult_films_pass_the_view_check(real_data):
 def test_a_re_export_keeps_the_section_while_its_files_are_there(tmp_path):
     from edge_pneumo.training.export import _keep_view_check
 
+    pre64 = {"size": 64, "intensity": "clahe"}
     section = {"refuse_below": 1.0, "artifacts": [{"name": "view_float32", "file": "view_float32.onnx"}]}
-    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 2, SECTION: section}))
-    fresh: dict = {"schema_version": 2}
-    _keep_view_check(tmp_path, fresh)
+    old = {"schema_version": 2, "preprocessing": pre64, SECTION: section}
+    (tmp_path / "manifest.json").write_text(json.dumps(old))
+    fresh: dict = {"schema_version": 2, "preprocessing": pre64}
+    _keep_view_check(tmp_path, fresh, log=lambda m: None)
     assert SECTION not in fresh  # its file is missing: nothing to keep
     (tmp_path / "view_float32.onnx").write_bytes(b"onnx")
-    _keep_view_check(tmp_path, fresh)
+    _keep_view_check(tmp_path, fresh, log=lambda m: None)
     assert fresh[SECTION] == section
+    # A re-export at another input size: the check read the model's input, which is no longer its input.
+    bigger: dict = {"schema_version": 2, "preprocessing": {**pre64, "size": 128}}
+    said: list[str] = []
+    _keep_view_check(tmp_path, bigger, log=said.append)
+    assert SECTION not in bigger and "another preprocessing" in said[0]
+    # ...unless the section carries its own preprocessing (export --view-check-from): then it is kept.
+    own = {**section, "input": {"size": 64, "preprocessing": pre64}}
+    (tmp_path / "manifest.json").write_text(json.dumps({**old, SECTION: own}))
+    _keep_view_check(tmp_path, bigger, log=said.append)
+    assert bigger[SECTION] == own
+
+
+@needs_view
+@pytest.mark.realdata
+def test_the_small_tier_sees_the_view_check_s_own_input_so_its_scores_equal_the_seed_tier_s(real_data):
+    """The 128 px tier carries the view check with the 64 px preprocessing it was fitted on
+    (`export --view-check-from`): every image gets the same view score through either tier."""
+    from edge_pneumo.device.tiers import shipped_tiers
+
+    tiers = shipped_tiers()
+    if "small" not in tiers:
+        pytest.skip("the small tier is not shipped in this checkout")
+    small = load_manifest(tiers["small"])
+    assert small.preprocessing.size != 64 and small.raw[SECTION]["input"]["preprocessing"]["size"] == 64
+    paths = sorted((real_data / "test").glob("*/*.jpeg"))[::40]
+    paths += sorted((real_data.parent / "adult_cxr").glob("*.png"))  # other sizes, and no resize shortcut
+    seed_rows = Classifier.load(SHIPPED, artifact="onnx_int8").predict_many(paths)
+    small_rows = Classifier.load(tiers["small"], artifact="onnx_int8").predict_many(paths)
+    pairs = [(a.guard.get("view"), b.guard.get("view")) for a, b in zip(seed_rows, small_rows)]
+    assert len(pairs) >= 16 and all(a is not None for a, _ in pairs)
+    assert all(a == b for a, b in pairs), pairs
