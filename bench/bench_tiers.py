@@ -133,7 +133,7 @@ def model_ms_per_image(folder: Path, artifact: str, images: Path, n: int = 512, 
     from edge_pneumo.lab.dataset import discover, load_images
 
     m = load_manifest(folder)
-    entry = next(e for e in m.artifacts if e.name == artifact)
+    entry = m.artifacts[artifact]
     backend = open_backend(entry.path(folder), threads=2)
     every = discover(images)
     samples = every[:: max(1, len(every) // n)][:n]
