@@ -1,8 +1,11 @@
 """Rows before the pixel budget: what `tests/test_hostile.py` compares today's rows against.
 
-`python tests/rows_baseline.py` was run on main before the budget existed (first 1d96eb1; last
-on main 97f5dfe, in a checkout of that commit, since the rows depend on the model and the guard)
-and wrote `tests/data/rows_before_hostile.json`, with that commit and the manifest's sha256.
+`python tests/rows_baseline.py` wrote `tests/data/rows_before_hostile.json`, with the commit and
+the manifest's sha256. First on main before the budget existed (1d96eb1, then 97f5dfe); after the
+issue-22 refit changed the manifest, remade (session 10) in a checkout of 743e67c, the last commit
+before that session's decoder changes (the JPEG-LS child process, the folder-speed work), with the
+budget turned off: `EDGE_PNEUMO_MAX_PIXELS=1000000000000 python tests/rows_baseline.py`. So the
+test compares today's rows, budget on, with rows made by older decoders and no budget.
 Re-running it on code with the budget would only compare the code with itself: when the model
 or guard changes, run it in a checkout of a commit without the budget (or of the last commit
 before a deliberate decoder change) and say so in the commit. The rows cover the 624-image test

@@ -469,8 +469,8 @@ def test_a_deterministic_fuzz_slice_never_crashes_and_never_decodes_past_the_bud
 
 @pytest.mark.realdata
 def test_real_films_get_exactly_the_rows_they_got_before_the_budget(tmp_path):
-    """Rows saved by tests/rows_baseline.py on main 97f5dfe, before any of this: the 624 test images,
-    the adult films, and two films of 59.99 MP (PNG and JPEG) just under the default budget."""
+    """Rows saved by tests/rows_baseline.py (at 743e67c with the budget off; see its docstring): the 624
+    test images, the adult films, and two films of 59.99 MP (PNG and JPEG) just under the default budget."""
     import rows_baseline as rb
 
     data = real_data_dir()
