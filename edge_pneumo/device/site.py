@@ -101,11 +101,14 @@ class SiteFile:
         """Refuse to apply this site file to another artifact (or with flip TTA, which it was not fitted for)."""
         want = self.raw["artifact"]
         if want.get("sha256") != sha256:
+            made_for = self.raw.get("model_version")
             raise ModelFileError(
                 f"{self.path}: this site file was fitted for artifact {want.get('name')} "
-                f"(sha256 {str(want.get('sha256'))[:12]}...), not {name} (sha256 {sha256[:12]}...); "
-                f"its threshold and band mean nothing for another model. Run `edge-pneumo calibrate` again "
-                f"for this artifact, or pass --artifact {want.get('name')} with the model it was made for"
+                + (f"of model {made_for} " if made_for else "")
+                + f"(sha256 {str(want.get('sha256'))[:12]}...), not {name} (sha256 {sha256[:12]}...); "
+                "its threshold and band mean nothing for another model. Run `edge-pneumo calibrate` again "
+                f"for this artifact, or pass --artifact {want.get('name')} with the model it was made for "
+                "(`edge-pneumo models` lists each model's version)"
             )
         if tta and not self.raw.get("tta"):
             raise ModelFileError(f"{self.path}: this site file was fitted without flip TTA; run without --tta")
