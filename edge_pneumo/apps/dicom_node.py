@@ -25,6 +25,7 @@ import threading
 from collections.abc import Sequence
 
 from edge_pneumo.apps.ledger import ResultSink
+from edge_pneumo.apps.rows import log_summary
 from edge_pneumo.decoders import limits
 from edge_pneumo.errors import MissingRuntimeError
 
@@ -142,14 +143,7 @@ class DicomNode:
             self.sink.record(sop or f"sha256:{r.content_sha256}", row)
             if self.drift is not None:
                 self.drift.add(row)
-            LOG.info(
-                "c-store sha256=%s status=%s label=%s decision=%s p=%s",
-                (r.content_sha256 or "")[:16],
-                r.status,
-                r.label,
-                r.decision,
-                None if r.probability is None else round(r.probability, 4),
-            )
+            LOG.info("c-store %s", log_summary(r))
             return store_status(row)
         except Exception as e:  # one bad dataset must not take the node down; nothing recorded, so a resend is retried
             LOG.error("c-store failed: %s", type(e).__name__)

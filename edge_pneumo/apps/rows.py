@@ -100,3 +100,10 @@ def write_parquet(rows: Iterable[dict], dst: Path, chunk: int = 5000) -> None:
     finally:
         writer.close()
     os.replace(tmp, dst)
+
+
+def log_summary(r) -> str:
+    """One result in a log line, the same in every long-running front end (serve, the DICOM node):
+    content hash prefix, status, label, decision, probability; never a file name or patient data."""
+    p = None if r.probability is None else round(r.probability, 4)
+    return f"sha256={(r.content_sha256 or '')[:16]} status={r.status} label={r.label} decision={r.decision} p={p}"

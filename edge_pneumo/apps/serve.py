@@ -222,15 +222,9 @@ async def _read_body(request, max_upload: int) -> bytes | None:
 
 
 def _log_result(r, t0: float) -> None:
-    LOG.info(
-        "classify sha256=%s status=%s label=%s decision=%s p=%s ms=%.1f",
-        (r.content_sha256 or "")[:16],
-        r.status,
-        r.label,
-        r.decision,
-        None if r.probability is None else round(r.probability, 4),
-        1000 * (time.perf_counter() - t0),
-    )
+    from edge_pneumo.apps.rows import log_summary
+
+    LOG.info("classify %s ms=%.1f", log_summary(r), 1000 * (time.perf_counter() - t0))
 
 
 class _ServeState:
