@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_pneumo.lab.compare import view_check_table
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -112,15 +114,8 @@ def main() -> None:
         "",
         f"Limit: refuse below {section['refuse_below']} ({section['rule']}).",
         "",
-        "| category | images | view check alone | whole guard | let through |",
-        "|---|---:|---|---|---|",
+        *view_check_table(section, let_through=True),
     ]
-    for c, v in section["held_out"].items():
-        if v["positive"]:
-            lines.append(f"| {c} (frontal chest) | {v['n']} | {v['n'] - v['refused']} accepted | | |")
-        else:
-            through = ", ".join(v["let_through"]) or "-"
-            lines.append(f"| {c} | {v['n']} | {v['refused']} refused | {v['refused_by_guard']} refused | {through} |")
     lines += [
         "",
         "## Cost",

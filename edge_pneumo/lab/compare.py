@@ -423,15 +423,25 @@ def view_check_lines(section: dict | None) -> list[str]:
         f"Each image scored by a model fitted without its fold (folds by dev-set repository, Kermany patient, "
         f"adult film); refused below {section['refuse_below']} ({section['rule']}).",
         "",
-        "| category | images | view check alone | whole guard |",
-        "|---|---:|---|---|",
+    ]
+    return [*lines, *view_check_table(section), ""]
+
+
+def view_check_table(section: dict, let_through: bool = False) -> list[str]:
+    """The held-out table, one row per category (`let_through`: with the names of what passed)."""
+    extra = (" let through |", "---|") if let_through else ("", "")
+    lines = [
+        "| category | images | view check alone | whole guard |" + extra[0],
+        "|---|---:|---|---|" + extra[1],
     ]
     for name, c in section["held_out"].items():
         if c["positive"]:
-            lines.append(f"| {name} (frontal chest) | {c['n']} | {c['n'] - c['refused']} accepted | |")
+            row = f"| {name} (frontal chest) | {c['n']} | {c['n'] - c['refused']} accepted | |"
+            lines.append(row + (" |" if let_through else ""))
         else:
-            lines.append(f"| {name} | {c['n']} | {c['refused']} refused | {c['refused_by_guard']} refused |")
-    return [*lines, ""]
+            row = f"| {name} | {c['n']} | {c['refused']} refused | {c['refused_by_guard']} refused |"
+            lines.append(row + (f" {', '.join(c['let_through']) or '-'} |" if let_through else ""))
+    return lines
 
 
 def markdown_report(report: dict, manifest, figure_name: str | None) -> str:
