@@ -18,7 +18,7 @@ from edge_pneumo.device.manifest import load_manifest
 from edge_pneumo.device.scoring import BandError, decide, ordered_band
 from edge_pneumo.device.site import SiteHead, load_site
 from edge_pneumo.errors import EXIT_FAILED, EXIT_OK, ModelFileError
-from edge_pneumo.lab.metrics import conformal_band
+from edge_pneumo.lab.metrics import conformal_band, conformal_rank
 from edge_pneumo.lab.site_fit import SiteData, SiteOptions, cross_fit_report, fit_head, fit_site
 
 runner = CliRunner()
@@ -65,6 +65,64 @@ def test_conformal_band_uses_the_finite_sample_rank():
     # too few pneumonias for the promise (k = 0): nothing is ruled out; too few normals: nothing ruled in
     lo, hi = conformal_band(np.r_[np.ones(20), np.zeros(10)], np.r_[pos[:20], neg[:10]])
     assert lo == 0.0 and hi == 1.0
+
+
+def test_conformal_rank_rounds_down_or_smooths_to_the_exact_promise():
+    # 38 normals, 5%: alpha (n + 1) = 1.95 -> conservative rank 1 (promise 1/39 = 2.6%);
+    # smoothed: rank 2 (2/39 = 5.1%) for a draw below 0.95, so that the average promise is exactly 5%
+    assert conformal_rank(38, 0.05) == 1
+    assert [conformal_rank(38, 0.05, u) for u in (0.0, 0.5, 0.949, 0.951, 0.999)] == [2, 2, 2, 1, 1]
+    assert conformal_rank(62, 0.03) == 1 and conformal_rank(62, 0.03, 0.88) == 2 and conformal_rank(62, 0.03, 0.9) == 1
+    # too few for even one rank: the smoothed rule still rules out with the matching probability
+    assert conformal_rank(10, 0.03) == 0 and conformal_rank(10, 0.03, 0.1) == 1 and conformal_rank(10, 0.03, 0.5) == 0
+    # an integer alpha (n + 1) has no fraction to smooth: both rules agree
+    assert conformal_rank(39, 0.05) == conformal_rank(39, 0.05, 0.0) == 2
+
+
+def test_the_smoothed_band_keeps_its_promise_exactly_and_decides_more():
+    """62 pneumonias and 38 normals (a site of 100 at test prevalence), fitted 1,000 times and measured
+    on new patients: the smoothed band's miss rates average the asked 3% and 5% (within simulation
+    error); the conservative band's stay well under them and decide fewer images."""
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(62, int), np.zeros(38, int)]
+    new_pos = np.sort(rng.normal(2.0, 1.0, 200_000))
+    new_neg = np.sort(rng.normal(-2.0, 1.0, 200_000))
+    miss = {"smoothed": ([], []), "conservative": ([], [])}
+    decided = {"smoothed": [], "conservative": []}
+    for _ in range(1000):
+        s = np.r_[rng.normal(2.0, 1.0, 62), rng.normal(-2.0, 1.0, 38)]
+        for rule, draws in (("smoothed", tuple(rng.random(2))), ("conservative", None)):
+            lo, hi = conformal_band(y, s, draws=draws)
+            out = np.searchsorted(new_pos, lo) / len(new_pos)  # share of new pneumonias below rule-out
+            inn = 1 - np.searchsorted(new_neg, hi) / len(new_neg)  # share of new normals at or above rule-in
+            miss[rule][0].append(out)
+            miss[rule][1].append(inn)
+            undecided = (np.searchsorted(new_pos, hi) - np.searchsorted(new_pos, lo)) + (
+                np.searchsorted(new_neg, hi) - np.searchsorted(new_neg, lo)
+            )
+            decided[rule].append(1 - undecided / (len(new_pos) + len(new_neg)))
+    out_s, in_s = np.mean(miss["smoothed"][0]), np.mean(miss["smoothed"][1])
+    out_c, in_c = np.mean(miss["conservative"][0]), np.mean(miss["conservative"][1])
+    assert abs(out_s - 0.03) < 0.004 and abs(in_s - 0.05) < 0.006
+    assert out_c < 0.022 and in_c < 0.032  # ranks 1 of 62 and 1 of 38: promises 1.6% and 2.6%
+    assert np.mean(decided["smoothed"]) > np.mean(decided["conservative"]) + 0.02
+
+
+def test_site_fit_records_its_band_ranks_and_is_reproducible():
+    d = _site(n=100)
+    a, b = fit_site(d, SiteOptions()), fit_site(d, SiteOptions())
+    assert (a.rule_out, a.rule_in) == (b.rule_out, b.rule_in)  # the draws come from the data: same images, same file
+    ranks = a.calibration(SiteOptions())["band_ranks"]
+    n_pos, n_neg = int(d.y.sum()), int((1 - d.y).sum())
+    assert ranks["rule"] == "smoothed" and ranks["rule_out"]["of"] == n_pos and ranks["rule_in"]["of"] == n_neg
+    for end, alpha in (("rule_out", 0.03), ("rule_in", 0.05)):
+        r = ranks[end]
+        assert r["rank"] in (int(np.floor(alpha * (r["of"] + 1))), int(np.floor(alpha * (r["of"] + 1))) + 1)
+        assert r["promise"] == pytest.approx(r["rank"] / (r["of"] + 1), abs=1e-4)
+    c = fit_site(d, SiteOptions(band="conservative")).calibration(SiteOptions(band="conservative"))["band_ranks"]
+    assert c["rule_in"]["rank"] == int(np.floor(0.05 * (n_neg + 1)))
+    with pytest.raises(ValueError, match="band rule"):
+        fit_site(d, SiteOptions(band="loose"))
 
 
 def test_the_conformal_promise_holds_on_new_patients_in_simulation():

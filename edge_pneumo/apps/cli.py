@@ -1049,6 +1049,13 @@ def calibrate(
     ] = None,
     folds: Annotated[int, typer.Option(help="Patient-grouped folds for the cross-fitted report.", min=2)] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the folds.")] = 0,
+    band: Annotated[
+        str,
+        typer.Option(
+            help="How the band's finite-sample rank is rounded: 'smoothed' keeps each promise exactly on average "
+            "over calibrations; 'conservative' rounds toward the stricter rank (fewer images decided).",
+        ),
+    ] = "smoothed",
     json_out: Annotated[bool, typer.Option("--json", help="Print the site file instead of the report.")] = False,
     max_pixels: MaxPixelsOpt = None,
 ) -> None:
@@ -1070,8 +1077,10 @@ def calibrate(
     from edge_pneumo.apps.calibrate import format_report, run_calibrate
     from edge_pneumo.decoders.limits import set_max_pixels
     from edge_pneumo.decoders.stderr_capture import protect_python_stderr
-    from edge_pneumo.lab.site_fit import SiteOptions
+    from edge_pneumo.lab.site_fit import BAND_RULES, SiteOptions
 
+    if band not in BAND_RULES:
+        raise typer.BadParameter(f"{band!r}: use one of {', '.join(BAND_RULES)}", param_hint="--band")
     protect_python_stderr()
     set_max_pixels(max_pixels)  # the site's images go through the same decoders and pixel budget as infer
     content = run_calibrate(
@@ -1080,7 +1089,7 @@ def calibrate(
         labels_csv=labels,
         model=model,
         artifact=artifact,
-        opts=SiteOptions(head=head, folds=folds, seed=seed),
+        opts=SiteOptions(head=head, folds=folds, seed=seed, band=band),
         name=name,
         log=lambda m: print(m, flush=True),
     )

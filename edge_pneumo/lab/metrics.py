@@ -194,24 +194,45 @@ def band_thresholds(
     return rule_out, rule_in
 
 
+def conformal_rank(n: int, alpha: float, draw: float | None = None) -> int:
+    """How many of n calibration scores a band end leaves beyond it, so that a new score of the same
+    population lands beyond with probability rank / (n + 1) (split-conformal).
+
+    Conservative (`draw` None): floor(alpha (n + 1)), never above alpha, but the steps are 1 / (n + 1)
+    wide: with 38 normals and alpha = 0.05 the promise kept is 1/39 = 2.6%, which costs decisions.
+    Smoothed (`draw`, a uniform number in [0, 1)): one more with probability frac(alpha (n + 1)), so
+    that over calibrations the promise is exactly alpha (Vovk's smoothed conformal rule)."""
+    t = alpha * (n + 1)
+    k = int(np.floor(t + 1e-9))
+    if draw is not None and draw < t - k - 1e-9:
+        k += 1
+    return min(k, n)
+
+
 def conformal_band(
-    y_true: np.ndarray, scores: np.ndarray, sensitivity: float = 0.97, specificity: float = 0.95
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    sensitivity: float = 0.97,
+    specificity: float = 0.95,
+    draws: tuple[float, float] | None = None,
 ) -> tuple[float, float]:
     """(rule_out, rule_in) whose promises hold for a new patient of the same population, not only
     on the images they were fitted on (split-conformal, finite-sample): a new pneumonia is ruled out
     (score < rule_out) with probability <= 1 - `sensitivity`, a new normal ruled in (score >= rule_in)
     with probability <= 1 - `specificity`, in expectation over the fitting sample.
 
-    With n pneumonias, rule_out is the k-th lowest pneumonia score, k = floor((1 - sensitivity)(n + 1)):
-    a new one falls below it with probability k / (n + 1). Too few images for even k = 1 (n < 1 /
-    (1 - sensitivity) - 1, i.e. < 33 pneumonias for 0.97) rule nothing out (rule_out = 0); likewise
-    rule_in sits just above the m-th highest normal score, and is 1.0 (nothing ruled in) when m = 0."""
+    With n pneumonias, rule_out is the k-th lowest pneumonia score, k = `conformal_rank` (conservative
+    without `draws`; smoothed, exact in expectation, with `draws` = two uniform numbers, one per end):
+    a new one falls below it with probability k / (n + 1). k = 0 (too few pneumonias: < 33 for 0.97,
+    conservative) rules nothing out (rule_out = 0); likewise rule_in sits just above the m-th highest
+    normal score, and is 1.0 (nothing ruled in) when m = 0."""
     y = np.asarray(y_true).astype(bool)
     s = np.asarray(scores, np.float64)
     pos, neg = np.sort(s[y]), np.sort(s[~y])[::-1]
-    k = int(np.floor((1.0 - sensitivity) * (len(pos) + 1) + 1e-9))
+    u_out, u_in = draws if draws is not None else (None, None)
+    k = conformal_rank(len(pos), 1.0 - sensitivity, u_out)
     rule_out = float(pos[k - 1]) if k >= 1 else 0.0
-    m = int(np.floor((1.0 - specificity) * (len(neg) + 1) + 1e-9))
+    m = conformal_rank(len(neg), 1.0 - specificity, u_in)
     rule_in = float(np.nextafter(neg[m - 1], 2.0)) if m >= 1 else 1.0
     return rule_out, min(rule_in, 1.0)
 

@@ -2,7 +2,8 @@
 
 From the deployed artifact's outputs on the site's images (probability, Dense(128) features), fits the
 temperature, the screening threshold (the shipped rule: max balanced accuracy, ties within one standard
-error toward 0.5), the band (lab/metrics.conformal_band: its promises hold for new patients of the site)
+error toward 0.5), the band (lab/metrics.conformal_band, smoothed by default: its promises hold for new
+patients of the site, exactly on average over calibrations)
 and, on request, a site head: a logistic regression on the standardised features plus the shipped
 logit, pulled toward the shipped head (weights 0, logit weight 1) by L2. With a head, the threshold and
 band are fitted on out-of-fold head scores, never on scores of images the head was fitted on.
@@ -11,13 +12,14 @@ band are fitted on out-of-fold head scores, never on scores of images the head w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from edge_pneumo.device.scoring import _logit, decide, effective_band, ordered_band, sigmoid
 from edge_pneumo.device.site import SiteHead
-from edge_pneumo.lab.metrics import ONE_SE, best_threshold, conformal_band, fit_temperature
+from edge_pneumo.lab.metrics import ONE_SE, best_threshold, conformal_band, conformal_rank, fit_temperature
 
 MIN_PER_CLASS = 20
 L2_GRID = (1.0, 10.0, 100.0)  # the head's pull toward the shipped head, chosen by inner cross-validation
@@ -33,6 +35,10 @@ class SiteOptions:
     head: bool = False
     folds: int = 5
     seed: int = 0
+    band: str = "smoothed"  # BAND_RULES: how the finite-sample rank is rounded (metrics.conformal_rank)
+
+
+BAND_RULES = ("smoothed", "conservative")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class SiteFit:
     widened: list
     head: SiteHead | None
     l2: float | None = None  # the head's pull toward the shipped head, when there is a head
+    ranks: dict = field(default_factory=dict)  # per band end: the conformal rank, of how many, its promise
 
     def scores(self, d: SiteData) -> np.ndarray:
         return d.probability.astype(np.float64) if self.head is None else self.head.score(d.probability, d.features)
@@ -73,12 +80,41 @@ class SiteFit:
             "rule": (
                 f"threshold: max balanced accuracy on the site's images, ties within "
                 f"{'one standard error' if opts.threshold_tolerance == ONE_SE else opts.threshold_tolerance} "
-                f"toward 0.5; temperature: min NLL; band: split-conformal rule-out sensitivity >= {opts.sensitivity} "
+                f"toward 0.5; temperature: min NLL; band: {opts.band} split-conformal rule-out sensitivity >= "
+                f"{opts.sensitivity} "
                 f"and rule-in specificity >= {opts.specificity} for a new patient of the site, then "
                 "rule_out < threshold < rule_in enforced"
                 + ("; all on out-of-fold head scores" if self.head is not None else "")
             ),
+            "band_ranks": self.ranks,
         }
+
+
+def band_draws(y: np.ndarray, scores: np.ndarray, opts: SiteOptions) -> tuple[float, float] | None:
+    """The smoothed band's two uniform numbers (None for the conservative rule), fixed by the site's
+    labels, scores and seed, so that the same images (in any order) give the same site file."""
+    if opts.band == "conservative":
+        return None
+    if opts.band not in BAND_RULES:
+        raise ValueError(f"band rule {opts.band!r}: use one of {', '.join(BAND_RULES)}")
+    y, s = np.asarray(y).astype(bool), np.asarray(scores, np.float64)
+    key = np.sort(s[y]).tobytes() + b"|" + np.sort(s[~y]).tobytes() + str(opts.seed).encode()  # order-free
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+    u = rng.random(2)
+    return float(u[0]), float(u[1])
+
+
+def band_ranks(y: np.ndarray, opts: SiteOptions, draws: tuple[float, float] | None) -> dict:
+    """What the band rests on, for the site file: per end the rank k of n scores and its promise k / (n + 1)."""
+    y = np.asarray(y).astype(bool)
+    out = {}
+    for end, n, alpha, u in (
+        ("rule_out", int(y.sum()), 1.0 - opts.sensitivity, None if draws is None else draws[0]),
+        ("rule_in", int((~y).sum()), 1.0 - opts.specificity, None if draws is None else draws[1]),
+    ):
+        k = conformal_rank(n, alpha, u)
+        out[end] = {"rank": k, "of": n, "promise": round(k / (n + 1), 4), "asked": round(alpha, 4)}
+    return {"rule": opts.band, **out}
 
 
 def grouped_folds(y: np.ndarray, patients: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -150,9 +186,10 @@ def fit_site(d: SiteData, opts: SiteOptions) -> SiteFit:
         scores = d.probability.astype(np.float64)
     threshold = best_threshold(d.y, scores, opts.threshold_tolerance)
     temperature = fit_temperature(d.y, scores)
-    rule_out, rule_in = conformal_band(d.y, scores, opts.sensitivity, opts.specificity)
+    draws = band_draws(d.y, scores, opts)
+    rule_out, rule_in = conformal_band(d.y, scores, opts.sensitivity, opts.specificity, draws)
     rule_out, rule_in, widened = ordered_band(threshold, rule_out, rule_in)
-    return SiteFit(threshold, temperature, rule_out, rule_in, widened, head, l2)
+    return SiteFit(threshold, temperature, rule_out, rule_in, widened, head, l2, band_ranks(d.y, opts, draws))
 
 
 def outcome(y: np.ndarray, scores: np.ndarray, threshold: float, rule_out: float | None, rule_in: float | None) -> dict:
