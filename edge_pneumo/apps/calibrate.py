@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_pneumo.decoders.decode import IMAGE_SUFFIXES
 from edge_pneumo.device.result import CLASSIFIED, FAILED
-from edge_pneumo.device.site import KIND, SCHEMA_VERSION, write_site
+from edge_pneumo.device.site import KIND, SCHEMA_VERSION, band_promises, write_site
 from edge_pneumo.errors import DatasetError
 from edge_pneumo.lab.dataset import CLASS_NAMES, patient_id
 from edge_pneumo.lab.looks import is_test_split, log_look_or_warn
@@ -231,23 +231,10 @@ def format_report(content: dict) -> str:
         f"{counts['rejected_by_guard']} rejected by the guard; artifact {content['artifact']['name']}",
         f"fitted: threshold {c['threshold']:.4f}, band [{c['rule_out']:.4f}, {c['rule_in']:.4f}), "
         f"temperature {c['temperature']:.3f}" + (" (on the site head's scores)" if content["head"] else ""),
-        *_rank_lines(c.get("band_ranks")),
+        *filter(None, [band_promises(c.get("band_ranks"))]),
         f"what it buys, by {r['folds']}-fold patient-grouped cross-fitting (no image scored by a fit that saw it):",
         f"  {'':<22}" + "".join(f"{label:>14}" for _, label in cols),
     ]
     for key, label in keys:
         lines.append(f"  {label:<22}" + "".join(f"{r[k][key]:>14.3f}" for k, _ in cols))
     return "\n".join(lines)
-
-
-def _rank_lines(ranks: dict | None) -> list[str]:
-    """What each end of the band promises on new patients of the site, from its conformal rank."""
-    if not ranks:
-        return []
-    words = {"rule_out": "pneumonias ruled out", "rule_in": "normals ruled in"}
-    parts = [
-        f"{words[end]} <= {r['promise']:.1%} (rank {r['rank']} of {r['of']}; asked {r['asked']:.0%})"
-        for end, r in ranks.items()
-        if end in words
-    ]
-    return [f"band ({ranks['rule']} split-conformal): " + "; ".join(parts)]

@@ -260,6 +260,7 @@ def format_verify_report(report: dict) -> str:
                 f"{c.get('NORMAL', '?')} NORMAL + {c.get('PNEUMONIA', '?')} PNEUMONIA images, made {site['created']}",
                 f"         threshold {site['threshold']:.4f}, band [{site['rule_out']:.4f}, {site['rule_in']:.4f}), "
                 f"temperature {site['temperature']:.3f}" + (", with a site head" if site["head"] else ""),
+                *([f"         {site['band_promises']}"] if site.get("band_promises") else []),
             ]
         else:
             lines += ["", f"site     FAILED: {'; '.join(site['notes'])}"]

@@ -128,7 +128,22 @@ class SiteFile:
             "rule_out": c["rule_out"],
             "rule_in": c["rule_in"],
             "head": self.head is not None,
+            "band_promises": band_promises(c.get("band_ranks")),
         }
+
+
+def band_promises(ranks: dict | None) -> str | None:
+    """What each end of a site band promises on new patients of the site, from its conformal rank
+    (None for a site file written before the ranks were recorded)."""
+    if not ranks:
+        return None
+    words = {"rule_out": "pneumonias ruled out", "rule_in": "normals ruled in"}
+    parts = [
+        f"{words[end]} <= {r['promise']:.1%} (rank {r['rank']} of {r['of']}; asked {r['asked']:.0%})"
+        for end, r in ranks.items()
+        if end in words
+    ]
+    return f"band ({ranks['rule']} split-conformal): " + "; ".join(parts)
 
 
 def site_path(explicit: str | os.PathLike | None) -> Path | None:
