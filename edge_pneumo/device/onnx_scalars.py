@@ -141,10 +141,10 @@ def _rank(b: bytes, s: int, e: int) -> tuple[str, int | None]:
 
 
 def widened_scalars(model: bytes) -> dict[str, np.ndarray]:
-    """Initializer overrides for an ONNX model: {name: the same float32 value, shape (1, 1)} for each
-    one-value float constant of rank 0 or 1 whose every use is Mul/Add/Sub/Div with an operand of
-    rank >= 2 (so no output changes shape or value). {} when there is none or the model is not one
-    this reader follows."""
+    """Initializer overrides for an ONNX model (its bytes, or an mmap of its file: only the graph's
+    structure is read): {name: the same float32 value, shape (1, 1)} for each one-value float
+    constant of rank 0 or 1 whose every use is Mul/Add/Sub/Div with an operand of rank >= 2 (so no
+    output changes shape or value). {} when there is none or the model is not one this reader follows."""
     try:
         return _widened(model)
     except (_Unsupported, UnicodeDecodeError, IndexError, ValueError):
