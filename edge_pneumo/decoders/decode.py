@@ -99,7 +99,7 @@ def decode_bytes(data: bytes, name: str, min_side_hint: int | None = None, dicom
 
 def read_bytes(p: str | os.PathLike) -> bytes:
     try:
-        with open(p, "rb") as f:
+        with open(p, "rb", buffering=0) as f:  # one read of the whole file: no buffer object (~2 us)
             data = f.read()
     except FileNotFoundError:
         raise InputImageError(f"{p}: no such file") from None
