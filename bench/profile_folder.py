@@ -244,7 +244,7 @@ def markdown(args, codes, folder, one, load_start) -> str:
         SECTION,
         "",
         f"`python bench/profile_folder.py{' --before ' + str(args.before) if args.before else ''} "
-        f"--images {args.images}{' --write' if args.write else ''}`  ",
+        f"--images {args.images} --rounds {args.rounds}{' --write' if args.write else ''}`  ",
         f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, load average {load_start} -> {bl.loadavg()}; "
         f"{args.images} {args.split} images, one thread for everything, CPU ms per image (the fastest of "
         f"{args.rounds} passes); `before`: the package at {args.before} (the code this round started from); "
