@@ -11,7 +11,10 @@ become this file's warnings; none reaches the terminal.
 
 Before any of that, the pixel budget (`limits.py`): a deflated file is inflated once under a cap
 (it could grow a thousandfold), then Rows x Columns x NumberOfFrames, and the size each
-compressed frame's own header announces (JPEG SOF, JPEG-LS, JPEG 2000 SIZ), are checked.
+compressed frame's own header announces (JPEG SOF, JPEG-LS, JPEG 2000 SIZ), are checked. Those
+same checks run first on a stdlib pre-scan of the header (`dicom_prescan.py`), before pydicom is
+even imported (~190 ms): a bomb is refused in milliseconds, with the same message; where the
+pre-scan is unsure, or the file passes, pydicom reads it and checks it again as before.
 Then a JPEG-LS frame is decoded in a child process under a time limit (`isolated.py`): both of
 its decoders can loop forever on a damaged one.
 """
@@ -23,11 +26,11 @@ import logging
 import threading
 import warnings as _warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from edge_pneumo.decoders import limits
+from edge_pneumo.decoders import dicom_prescan, limits
 from edge_pneumo.decoders.jpeg import check_scans, decode_jpeg, jpeg_size
 from edge_pneumo.decoders.pixels import GreyImage, stretch_to_uint8, to_grey_uint8
 from edge_pneumo.errors import InputImageError, InputRejected, MissingRuntimeError
@@ -129,7 +132,7 @@ def _display_ready(ds, arr) -> bool:
     )
 
 
-MAX_ELEMENTS = 20_000  # top-level data elements; a CR or DX has a few hundred
+MAX_ELEMENTS = dicom_prescan.MAX_ELEMENTS  # top-level data elements; a CR or DX has a few hundred
 
 
 class _TooManyElements(Exception):
@@ -190,13 +193,19 @@ def check_inflated_size(data: bytes, name: str) -> None:
         start = fp.tell()
     except Exception:  # not readable this way: dcmread reports it
         return
+    _check_inflated(data, start, name, _header_of)
+
+
+def _check_inflated(data: bytes, start: int, name: str, header_of: Callable[[bytes], object]) -> None:
+    """`check_inflated_size` from the start of the deflate stream on; `header_of(head)` reads the header in
+    the inflated start (pydicom's `_header_of`, or the pre-scan's `dicom_prescan.inflated_header`)."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
         head = inflater.decompress(data[start:], 1 << 18)
     except zlib.error:
         return  # damaged stream: dcmread says so
     cap = 2 * limits.max_pixels()
-    header = _header_of(head)
+    header = header_of(head)
     if header is not None:
         check_budget(header, name)
         rows, cols = _as_int(header.get("Rows", 0), 0), _as_int(header.get("Columns", 0), 0)
@@ -249,17 +258,33 @@ def _frame_size(frame: bytes) -> tuple[int, int] | None:
 
 def check_budget(ds, name: str) -> None:
     """Rows x Columns x NumberOfFrames, and each compressed frame's own announced size, against the budget."""
-    frames = max(_as_int(ds.get("NumberOfFrames", 1), 1), 1)
-    rows, cols = _as_int(ds.get("Rows", 0), 0), _as_int(ds.get("Columns", 0), 0)
-    limits.check(name, "DICOM", cols, rows, frames)
+    frames = _check_announced(ds, name)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is None or not syntax.is_transfer_syntax or not syntax.is_encapsulated or "PixelData" not in ds:
         return
-    from pydicom.encaps import generate_frames
 
+    def generate():
+        from pydicom.encaps import generate_frames
+
+        return generate_frames(ds.PixelData, number_of_frames=frames)
+
+    _check_frames(name, generate, frames)
+
+
+def _check_announced(ds, name: str) -> int:
+    """Rows x Columns x NumberOfFrames against the budget (`ds`: a pydicom Dataset, or anything with its
+    `get`: the pre-scan's header, an inflated start's values); the number of frames."""
+    frames = max(_as_int(ds.get("NumberOfFrames", 1), 1), 1)
+    rows, cols = _as_int(ds.get("Rows", 0), 0), _as_int(ds.get("Columns", 0), 0)
+    limits.check(name, "DICOM", cols, rows, frames)
+    return frames
+
+
+def _check_frames(name: str, generate: Callable[[], Iterable], frames: int) -> None:
+    """Each compressed frame's own announced size (and a JPEG's scans), added up against the budget."""
     total = 0
     try:
-        for frame in generate_frames(ds.PixelData, number_of_frames=frames):
+        for frame in generate():
             size = _frame_size(bytes(frame[: 1 << 20]))
             if size is not None and frame[:2] == b"\xff\xd8":
                 check_scans(name, bytes(frame), *size)
@@ -273,9 +298,42 @@ def check_budget(ds, name: str) -> None:
         return
 
 
+def precheck(data: bytes, name: str) -> None:
+    """The pixel budget on the stdlib pre-scan (`dicom_prescan.py`), before pydicom is imported: raise the
+    ImageTooLarge that `check_inflated_size` or `check_budget` would raise after pydicom's read, with
+    the same message; return when the file passes or the pre-scan is unsure (pydicom decides, as before)."""
+    try:
+        found = dicom_prescan.scan(data)
+    except Exception:  # a pre-scan bug must never cost a file: pydicom reads it as before
+        return
+    if found is None:
+        return
+
+    def header_of(head: bytes):
+        try:
+            return dicom_prescan.inflated_header(head)
+        except Exception:  # Unknown, or a pre-scan bug
+            raise dicom_prescan.Unknown from None
+
+    try:
+        if found.deflated:
+            _check_inflated(data, found.start, name, header_of)
+            return
+        frames = _check_announced(found, name)
+        try:
+            split = found.frames(frames)
+        except Exception:
+            return
+        if split is not None:
+            _check_frames(name, lambda: split, frames)
+    except dicom_prescan.Unknown:
+        return
+
+
 def read_dicom(
     data: bytes, name: str, dicom_check: Callable[[dict], str | None] | None = None, min_side_hint: int | None = None
 ):
+    precheck(data, name)  # a bomb is refused here, before pydicom's import (~190 ms) and read
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
