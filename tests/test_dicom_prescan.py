@@ -147,6 +147,41 @@ def test_a_bomb_is_refused_by_the_pre_scan_with_the_pydicom_path_s_message(name)
     assert compare_with_pydicom(data) == "decided"
 
 
+def test_a_deflated_film_that_passed_the_pre_scan_is_not_inflated_twice_by_the_pydicom_check(monkeypatch):
+    """check_inflated_size skips its inflation when pydicom's header gives the start and cap the pre-scan
+    already inflated the stream against (the outcome depends on nothing else); any other cap: inflated."""
+    import zlib
+
+    ds = film(DeflatedExplicitVRLittleEndian, rows=512, cols=512)
+    ds.PixelData = bytes(range(256)) * 1024  # 256 kB: more than the 256 kB start
+    data = to_bytes(ds)
+    verified = dicom.precheck(data, "film.dcm")
+    assert verified is not None and verified[1] == 512 * 512 + (1 << 20)
+    sizes = []
+    real = zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *args):
+            self.z = real(*args)
+
+        def decompress(self, data, n):
+            sizes.append(n)
+            return self.z.decompress(data, n)
+
+        def __getattr__(self, key):
+            return getattr(self.z, key)
+
+    monkeypatch.setattr(dicom.zlib, "decompressobj", Counting)
+    dicom.check_inflated_size(data, "film.dcm", verified)
+    assert sizes == [1 << 18]  # the start only, for pydicom's header
+    for other in (None, (verified[0], verified[1] + 1), (verified[0] + 1, verified[1])):
+        sizes.clear()
+        dicom.check_inflated_size(data, "film.dcm", other)
+        assert len(sizes) > 1
+    monkeypatch.undo()
+    assert dicom.read_dicom(data, "film.dcm").pixels.shape == (512, 512)
+
+
 def test_nested_implicit_sequences_of_undefined_length_are_left_to_pydicom():
     """Without pydicom's dictionary an implicit-VR element of undefined length could be a sequence or a
     value; when the two readings end in different places, the pre-scan does not guess."""

@@ -176,11 +176,15 @@ def _as_int(value, default: int) -> int:
         return default
 
 
-def check_inflated_size(data: bytes, name: str) -> None:
+def check_inflated_size(data: bytes, name: str, verified: tuple[int, int] | None = None) -> None:
     """A deflated DICOM (the whole dataset zlib-compressed) can inflate a thousandfold, and pydicom
     inflates all of it at once. So inflate its start, check the pixel budget on the header found
     there, then inflate the rest in chunks thrown away, up to what that header's pixels need
-    (or a 16-bit film at the budget, when the start says nothing) plus 1 MB."""
+    (or a 16-bit film at the budget, when the start says nothing) plus 1 MB.
+
+    `verified`: (stream start, cap) that `precheck` already inflated this file against. When pydicom's
+    header gives the same start and cap, that inflation (whose outcome depends on nothing else) is not
+    done twice: +38 ms on a 5 MB deflated 2000 px film, +234 ms on a 27 MB 4300 px one, otherwise."""
     try:
         from pydicom.filereader import _read_file_meta_info, read_preamble
         from pydicom.uid import UID
@@ -193,17 +197,20 @@ def check_inflated_size(data: bytes, name: str) -> None:
         start = fp.tell()
     except Exception:  # not readable this way: dcmread reports it
         return
-    _check_inflated(data, start, name, _header_of)
+    _check_inflated(data, start, name, _header_of, verified)
 
 
-def _check_inflated(data: bytes, start: int, name: str, header_of: Callable[[bytes], object]) -> None:
+def _check_inflated(
+    data: bytes, start: int, name: str, header_of: Callable[[bytes], object], verified=None
+) -> tuple[int, int] | None:
     """`check_inflated_size` from the start of the deflate stream on; `header_of(head)` reads the header in
-    the inflated start (pydicom's `_header_of`, or the pre-scan's `dicom_prescan.inflated_header`)."""
+    the inflated start (pydicom's `_header_of`, or the pre-scan's `dicom_prescan.inflated_header`).
+    Returns (start, cap) when the whole stream was found within the cap (or was already, `verified`)."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
         head = inflater.decompress(data[start:], 1 << 18)
     except zlib.error:
-        return  # damaged stream: dcmread says so
+        return None  # damaged stream: dcmread says so
     cap = 2 * limits.max_pixels()
     header = header_of(head)
     if header is not None:
@@ -215,6 +222,8 @@ def _check_inflated(data: bytes, start: int, name: str, header_of: Callable[[byt
         if rows and cols:
             cap = min(cap, rows * cols * frames * samples * -(-bits // 8))
     cap += 1 << 20
+    if verified == (start, cap):
+        return verified  # the same stream, already inflated against the same cap
     total, tail = len(head), inflater.unconsumed_tail
     try:
         while tail and total <= cap and not inflater.eof:
@@ -223,12 +232,13 @@ def _check_inflated(data: bytes, start: int, name: str, header_of: Callable[[byt
                 break  # no progress (trailing bytes zlib will not take): never loop on them
             total, tail = total + len(out), inflater.unconsumed_tail
     except zlib.error:
-        return
+        return None
     if total > cap:
         raise limits.ImageTooLarge(
             f"{name}: deflated DICOM inflates to more than {cap / 1e6:.0f} MB, more than its pixels need "
             f"(pixel budget {limits.max_pixels() / 1e6:g} MP); refused before decoding (a decompression bomb?)"
         )
+    return start, cap
 
 
 def _header_of(head: bytes):
@@ -298,16 +308,17 @@ def _check_frames(name: str, generate: Callable[[], Iterable], frames: int) -> N
         return
 
 
-def precheck(data: bytes, name: str) -> None:
+def precheck(data: bytes, name: str) -> tuple[int, int] | None:
     """The pixel budget on the stdlib pre-scan (`dicom_prescan.py`), before pydicom is imported: raise the
     ImageTooLarge that `check_inflated_size` or `check_budget` would raise after pydicom's read, with
-    the same message; return when the file passes or the pre-scan is unsure (pydicom decides, as before)."""
+    the same message; return when the file passes or the pre-scan is unsure (pydicom decides, as before):
+    for a deflated file whose whole stream passed, the (start, cap) it was inflated against."""
     try:
         found = dicom_prescan.scan(data)
     except Exception:  # a pre-scan bug must never cost a file: pydicom reads it as before
-        return
+        return None
     if found is None:
-        return
+        return None
 
     def header_of(head: bytes):
         try:
@@ -317,23 +328,23 @@ def precheck(data: bytes, name: str) -> None:
 
     try:
         if found.deflated:
-            _check_inflated(data, found.start, name, header_of)
-            return
+            return _check_inflated(data, found.start, name, header_of)
         frames = _check_announced(found, name)
         try:
             split = found.frames(frames)
         except Exception:
-            return
+            return None
         if split is not None:
             _check_frames(name, lambda: split, frames)
     except dicom_prescan.Unknown:
-        return
+        pass
+    return None
 
 
 def read_dicom(
     data: bytes, name: str, dicom_check: Callable[[dict], str | None] | None = None, min_side_hint: int | None = None
 ):
-    precheck(data, name)  # a bomb is refused here, before pydicom's import (~190 ms) and read
+    verified = precheck(data, name)  # a bomb is refused here, before pydicom's import (~190 ms) and read
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -343,7 +354,7 @@ def read_dicom(
     said: list[str] = []
     _SINK.messages = said
     try:
-        check_inflated_size(data, name)
+        check_inflated_size(data, name, verified)
         try:
             ds = pydicom.filereader.read_partial(io.BytesIO(data), stop_when=_ElementCount(), force=False)
         except _TooManyElements:
