@@ -265,8 +265,11 @@ def main() -> None:
     f = args.out / "findings" / "findings.jsonl"
     if f.exists():
         found = [json.loads(line) for line in f.read_text().splitlines()]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     report = {
         "command": " ".join(["python", *sys.argv]),
+        "git": head,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "budget_s": args.budget_s,
         "pixel_budget": FUZZ_BUDGET_PIXELS,
         "seeds": seeds,
