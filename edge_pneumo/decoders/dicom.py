@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from edge_pneumo.decoders import dicom_prescan, limits
-from edge_pneumo.decoders.jpeg import check_scans, decode_jpeg, jpeg_size
+from edge_pneumo.decoders.jpeg import check_scans, decode_jpeg, jpeg_size, jpeg_sof
 from edge_pneumo.decoders.pixels import GreyImage, stretch_to_uint8, to_grey_uint8
 from edge_pneumo.errors import InputImageError, InputRejected, MissingRuntimeError
 
@@ -266,6 +266,12 @@ def _frame_size(frame: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _decoded_in_process(frame) -> bool:
+    """A JPEG frame (not JPEG-LS, whose frames are decoded in a child process under a time limit)."""
+    sof = jpeg_sof(bytes(frame[: 1 << 20]))
+    return sof is not None and sof[0] != 0xF7
+
+
 def check_budget(ds, name: str) -> None:
     """Rows x Columns x NumberOfFrames, and each compressed frame's own announced size, against the budget."""
     frames = _check_announced(ds, name)
@@ -297,6 +303,11 @@ def _check_frames(name: str, generate: Callable[[], Iterable], frames: int) -> N
         for frame in generate():
             size = _frame_size(bytes(frame[: 1 << 20]))
             if size is not None and frame[:2] == b"\xff\xd8":
+                if 0 in size and _decoded_in_process(frame):  # fuzzing: libjpeg grew past 1.6 GB on one, for ever
+                    raise InputImageError(
+                        f"{name}: a JPEG frame in the DICOM announces {size[0]} x {size[1]} px: a side of 0 (a height "
+                        "left to a DNL marker) cannot be bounded before decoding; refused (a damaged or hostile frame?)"
+                    )
                 check_scans(name, bytes(frame), *size)
             if size is not None:
                 total += size[0] * size[1]
