@@ -12,7 +12,10 @@ bomb could cause shows up against libFuzzer's -rss_limit_mb; -timeout 2 makes a 
 libFuzzer times anything and killed past 0.5 s (EDGE_PNEUMO_DECODE_TIMEOUT_S), so a JPEG-LS hang is a
 refused input, not a timeout. A Python exception other than the package's own errors (InputImageError,
 InputRejected, MissingRuntimeError), or a decoded image larger than the budget, is written to
-OUT/findings and the run goes on; a native crash, a hang or an out-of-memory stops libFuzzer,
+OUT/findings and the run goes on; so is, for an input with a DICM prefix, any disagreement between the
+stdlib DICOM pre-scan (edge_pneumo/decoders/dicom_prescan.py) and pydicom (tests/prescan_oracle.py: a
+value read differently, or a refusal the pydicom path would not give in the same words), or an exception
+from the pre-scan itself; a native crash, a hang or an out-of-memory stops libFuzzer,
 which is then restarted on the same corpus until the budget is spent. The report: total
 executions (libFuzzer's own count), findings by kind, written to OUT/report.json.
 """
@@ -82,7 +85,46 @@ def write_seeds(folder: Path) -> int:
         put(maker(2000))
     put(hf.dicom_jpeg_bomb(2000, 2000, 2000))
     put(hf.dicom_jpeg_bomb(64, 64, 2000))
+    put(hf.dicom_deflate_bomb(2000, rows=64))  # the liar: Rows/Columns understate the inflated pixels
+    for syntax in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"):  # for the pre-scan
+        put(_sequence_dicom(syntax))
     return n
+
+
+def _sequence_dicom(syntax: str) -> bytes:
+    """A 2000 px CR header (over the fuzzing budget) after nested sequences of undefined length, with 96 px
+    of pixels: what the DICOM pre-scan walks before it reaches group 0028."""
+    import io
+
+    import hostile_files as hf
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def items(depth: int) -> Sequence:
+        out = []
+        for k in range(2):
+            item = Dataset()
+            item.ReferencedSOPInstanceUID = f"1.2.3.{k}"
+            if depth > 1:
+                item.ReferencedImageSequence = items(depth - 1)
+            out.append(item)
+        return Sequence(out)
+
+    ds = hf._cr_dataset(2000, 2000)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.ReferencedImageSequence = items(2)
+    ds.PixelData = bytes(96 * 96)
+    todo = [ds]
+    while todo:
+        for elem in todo.pop():
+            if elem.VR == "SQ":
+                elem.is_undefined_length = True
+                for item in elem.value:
+                    item.is_undefined_length_sequence_item = True
+                    todo.append(item)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def _small_dicom(grey, jpeg: bool) -> bytes:
@@ -113,9 +155,13 @@ def one_input(findings: Path):
 
     budget = limits.max_pixels()
     _start_the_jpeg_ls_child(decode_bytes)
+    sys.path.insert(0, str(REPO / "tests"))
+    import prescan_oracle
 
     def test(data: bytes) -> None:
         name = "fuzz.dcm" if data[:1] == b"D" else "fuzz"  # the name route to the DICOM reader, too
+        if data[128:132] == b"DICM":
+            _check_the_prescan(data, name)
         try:
             image = decode_bytes(data, name, 128 if len(data) % 2 else None)
         except (InputImageError, InputRejected, MissingRuntimeError):
@@ -125,6 +171,16 @@ def one_input(findings: Path):
             return
         if image.pixels.size > budget:
             _keep(findings, "over_budget", data, f"decoded {image.pixels.shape} > {budget}")
+
+    def _check_the_prescan(data: bytes, name: str) -> None:
+        """The pre-scan against pydicom on the same input (decode_bytes' own call to it swallows its errors)."""
+        try:
+            problem = prescan_oracle.differential(data, name)
+        except Exception as e:
+            _keep(findings, "prescan_exception", data, f"{type(e).__name__}: {e}"[:300])
+            return
+        if problem:
+            _keep(findings, "prescan_mismatch", data, problem[:300])
 
     return test
 
@@ -209,8 +265,11 @@ def main() -> None:
     f = args.out / "findings" / "findings.jsonl"
     if f.exists():
         found = [json.loads(line) for line in f.read_text().splitlines()]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     report = {
         "command": " ".join(["python", *sys.argv]),
+        "git": head,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "budget_s": args.budget_s,
         "pixel_budget": FUZZ_BUDGET_PIXELS,
         "seeds": seeds,

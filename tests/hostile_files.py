@@ -134,16 +134,28 @@ def _cr_dataset(rows: int, cols: int):
 
 
 def dicom_jpeg_bomb(rows: int = SIDE, cols: int = SIDE, frame_side: int = SIDE) -> bytes:
+    return dicom_jpeg_frame(rows, cols, jpeg_with_size(small_jpeg(), frame_side, frame_side))
+
+
+def dicom_jpeg_frame(rows: int, cols: int, frame: bytes) -> bytes:
+    """A JPEG Baseline CR of Rows x Columns whose one encapsulated frame is `frame`."""
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit
 
     ds = _cr_dataset(rows, cols)
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds.PixelData = encapsulate([jpeg_with_size(small_jpeg(), frame_side, frame_side)])
+    ds.PixelData = encapsulate([frame])
     ds["PixelData"].VR = "OB"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def dicom_jpeg_zero_height(width: int = 224) -> bytes:
+    """A CR whose JPEG frame's SOF gives a height of 0 (left to a DNL marker that never comes): pydicom's
+    pylibjpeg (libjpeg) decoded it for ever, past 1.6 GB (a fuzzing find: a 96 px seed's SOF bytes shuffled
+    to 24672 x 0)."""
+    return dicom_jpeg_frame(64, 64, jpeg_with_size(small_jpeg(), width, 0))
 
 
 def dicom_jpeg_ls(pixels, near: int = 0, bits_stored: int | None = None) -> bytes:

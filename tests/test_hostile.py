@@ -256,6 +256,26 @@ def test_fuzz_finds_damaged_elements_and_bad_syntax_uids_are_failed_rows_not_tra
         decode_bytes(data.replace(syntax, b"1.2.840.10008.1.1\x00\x00\x00"), "not-a-syntax.dcm")
 
 
+def test_fuzz_find_a_jpeg_frame_of_height_0_is_refused_not_decoded_for_ever():
+    """The SOF of a DICOM's JPEG frame says 224 x 0 px: 0 pixels for the budget, but pylibjpeg's libjpeg (which
+    pydicom falls back to when simplejpeg refuses the frame) then decoded it for ever, past 1.6 GB. A JPEG
+    frame with a side of 0 is now refused before decoding, by the pre-scan and by the pydicom path alike
+    (a JPEG-LS one is left to its child process's time limit, tested above)."""
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); import hostile_files as hf\n"
+        "from edge_pneumo.decoders.decode import decode_bytes\n"
+        "from edge_pneumo.decoders import dicom\n"
+        "data = hf.dicom_jpeg_zero_height()\n"
+        "for pre in (dicom.precheck, lambda data, name: None):\n"
+        "    dicom.precheck = pre\n"
+        "    try:\n        decode_bytes(data, 'dnl.dcm')\n    except Exception as e:\n        print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    said = out.stdout.splitlines()
+    assert len(said) == 2 and said[0] == said[1], out.stderr
+    assert said[0].startswith("dnl.dcm: a JPEG frame in the DICOM announces 224 x 0 px: a side of 0")
+
+
 def test_a_deflated_dicom_with_bytes_after_its_stream_decodes_and_never_loops():
     """pydicom's own deflated test file: zlib keeps its last 8 bytes as an unconsumed tail after the
     end of the stream, which once made the inflate cap loop forever."""

@@ -33,6 +33,12 @@ def jpeg_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
     Walks the marker segments up to the first scan, as libjpeg does: bytes that are not a
     marker are skipped to the next 0xFF (libjpeg's "extraneous bytes"), so any SOF libjpeg
     would act on is found, however many APPn segments come first."""
+    sof = jpeg_sof(data)
+    return None if sof is None else sof[1:]
+
+
+def jpeg_sof(data: bytes | np.ndarray) -> tuple[int, int, int] | None:
+    """(SOF marker, width, height): `jpeg_size` with the marker it read them from (0xF7: JPEG-LS)."""
     b = data if isinstance(data, bytes) else bytes(data)
     i = 2
     while i + 9 < len(b):
@@ -54,7 +60,7 @@ def jpeg_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
         if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:  # F7: JPEG-LS
             h = (b[i + 5] << 8) | b[i + 6]
             w = (b[i + 7] << 8) | b[i + 8]
-            return w, h
+            return marker, w, h
         i += 2 + seg_len
     return None
 
