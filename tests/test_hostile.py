@@ -75,6 +75,28 @@ def test_the_issue_s_png_bomb_is_refused_without_its_memory(tmp_path):
     assert "30000 x 30000 px (900.0 MP)" in message and int(peak_mb) < 300, out
 
 
+def test_png_size_is_read_from_ihdr_as_imagesize_reads_it_and_a_png_bomb_needs_no_imagesize(tmp_path, good_png):
+    import imagesize
+
+    from edge_pneumo.decoders.decode import png_size
+
+    pngs = [good_png, hf.write_bombs(tmp_path, hf.SIDE, ["bomb.png"])["bomb.png"]]
+    adult = REPO.parent / "shared" / "data" / "adult_cxr"
+    pngs += sorted(adult.glob("*.png")) if adult.is_dir() else []
+    for p in pngs:
+        data = p.read_bytes()
+        assert png_size(data) == imagesize.get(p, exif_rotation=False), p
+    assert png_size(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20) is None  # no IHDR first: imagesize decides
+    code = (
+        "import sys\n"
+        "from edge_pneumo.decoders.decode import read_grey\n"
+        "from edge_pneumo.decoders.limits import ImageTooLarge\n"
+        "try:\n    read_grey(sys.argv[1])\nexcept ImageTooLarge:\n    print('imagesize' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(pngs[1])], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out
+
+
 def test_the_budget_comes_from_the_environment_and_the_option(monkeypatch, good_png):
     monkeypatch.delenv(limits.ENV, raising=False)
     assert limits.max_pixels() == limits.DEFAULT_MAX_PIXELS
