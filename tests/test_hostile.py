@@ -67,33 +67,45 @@ def test_the_issue_s_png_bomb_is_refused_without_its_memory(tmp_path):
         "import sys\n"
         "from edge_pneumo.decoders.decode import read_grey\n"
         "from edge_pneumo.decoders.limits import ImageTooLarge\n"
-        "try:\n    read_grey(sys.argv[1])\nexcept ImageTooLarge as e:\n    print(e)\n"
-        + PEAK_MB
+        "try:\n    read_grey(sys.argv[1])\nexcept ImageTooLarge as e:\n    print(e)\n" + PEAK_MB
     )
     out = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True, text=True, timeout=120)
     message, peak_mb = out.stdout.strip().splitlines()
     assert "30000 x 30000 px (900.0 MP)" in message and int(peak_mb) < 300, out
 
 
-def test_png_size_is_read_from_ihdr_as_imagesize_reads_it_and_a_png_bomb_needs_no_imagesize(tmp_path, good_png):
+def test_png_and_bmp_sizes_are_read_as_imagesize_reads_them_and_their_bombs_need_no_imagesize(tmp_path, good_png):
     import imagesize
 
-    from edge_pneumo.decoders.decode import png_size
+    from edge_pneumo.decoders.decode import bmp_size, png_size
 
-    pngs = [good_png, hf.write_bombs(tmp_path, hf.SIDE, ["bomb.png"])["bomb.png"]]
+    bombs = hf.write_bombs(tmp_path, hf.SIDE, ["bomb.png", "bomb.bmp"])
+    grey = synthetic_xray(np.random.default_rng(4), 1, 96)[:, :80]
+    cv2.imwrite(str(tmp_path / "grey.bmp"), grey)
+    cv2.imwrite(str(tmp_path / "colour.bmp"), cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    top_down = bytearray((tmp_path / "grey.bmp").read_bytes())
+    top_down[22:26] = (-96).to_bytes(4, "little", signed=True)  # a top-down BMP: negative height
+    (tmp_path / "top_down.bmp").write_bytes(bytes(top_down))
     adult = REPO.parent / "shared" / "data" / "adult_cxr"
-    pngs += sorted(adult.glob("*.png")) if adult.is_dir() else []
-    for p in pngs:
-        data = p.read_bytes()
-        assert png_size(data) == imagesize.get(p, exif_rotation=False), p
+    pngs = [good_png, bombs["bomb.png"], *(sorted(adult.glob("*.png")) if adult.is_dir() else [])]
+    bmps = [bombs["bomb.bmp"], *(tmp_path / f for f in ("grey.bmp", "colour.bmp", "top_down.bmp"))]
+    for reader, files in ((png_size, pngs), (bmp_size, bmps)):
+        for p in files:
+            w, h = imagesize.get(p, exif_rotation=False)
+            assert reader(p.read_bytes()) == (w, abs(h)), p
+    assert bmp_size(tmp_path.joinpath("top_down.bmp").read_bytes()) == (80, 96)
     assert png_size(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20) is None  # no IHDR first: imagesize decides
+    assert bmp_size(b"BM" + b"\x00" * 12 + (12).to_bytes(4, "little") + b"\x00" * 8) is None  # core header
     code = (
         "import sys\n"
         "from edge_pneumo.decoders.decode import read_grey\n"
         "from edge_pneumo.decoders.limits import ImageTooLarge\n"
-        "try:\n    read_grey(sys.argv[1])\nexcept ImageTooLarge:\n    print('imagesize' in sys.modules)\n"
+        "for f in sys.argv[1:]:\n"
+        "    try:\n        read_grey(f)\n    except ImageTooLarge:\n        pass\n"
+        "print('imagesize' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(pngs[1])], capture_output=True, text=True, timeout=120)
+    files = [str(bombs["bomb.png"]), str(bombs["bomb.bmp"])]
+    out = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out
 
 

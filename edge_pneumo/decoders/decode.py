@@ -158,9 +158,21 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def bmp_size(data: bytes) -> tuple[int, int] | None:
+    """(width, |height|) from a BMP's info header at its fixed offsets (a 40-byte or larger
+    BITMAPINFOHEADER: int32 width and height at 18 and 22; height < 0 is a top-down image); None for
+    anything else (the old 12-byte core header...), which imagesize then reads. Read here for the same
+    reason as `png_size`."""
+    if len(data) >= 26 and int.from_bytes(data[14:18], "little") in (40, 52, 56, 108, 124):
+        w, h = int.from_bytes(data[18:22], "little", signed=True), int.from_bytes(data[22:26], "little", signed=True)
+        return (w, abs(h)) if w >= 0 else None
+    return None
+
+
 def _decode_other(name: str, data: bytes) -> GreyImage:
     fmt = "png" if data[:4] == b"\x89PNG" else "bmp" if data[:2] == b"BM" else "tiff"
-    size = (png_size(data) if fmt == "png" else None) or limits.header_size(data)
+    own = png_size(data) if fmt == "png" else bmp_size(data) if fmt == "bmp" else None
+    size = own or limits.header_size(data)
     if size is None:
         # Refused, not decoded under a cap: OpenCV's own cap (OPENCV_IO_MAX_IMAGE_PIXELS, 1 GP) is read
         # once per process and is far above the budget, and a header that imagesize cannot read
