@@ -2,7 +2,8 @@
 
 A 0.88 MB PNG can announce 30000 x 30000 px; decoding it costs 1.8 GB and seconds of CPU (a
 decompression bomb). Every decoder reads the size from the header first (JPEG: the SOF, via
-simplejpeg; PNG, TIFF, BMP: `imagesize`; DICOM: Rows x Columns x NumberOfFrames) and calls
+simplejpeg; PNG's IHDR and BMP's info header at their fixed offsets, else `imagesize`, which also
+reads TIFF; DICOM: Rows x Columns x NumberOfFrames) and calls
 `check` before it decodes a pixel.
 
 One source for the limit, process-wide: `EDGE_PNEUMO_MAX_PIXELS` (whole pixels), else
