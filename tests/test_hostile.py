@@ -77,7 +77,7 @@ def test_the_issue_s_png_bomb_is_refused_without_its_memory(tmp_path):
 def test_png_and_bmp_sizes_are_read_as_imagesize_reads_them_and_their_bombs_need_no_imagesize(tmp_path, good_png):
     import imagesize
 
-    from edge_pneumo.decoders.decode import bmp_size, png_size
+    from edge_pneumo.decoders.limits import bmp_size, png_size
 
     bombs = hf.write_bombs(tmp_path, hf.SIDE, ["bomb.png", "bomb.bmp"])
     grey = synthetic_xray(np.random.default_rng(4), 1, 96)[:, :80]

@@ -149,30 +149,9 @@ def _check_png_chunks(name: str, data: bytes) -> None:
         i += 12 + length
 
 
-def png_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG's IHDR, which the PNG spec puts first at fixed offsets (signature, length
-    13, b"IHDR", width, height); None otherwise (imagesize then reads it). Read here, not by imagesize, so
-    that a PNG bomb is refused without imagesize's ~30 ms import (it imports urllib for its HTTP reader)."""
-    if len(data) >= 24 and data[12:16] == b"IHDR" and data[8:12] == b"\x00\x00\x00\x0d":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    return None
-
-
-def bmp_size(data: bytes) -> tuple[int, int] | None:
-    """(width, |height|) from a BMP's info header at its fixed offsets (a 40-byte or larger
-    BITMAPINFOHEADER: int32 width and height at 18 and 22; height < 0 is a top-down image); None for
-    anything else (the old 12-byte core header...), which imagesize then reads. Read here for the same
-    reason as `png_size`."""
-    if len(data) >= 26 and int.from_bytes(data[14:18], "little") in (40, 52, 56, 108, 124):
-        w, h = int.from_bytes(data[18:22], "little", signed=True), int.from_bytes(data[22:26], "little", signed=True)
-        return (w, abs(h)) if w >= 0 else None
-    return None
-
-
 def _decode_other(name: str, data: bytes) -> GreyImage:
     fmt = "png" if data[:4] == b"\x89PNG" else "bmp" if data[:2] == b"BM" else "tiff"
-    own = png_size(data) if fmt == "png" else bmp_size(data) if fmt == "bmp" else None
-    size = own or limits.header_size(data)
+    size = limits.header_size(data)
     if size is None:
         # Refused, not decoded under a cap: OpenCV's own cap (OPENCV_IO_MAX_IMAGE_PIXELS, 1 GP) is read
         # once per process and is far above the budget, and a header that imagesize cannot read
