@@ -65,16 +65,15 @@ def jpeg_sof(data: bytes | np.ndarray) -> tuple[int, int, int] | None:
     return None
 
 
-def check_scans(name: str, data: bytes, width: int, height: int, budget: int | None = None) -> None:
+def check_scans(name: str, data: bytes, width: int, height: int) -> None:
     """Refuse a JPEG whose scans would cost more than SCAN_WORK x the pixel budget to decode.
 
     Each scan of a progressive JPEG is a pass over every coefficient, however few bytes it
     holds: 2,000 repeats of a 14-byte scan made a 44 kB, 4 MP JPEG take 64 s. Real encoders
     write 1 (baseline) to ~10 scans. Counted as FF DA pairs, which entropy-coded data never
     contains (its FF bytes are stuffed): an upper bound, exact for any real file. A file too
-    short to hold enough of them (at most one per 2 bytes) is not counted at all.
-    `budget`: the pixel budget, when the caller has just read it (else limits.max_pixels())."""
-    budget = limits.max_pixels() if budget is None else budget
+    short to hold enough of them (at most one per 2 bytes) is not counted at all."""
+    budget = limits.max_pixels()
     if len(data) // 2 * width * height <= SCAN_WORK * budget:
         return  # even a file of nothing but FF DA pairs could not reach the limit
     scans = data.count(b"\xff\xda")
@@ -105,9 +104,8 @@ def decode_jpeg(name: str, data: bytes, min_side_hint: int | None) -> GreyImage:
         h, w, colourspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return decode_jpeg_opencv(name, data, min_side_hint)
-    budget = limits.max_pixels()  # read once for both checks
-    limits.check(name, "JPEG", w, h, budget=budget)
-    check_scans(name, data, w, h, budget)
+    limits.check(name, "JPEG", w, h)
+    check_scans(name, data, w, h)
     factor = reduction_factor((w, h), min_side_hint)
     scale = dict(min_factor=factor, min_height=math.ceil(h / factor), min_width=math.ceil(w / factor))
     complete = data.rstrip(b"\x00\r\n ").endswith(_EOI)

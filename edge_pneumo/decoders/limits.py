@@ -78,10 +78,9 @@ def set_max_pixels(value: int | None) -> None:
     os.environ[ENV] = str(int(value))
 
 
-def check(name: str, fmt: str, width: int, height: int, frames: int = 1, budget: int | None = None) -> None:
-    """Raise `ImageTooLarge` when width x height x frames is above the budget (`budget`: max_pixels(),
-    when the caller has just read it)."""
-    budget = max_pixels() if budget is None else budget
+def check(name: str, fmt: str, width: int, height: int, frames: int = 1) -> None:
+    """Raise `ImageTooLarge` when width x height x frames is above the budget."""
+    budget = max_pixels()
     total = max(width, 0) * max(height, 0) * max(frames, 1)
     if total <= budget:
         return
