@@ -97,31 +97,12 @@ def _sequence_dicom(syntax: str) -> bytes:
     import io
 
     import hostile_files as hf
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-
-    def items(depth: int) -> Sequence:
-        out = []
-        for k in range(2):
-            item = Dataset()
-            item.ReferencedSOPInstanceUID = f"1.2.3.{k}"
-            if depth > 1:
-                item.ReferencedImageSequence = items(depth - 1)
-            out.append(item)
-        return Sequence(out)
 
     ds = hf._cr_dataset(2000, 2000)
     ds.file_meta.TransferSyntaxUID = syntax
-    ds.ReferencedImageSequence = items(2)
+    ds.ReferencedImageSequence = hf.nested_sequence(2)
     ds.PixelData = bytes(96 * 96)
-    todo = [ds]
-    while todo:
-        for elem in todo.pop():
-            if elem.VR == "SQ":
-                elem.is_undefined_length = True
-                for item in elem.value:
-                    item.is_undefined_length_sequence_item = True
-                    todo.append(item)
+    hf.undefined_lengths(ds)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()

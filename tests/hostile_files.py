@@ -133,6 +133,33 @@ def _cr_dataset(rows: int, cols: int):
     return ds
 
 
+def nested_sequence(depth: int = 1):
+    """A ReferencedImageSequence value of two items, nested `depth` deep through each item's own sequence:
+    what a DICOM reader walks before group 0028 (shared by the pre-scan's tests and its fuzz seeds)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import DigitalXRayImageStorageForPresentation
+
+    items = []
+    for k in range(2):
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = DigitalXRayImageStorageForPresentation, f"1.2.{k}"
+        if depth > 1:
+            item.ReferencedImageSequence = nested_sequence(depth - 1)
+        items.append(item)
+    return Sequence(items)
+
+
+def undefined_lengths(ds) -> None:
+    """Every sequence and item of `ds` written with an undefined length (delimiters instead)."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            elem.is_undefined_length = True
+            for item in elem.value:
+                item.is_undefined_length_sequence_item = True
+                undefined_lengths(item)
+
+
 def dicom_jpeg_bomb(rows: int = SIDE, cols: int = SIDE, frame_side: int = SIDE) -> bytes:
     return dicom_jpeg_frame(rows, cols, jpeg_with_size(small_jpeg(), frame_side, frame_side))
 

@@ -20,7 +20,7 @@ from edge_pneumo.errors import InputImageError
 
 pydicom = pytest.importorskip("pydicom")
 from prescan_oracle import compare_with_pydicom, prescan_verdict, pydicom_verdict  # noqa: E402
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset  # noqa: E402
+from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import (  # noqa: E402
     DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
@@ -62,36 +62,14 @@ def to_bytes(ds) -> bytes:
     return buf.getvalue()
 
 
-def sequence(undefined: bool, depth: int = 1):
-    """A ReferencedImageSequence of two items, nested `depth` deep through each item's own sequence."""
-    items = []
-    for k in range(2):
-        item = Dataset()
-        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = DigitalXRayImageStorageForPresentation, f"1.2.{k}"
-        if depth > 1:
-            item.ReferencedImageSequence = sequence(undefined, depth - 1)
-        items.append(item)
-    return pydicom.Sequence(items)
-
-
-def undefined_lengths(ds) -> None:
-    """Every sequence and item of `ds` written with an undefined length (delimiters instead)."""
-    for elem in ds:
-        if elem.VR == "SQ":
-            elem.is_undefined_length = True
-            for item in elem.value:
-                item.is_undefined_length_sequence_item = True
-                undefined_lengths(item)
-
-
 def with_sequences(syntax, undefined: bool, depth: int, **kw) -> bytes:
     ds = film(syntax, **kw)
-    ds.ReferencedImageSequence = sequence(undefined, depth)  # (0008,1140): before group 0028
-    ds.AnatomicRegionSequence = sequence(undefined, 1)  # (0008,2218)
+    ds.ReferencedImageSequence = hf.nested_sequence(depth)  # (0008,1140): before group 0028
+    ds.AnatomicRegionSequence = hf.nested_sequence(1)  # (0008,2218)
     ds.add_new(0x00091010, "LO", "ACME")  # a private creator and a private sequence
-    ds.add_new(0x00091011, "SQ", sequence(undefined, 1))
+    ds.add_new(0x00091011, "SQ", hf.nested_sequence(1))
     if undefined:
-        undefined_lengths(ds)
+        hf.undefined_lengths(ds)
     return to_bytes(ds)
 
 
