@@ -289,7 +289,7 @@ def report(rec: dict) -> str:
         "The first call's time is mostly imports, paid once per process by any file of the format: "
         "`imagesize` ~34 ms CPU here (it imports urllib.request for its HTTP reader; since 2026-11-29 13:25 "
         "only a TIFF needs it: a PNG's IHDR and a BMP's info header are read at their fixed offsets), "
-        "the DICOM pre-scan's module ~10 ms (pydicom's ~190 ms is no longer paid by a refusal). "
+        "the DICOM pre-scan's module ~10 ms. "
         "The refusal itself is the warm figure; the deflated ones inflate a little first (the liar, whose "
         "Rows/Columns understate its pixels, up to 1 MB past what they need).",
     ]
