@@ -130,6 +130,22 @@ def test_stacked_scores_have_the_bits_of_one_image_at_a_time(real_data_or_none):
             assert [float(x) for x in guard_mod.layout_residual_rows(vectors, mean, basis)] == alone_l[i : i + n]
 
 
+def test_a_feature_distance_does_not_depend_on_the_batch():
+    """The feature check's distance of an image is the float it gets alone, in any batch: a folder run
+    and `infer IMAGE` give the same row (a product of all rows at once rounded differently with the
+    batch's size: 1 of the 624 test rows said 6.58 in a folder and 6.579 alone)."""
+    rng = np.random.default_rng(3)
+    k = 128
+    mean = rng.normal(0, 1, k).astype(np.float32)
+    whitening = (rng.normal(0, 1, (k, k)) / np.sqrt(k)).astype(np.float32)
+    features = np.maximum(rng.normal(0.5, 1, (67, k)), 0).astype(np.float32)  # ReLU features
+    alone = [float(guard_mod.feature_distance(f[None], mean, whitening)[0]) for f in features]
+    for n in (1, 4, 8, 16, 32, 67):
+        together = [float(d) for i in range(0, len(features), n)
+                    for d in guard_mod.feature_distance(features[i : i + n], mean, whitening)]  # fmt: skip
+        assert together == alone, f"batches of {n}"
+
+
 def test_a_stack_of_images_gets_the_verdicts_each_gets_alone(tiny_export, ood_folder, tmp_path):
     from edge_pneumo.decoders.decode import read_grey
 

@@ -155,8 +155,8 @@ def layout_residual(v: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.nd
 
 
 # --- the same scores for a stack of images (n, s, s): one numpy call per step, not per image ---------
-# A folder run checks a few images at once (classifier.PER_TASK). Each function gives, image by image,
-# the bits of its one-image counterpart above (the same float32 operations on the same values:
+# A folder run checks a few images at once (a task of classifier.predict_many). Each function gives,
+# image by image, the bits of its one-image counterpart above (the same float32 operations on the same values:
 # tests/test_guard.py compares them), so a score never depends on which images came with it.
 
 
@@ -208,8 +208,11 @@ def layout_residual_rows(v: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> 
 
 
 def feature_distance(h: np.ndarray, mean: np.ndarray, whitening: np.ndarray) -> np.ndarray:
-    """Mahalanobis distance of feature rows h: |W (h - mean)|, with W^T W = inverse covariance."""
-    z = (np.atleast_2d(h).astype(np.float32) - mean) @ whitening.T
+    """Mahalanobis distance of feature rows h: |W (h - mean)|, with W^T W = inverse covariance. Each row
+    is its own (1, k) product, the BLAS call one image makes: a product of all rows at once rounds
+    differently with the number of rows, so an image's distance would depend on its batch."""
+    z = (np.atleast_2d(h).astype(np.float32) - mean)[:, None, :] @ whitening.T
+    z = z[:, 0, :]
     return np.sqrt((z * z).sum(axis=1))
 
 
