@@ -111,7 +111,7 @@ def folder_stages(args) -> dict[str, float]:
     paths = gather_paths([], args.data / args.split)[: args.images]
     clf = C.Classifier.load(None, artifact=args.artifact, threads=1)
     pp, guard, n = clf.preprocessing, clf.guard, len(paths)
-    per_task = getattr(C, "PER_TASK", 1)
+    per_task = getattr(C, "PER_TASK", 32)  # since 2026-11-29 a task is a model batch (predict_many's 32)
     stacked = hasattr(guard, "check_pixels_many")
     sink = open(os.devnull, "w")
 

@@ -108,6 +108,42 @@ def test_serial_and_threaded_decoding_give_the_same_results(tiny_export, images)
     assert serial == threaded and serial[-1]["status"] == "failed" and serial[-1]["reason"].endswith("no such file")
 
 
+@pytest.mark.parametrize("artifact", ["tflite_int8", "onnx_int8"])
+def test_each_folder_thread_runs_the_model_on_a_session_of_its_own(tiny_export, images, artifact, monkeypatch):
+    """A folder run's threads each take files from decoding to results: no model call on the main
+    thread, and a LiteRT interpreter (which serves one call at a time) never shared by two threads.
+    onnxruntime serves concurrent calls: a one-thread session is shared, a wider one is not spread."""
+    pytest.importorskip("ai_edge_litert" if artifact.startswith("tflite") else "onnxruntime")
+    import threading
+    from collections import defaultdict
+
+    d, names = images
+    paths = [str(d / n) for n in names] * 4
+    for threads in (1, 2):
+        clf = Classifier.load(tiny_export, artifact=artifact, threads=threads)
+        backend_type = type(clf.backend)
+        real_run = backend_type.run
+        users = defaultdict(set)  # backend -> threads that called it
+
+        def run(self, batch, want=("probability", "features"), real_run=real_run, users=users):
+            users[self].add(threading.get_ident())
+            return real_run(self, batch, want)
+
+        monkeypatch.setattr(backend_type, "run", run)
+        rows = [r.to_dict() for r in clf.predict_many(paths, batch_size=3, decode_threads=2)]
+        monkeypatch.undo()
+        callers = set().union(*users.values())
+        assert len(rows) == len(paths) and callers and threading.get_ident() not in callers
+        model = [b for b in users if b.path == clf.backend.path]  # not the view check's
+        assert model and all(b.threads == 1 for b in model)
+        if artifact.startswith("tflite") or threads > 1:  # one session each
+            assert all(len(users[b]) == 1 for b in model) and len(model) == len(callers)
+        else:
+            assert model == [clf.backend]
+        serial = clf.predict_many(paths, decode_threads=1)
+        assert rows == [r.to_dict() | {"ms": row["ms"]} for r, row in zip(serial, rows)]
+
+
 def test_paths_from_stdin(tiny_export, images):
     d, names = images
     stdin = "\n".join(str(d / n) for n in names[:2]) + "\n"

@@ -25,10 +25,12 @@ FORMATS = ("text", "json", "csv")
 
 
 def split_threads(total: int, n_images: int) -> tuple[int, int]:
-    """(model threads, decoding threads). The model's threads do not spin while idle and
-    OpenCV runs one thread per decode, so both pools may use every core: the one that has
-    work takes it (measured on 2 cores: ~850 images/s, vs ~800 with the cores split)."""
-    return total, (1 if n_images <= 1 else total)
+    """(model threads, folder threads). One image: the model's call spreads over every core. A
+    folder: every core runs a thread that takes its own files from decoding to results, each
+    model call on that thread alone (Classifier.predict_many): a model call spread over cores
+    that decoders share waits for its slowest part (LiteRT on 2 cores, 5,216 images: 4.5 s ->
+    4.1 s, bench/RESULTS_folder.md)."""
+    return (total, 1) if n_images <= 1 else (1, total)
 
 
 def gather_paths(items: list[str], directory: Path | None, stdin=None) -> list[str]:

@@ -12,6 +12,7 @@ model's own features) -> calibrated probability, label and confidence band.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -31,7 +32,6 @@ from edge_pneumo.device.scoring import TRAINING_POPULATION, decide, effective_ba
 from edge_pneumo.device.tiers import resolve_model
 from edge_pneumo.errors import InputImageError, InputRejected, ModelFileError
 
-PER_TASK = 16  # images per decoding task in a folder run: one thread hand-off, one stacked pixel check
 GUARD_OFF_WARNING = "input guard turned off (--no-guard): nothing checked that this is a frontal chest X-ray"
 
 
@@ -286,35 +286,49 @@ class Classifier:
         on_result: Callable[[Result], None] | None = None,
         explain: bool = False,
     ) -> Iterator[Result]:
-        """Classify many files, in order: decoding runs on a thread pool while the model runs
-        batches (with `decode_threads=1`, in this thread: no pool to start for one image).
-        A file that cannot be used gives a `failed` result; the others still get theirs."""
+        """Classify many files, in order. `decode_threads` (default: every core) threads each take
+        `batch_size` files at a time through every step, decoding to results, on model sessions that
+        compute on that thread alone (Backend.for_worker): no model call spreads over cores the
+        decoders are using, and no thread waits for another's. With `decode_threads=1`, all in this
+        thread (no pool to start for one image). A file that cannot be used gives a `failed` result;
+        the others still get theirs."""
         threads = decode_threads or default_threads()
+        chunks = _chunks(paths, _task_size(paths, batch_size, threads))
         with _decoder_pool(threads) as pool:
-            if pool is None:  # in this thread, PER_TASK at a time too: the same stacked pixel checks
-                prepared = (p for chunk in _chunks(paths, PER_TASK) for p in self._prepare_all(chunk))
-            else:  # a few images per task: one thread hand-off (future, lock, wake-up) per PER_TASK images
-                window = max(2, 8 * batch_size // PER_TASK)
-                tasks = _bounded_map(pool, self._prepare_all, _chunks(paths, PER_TASK), window)
-                prepared = (p for done in tasks for p in done)
-            pending: list = []
-            # Ramp up: the first model calls take 4, 8, 16... images, so the model starts while
-            # the decoders fill the pipeline instead of waiting for a whole first batch.
-            target = min(batch_size, 4)
-            for item in prepared:
-                pending.append(item)
-                if len(pending) >= target:
-                    for r in self._run_batch(pending, explain):
-                        yield _notify(r, on_result)
-                    pending = []
-                    target = min(batch_size, 2 * target)
-            for r in self._run_batch(pending, explain):
-                yield _notify(r, on_result)
+            if pool is None:
+                done: Iterable[list[Result]] = (self._classify_all(chunk, explain) for chunk in chunks)
+            else:
+                local = threading.local()
+
+                def classify(chunk: list) -> list[Result]:
+                    worker = getattr(local, "worker", None)
+                    if worker is None:
+                        worker = local.worker = self._for_worker()
+                    return worker._classify_all(chunk, explain)
+
+                done = _bounded_map(pool, classify, chunks, 2 * threads)
+            for results in done:
+                for r in results:
+                    yield _notify(r, on_result)
+
+    def _for_worker(self) -> Classifier:
+        """This classifier for one thread of a folder run: the same manifest, guard and calibration,
+        the model and the view check on sessions of that thread's own."""
+        worker = copy.copy(self)
+        worker.backend = self.backend.for_worker()
+        if self.view_check is not None:
+            worker.view_check = self.view_check.for_worker()
+        worker._model_lock = threading.Lock()
+        return worker
 
     # -- the steps ------------------------------------------------------------------------
 
+    def _classify_all(self, paths: list, explain: bool = False) -> list[Result]:
+        """A few files through every step: decoded, their pixels checked together, one model call."""
+        return self._run_batch(self._prepare_all(paths), explain)
+
     def _prepare_all(self, paths: list) -> list:
-        """Decode a few files, then check their pixels together (classifier.PER_TASK in a folder run)."""
+        """Decode a few files, then check their pixels together."""
         hint = self.preprocessing.min_side_hint
         return self._check_all([self._decode(str(p), read_grey, (p, hint, self._dicom_check)) for p in paths])
 
@@ -520,6 +534,13 @@ def _decoder_pool(threads: int):
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         yield pool
+
+
+def _task_size(paths: Iterable, batch_size: int, threads: int) -> int:
+    """Files per task: `batch_size`, or fewer when a short list would leave a thread without any."""
+    if threads > 1 and hasattr(paths, "__len__"):
+        return max(1, min(batch_size, math.ceil(len(paths) / threads)))
+    return batch_size
 
 
 def _chunks(items: Iterable, n: int) -> Iterator[list]:

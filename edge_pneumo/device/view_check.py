@@ -36,6 +36,10 @@ class ViewCheck:
         self.backend, self.refuse_below, self.size, self.name = backend, refuse_below, size, name
         self.preprocessing = preprocessing  # its own input preprocessing, when not the model's (else None)
 
+    def for_worker(self) -> ViewCheck:
+        """The same check for one more thread of a folder run (runtime.Backend.for_worker)."""
+        return ViewCheck(self.backend.for_worker(), self.refuse_below, self.size, self.name, self.preprocessing)
+
     def own_input(self, grey: np.ndarray, inverted: bool) -> np.ndarray | None:
         """The view input (s, s) made from a decoded grey image, when this check has its own
         preprocessing; None when it reads the model's input."""
