@@ -299,11 +299,16 @@ class Classifier:
                 done: Iterable[list[Result]] = (self._classify_all(chunk, explain) for chunk in chunks)
             else:
                 local = threading.local()
+                spare = [self] if self.backend.threads == 1 else []  # its sessions, under its model lock
 
                 def classify(chunk: list) -> list[Result]:
                     worker = getattr(local, "worker", None)
                     if worker is None:
-                        worker = local.worker = self._for_worker()
+                        try:
+                            worker = spare.pop()  # one thread runs on this classifier's own sessions
+                        except IndexError:
+                            worker = self._for_worker()
+                        local.worker = worker
                     return worker._classify_all(chunk, explain)
 
                 done = _bounded_map(pool, classify, chunks, 2 * threads)
@@ -404,8 +409,13 @@ class Classifier:
             t0 = time.perf_counter()
             want = ("probability", "features", "conv") if explain else ("probability", "features")
             batch = np.stack([p.x for p in ready])
-            with self._model_lock:
+            with self._model_lock:  # both models: a LiteRT interpreter serves one call at a time
                 out = self.backend.run(flip_tta.with_mirrors(batch) if self.tta else batch, want)
+                views = (
+                    self.view_check.check(batch if ready[0].view_x is None else np.stack([p.view_x for p in ready]))
+                    if self.view_check is not None
+                    else [(None, None)] * len(ready)
+                )
             if self.tta:  # the guard and the heatmap look at the image as it came
                 n = len(ready)
                 out = Outputs(
@@ -413,11 +423,6 @@ class Classifier:
                     None if out.features is None else out.features[:n],
                     None if out.conv is None else out.conv[:n],
                 )
-            views = (
-                self.view_check.check(batch if ready[0].view_x is None else np.stack([p.view_x for p in ready]))
-                if self.view_check is not None
-                else [(None, None)] * len(ready)
-            )
             share = (time.perf_counter() - t0) / len(ready)
             scores = self.calibration.scores(out.probability, out.features)
             verdicts = (

@@ -48,6 +48,7 @@ class Outputs:
 class Backend(Protocol):
     runtime: str
     path: Path
+    threads: int  # the cores one call may use
     outputs: tuple[str, ...]  # the output kinds this artifact has
     messages: list[str]  # what the runtime said while loading, for the caller to report
 
