@@ -287,11 +287,11 @@ class Classifier:
         explain: bool = False,
     ) -> Iterator[Result]:
         """Classify many files, in order. `decode_threads` (default: every core) threads each take
-        `batch_size` files at a time through every step, decoding to results, on model sessions that
-        compute on that thread alone (Backend.for_worker): no model call spreads over cores the
-        decoders are using, and no thread waits for another's. With `decode_threads=1`, all in this
-        thread (no pool to start for one image). A file that cannot be used gives a `failed` result;
-        the others still get theirs."""
+        `batch_size` files at a time through every step, decoding to results (Backend.for_worker:
+        LiteRT gives each thread a one-thread interpreter of its own; onnxruntime's session serves
+        concurrent calls and is shared): no thread waits for another's model call. With
+        `decode_threads=1`, all in this thread (no pool to start for one image). A file that cannot
+        be used gives a `failed` result; the others still get theirs."""
         threads = decode_threads or default_threads()
         chunks = _chunks(paths, _task_size(paths, batch_size, threads))
         with _decoder_pool(threads) as pool:
