@@ -27,9 +27,9 @@ FORMATS = ("text", "json", "csv")
 def split_threads(total: int, n_images: int) -> tuple[int, int]:
     """(model threads, folder threads). One image: the model's call spreads over every core. A
     folder: every core runs a thread that takes its own files from decoding to results, each
-    model call on that thread alone (Classifier.predict_many): a model call spread over cores
-    that decoders share waits for its slowest part (LiteRT on 2 cores, 5,216 images: 4.5 s ->
-    4.1 s, bench/RESULTS_folder.md)."""
+    model call on that thread alone (Classifier.predict_many): a call spread over cores that
+    decoders share waits for its slowest part (LiteRT, 5,216 train images on 2 cores: 4.54 s ->
+    4.13 s, median of 5 alternating runs; bench/RESULTS_folder.md has the current figures)."""
     return (total, 1) if n_images <= 1 else (1, total)
 
 
