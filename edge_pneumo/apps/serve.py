@@ -175,7 +175,7 @@ def info_payload(clf, limits: dict, outbox=None) -> dict:
         "precision": clf.entry.precision,
         "class_names": list(clf.class_names),
         "tta": "flip" if clf.tta else None,
-        "threshold": {"raw": cal.threshold, "calibrated": cal.calibrate(cal.threshold)},
+        "threshold": {"raw": cal.threshold, "calibrated": cal.calibrated_threshold},
         "calibration": {
             "temperature": cal.temperature,
             "rule_out": cal.rule_out,

@@ -74,7 +74,7 @@ class ReportContext:
             clf.model_version,
             clf.entry.name,
             clf.entry.sha256,
-            cal.calibrate(cal.threshold),
+            cal.calibrated_threshold,
             (cal.calibrate(lo), cal.calibrate(hi)),
             cal.temperature,
             station,

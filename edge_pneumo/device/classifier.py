@@ -44,7 +44,10 @@ class Calibration:
     the site head's output. Below `rule_out`: no pneumonia found; at or above `rule_in`: pneumonia
     likely; between them: indeterminate. `calibrated_on` says which population all this rests on."""
 
-    __slots__ = ("threshold", "temperature", "rule_out", "rule_in", "calibrated_on", "site", "head", "_band")
+    __slots__ = (
+        "threshold", "temperature", "rule_out", "rule_in", "calibrated_on", "site", "head", "_band",
+        "calibrated_threshold",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -59,6 +62,7 @@ class Calibration:
         self.threshold, self.temperature, self.rule_out, self.rule_in = threshold, temperature, rule_out, rule_in
         self.calibrated_on, self.site, self.head = calibrated_on, site, head
         self._band = effective_band(threshold, rule_out, rule_in)
+        self.calibrated_threshold = self.calibrate(threshold)  # every row states it: computed once
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, tta: bool = False) -> Calibration:
@@ -476,7 +480,7 @@ class Classifier:
             confidence=cal.confidence(score),
             warnings=warnings,
             raw_probability=prob,
-            threshold=cal.calibrate(cal.threshold),
+            threshold=cal.calibrated_threshold,
             guard=guard,
             ms=ms,
             content_sha256=p.content_sha256,

@@ -297,7 +297,7 @@ def operating_point(clf) -> dict:
     """A running classifier's operating point, as `Reference.operating_point` records it."""
     cal = clf.calibration
     return {
-        "threshold": round(cal.calibrate(cal.threshold), 6),
+        "threshold": round(cal.calibrated_threshold, 6),
         "tta": "flip" if clf.tta else None,
         "rule_out": cal.rule_out,
         "rule_in": cal.rule_in,
