@@ -144,6 +144,32 @@ def test_each_folder_thread_runs_the_model_on_a_session_of_its_own(tiny_export, 
         assert rows == [r.to_dict() | {"ms": row["ms"]} for r, row in zip(serial, rows)]
 
 
+def test_a_model_file_changed_after_loading_is_not_opened_again_for_a_folder_thread(tmp_path):
+    """A folder thread's own LiteRT interpreter is opened from the file the classifier checked at load;
+    if the file was written or replaced since, the run stops with an integrity error instead of
+    running an unchecked model."""
+    pytest.importorskip("ai_edge_litert")
+    import os
+    import shutil
+
+    from edge_pneumo.device.manifest import default_model_folder
+    from edge_pneumo.device.runtime import open_backend
+    from edge_pneumo.errors import IntegrityError
+
+    model = tmp_path / "model.tflite"
+    shutil.copy(default_model_folder() / "pneumonia_int8.tflite", model)
+    backend = open_backend(model, 1)
+    worker = backend.for_worker()
+    assert worker is not backend and worker.threads == 1 and worker.path == model
+    x = np.zeros((2, *backend.describe_input()["shape"][1:]), np.uint8)
+    assert np.array_equal(worker.predict(x), backend.predict(x))
+    replacement = tmp_path / "other.tflite"
+    shutil.copy(model, replacement)  # the same bytes, but another file put in its place
+    os.replace(replacement, model)
+    with pytest.raises(IntegrityError, match="changed after it was loaded"):
+        backend.for_worker()
+
+
 def test_paths_from_stdin(tiny_export, images):
     d, names = images
     stdin = "\n".join(str(d / n) for n in names[:2]) + "\n"

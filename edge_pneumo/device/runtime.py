@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edge_pneumo.errors import MissingRuntimeError, ModelFileError
+from edge_pneumo.errors import IntegrityError, MissingRuntimeError, ModelFileError
 
 RUNTIME_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite"}
 OUTPUT_KINDS = ("probability", "features", "conv")
@@ -168,6 +168,7 @@ class TfliteBackend:
                 "(or use an .onnx artifact)"
             ) from None
         self.path = path
+        self._opened = _file_identity(path)  # what for_worker checks before opening the file again
         from edge_pneumo.decoders.stderr_capture import capture
 
         try:
@@ -192,7 +193,13 @@ class TfliteBackend:
 
     def for_worker(self) -> TfliteBackend:
         """A backend for one more thread of a folder run, computing on that thread alone: an interpreter
-        runs one call at a time, so each thread has its own (the shipped int8 model: ~2 MB each)."""
+        runs one call at a time, so each thread has its own (the shipped int8 model at a batch of 32:
+        ~8 MB of peak RSS each). The file is opened again only if it is the one this backend opened, unchanged
+        (its sha256 was checked then): else IntegrityError, as for a tampered artifact."""
+        if _file_identity(self.path) != self._opened:
+            raise IntegrityError(
+                f"{self.path}: the model file changed after it was loaded and checked; load the model again"
+            )
         return TfliteBackend(self.path, 1)
 
     def _read_outputs(self) -> None:
@@ -237,6 +244,16 @@ class TfliteBackend:
             scale, zero_point = detail["quantization"]
             y = (y.astype(np.float32) - zero_point) * scale
         return np.asarray(y, dtype=np.float32)
+
+
+def _file_identity(path: Path) -> tuple | None:
+    """A file's inode, size and modification and change times: any write or replacement changes one
+    (a change time cannot be set back without setting the clock)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _scalar_overrides(path: Path) -> dict:
