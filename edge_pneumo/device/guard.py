@@ -156,8 +156,8 @@ def layout_residual(v: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.nd
 
 # --- the same scores for a stack of images (n, s, s): one numpy call per step, not per image ---------
 # A folder run checks a few images at once (a task of classifier.predict_many). Each function gives,
-# image by image, the bits of its one-image counterpart above (the same float32 operations on the same values:
-# tests/test_guard.py compares them), so a score never depends on which images came with it.
+# image by image, the bits of its one-image counterpart above (the same float32 operations on the
+# same values: tests/test_guard.py compares them), so a score never depends on which images came with it.
 
 
 def _row_mean_var32(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
