@@ -55,19 +55,20 @@ def sha256_of(path: str | os.PathLike) -> str:
 def sha256_cached(path: str | os.PathLike) -> str:
     """The file's sha256: the recorded one while its stat is unchanged, else hashed in full (and recorded)."""
     key = os.path.abspath(path)
-    stamp = _stamp(key)
+    stamp = file_stamp(key)
     entries = _load()
     hit = entries.get(key)
     if isinstance(hit, list) and hit[:-1] == stamp:
         return hit[-1]
     digest = sha256_of(key)
-    if _stamp(key) == stamp and time.time_ns() - max(stamp[3], stamp[4]) >= RACY_NS:
+    if file_stamp(key) == stamp and time.time_ns() - max(stamp[3], stamp[4]) >= RACY_NS:
         entries[key] = [*stamp, digest]
         _save(entries)
     return digest
 
 
-def _stamp(path: str) -> list[int]:
+def file_stamp(path: str | os.PathLike) -> list[int]:
+    """The stat that changes with any write or replacement of the file (the module docstring says why)."""
     st = os.stat(path)
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge_pneumo.device.hash_cache import file_stamp
 from edge_pneumo.errors import IntegrityError, MissingRuntimeError, ModelFileError
 
 RUNTIME_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite"}
@@ -246,14 +247,12 @@ class TfliteBackend:
         return np.asarray(y, dtype=np.float32)
 
 
-def _file_identity(path: Path) -> tuple | None:
-    """A file's inode, size and modification and change times: any write or replacement changes one
-    (a change time cannot be set back without setting the clock)."""
+def _file_identity(path: Path) -> list[int] | None:
+    """hash_cache.file_stamp, or None when the file cannot be read."""
     try:
-        st = os.stat(path)
+        return file_stamp(path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _scalar_overrides(path: Path) -> dict:
